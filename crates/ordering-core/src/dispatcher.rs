@@ -1,0 +1,775 @@
+//! The tokio driver over [`Tracker`]: [`Dispatcher`], its [`Config`], [`Metrics`] and errors.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::handler::{Handler, Outcome, TerminateReason};
+use crate::message::{Key, Message};
+use crate::settle::{Delivery, Epoch, Settle, Settlement};
+use crate::tracker::{
+    Completion, Event, Failure, FailureKind, Job, Output, RetryPolicy, Tracker, Work,
+};
+
+/// Dispatcher settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Worker lanes (tasks); each owns the keys that hash to it. Default: the number of CPUs.
+    pub lanes: usize,
+    /// Deliveries accepted but not yet settled or dropped, across all keys. When reached,
+    /// [`Dispatcher::dispatch`] waits: backpressure to the source. Default 10,000.
+    pub max_in_flight: usize,
+    /// A key with no work for this long has its handler terminated and its slot freed.
+    /// Default 10 minutes.
+    pub idle_timeout: Duration,
+    /// Retries and poison messages.
+    pub retry: RetryPolicy,
+    /// How long lanes drain when every [`Dispatcher`] handle is dropped without
+    /// [`Dispatcher::shutdown`]. Default 30 s.
+    pub drop_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lanes: std::thread::available_parallelism().map_or(1, usize::from),
+            max_in_flight: 10_000,
+            idle_timeout: Duration::from_secs(600),
+            retry: RetryPolicy::default(),
+            drop_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The dispatcher could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `lanes` is 0.
+    NoLanes,
+    /// `max_in_flight` is 0 or above the semaphore limit.
+    InFlightLimit(usize),
+    /// `idle_timeout` is zero.
+    ZeroIdleTimeout,
+    /// Not called from inside a tokio runtime.
+    NoRuntime,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoLanes => f.write_str("dispatcher config: `lanes` must be at least 1"),
+            Self::InFlightLimit(n) => write!(
+                f,
+                "dispatcher config: `max_in_flight` = {n}; use a value from 1 to {}",
+                Semaphore::MAX_PERMITS
+            ),
+            Self::ZeroIdleTimeout => f.write_str("dispatcher config: `idle_timeout` must be > 0"),
+            Self::NoRuntime => f.write_str(
+                "Dispatcher::new must be called from inside a tokio runtime (e.g. in #[tokio::main])",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A delivery was not accepted; it is handed back so that nothing is lost.
+pub enum DispatchError<S> {
+    /// The dispatcher is shutting down or gone.
+    Closed(Delivery<S>),
+}
+
+/// A delivery was not accepted by [`Dispatcher::try_dispatch`]; it is handed back.
+pub enum TryDispatchError<S> {
+    /// `max_in_flight` deliveries are in flight.
+    Full(Delivery<S>),
+    /// The dispatcher is shutting down or gone.
+    Closed(Delivery<S>),
+}
+
+impl<S> DispatchError<S> {
+    /// The delivery that was not accepted.
+    pub fn into_delivery(self) -> Delivery<S> {
+        match self {
+            Self::Closed(d) => d,
+        }
+    }
+}
+
+impl<S> TryDispatchError<S> {
+    /// The delivery that was not accepted.
+    pub fn into_delivery(self) -> Delivery<S> {
+        match self {
+            Self::Full(d) | Self::Closed(d) => d,
+        }
+    }
+}
+
+impl<S> fmt::Debug for DispatchError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self::Closed(d) = self;
+        write!(f, "DispatchError::Closed(key {:?})", d.key)
+    }
+}
+
+impl<S> fmt::Display for DispatchError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the dispatcher is shut down; the delivery was not accepted (settle or requeue it at the source)")
+    }
+}
+
+impl<S> std::error::Error for DispatchError<S> {}
+
+impl<S> fmt::Debug for TryDispatchError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(d) => write!(f, "TryDispatchError::Full(key {:?})", d.key),
+            Self::Closed(d) => write!(f, "TryDispatchError::Closed(key {:?})", d.key),
+        }
+    }
+}
+
+impl<S> fmt::Display for TryDispatchError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(_) => {
+                f.write_str("max_in_flight deliveries are in flight; retry after some settle")
+            }
+            Self::Closed(_) => {
+                f.write_str("the dispatcher is shut down; the delivery was not accepted")
+            }
+        }
+    }
+}
+
+impl<S> std::error::Error for TryDispatchError<S> {}
+
+/// A signal got no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// The key's handler could not take it: `init` failed, the handler panicked, or the
+    /// dispatcher shut down.
+    Unavailable,
+}
+
+impl fmt::Display for SignalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the key's handler is unavailable (init failed, it panicked, or the dispatcher shut down)")
+    }
+}
+
+impl std::error::Error for SignalError {}
+
+/// Counters, summed over lanes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Deliveries accepted and not yet settled or dropped.
+    pub in_flight: u64,
+    /// Keys with a live handler or queued work.
+    pub live_keys: u64,
+    /// Deliveries settled with ack.
+    pub acked: u64,
+    /// Deliveries settled with reject (discards and discarded poison messages).
+    pub discarded: u64,
+    /// Handler failures that led to a retry.
+    pub retried: u64,
+    /// Deliveries dropped unsettled (lost epoch, shutdown deadline).
+    pub dropped: u64,
+    /// Messages that hit the poison policy.
+    pub poisoned: u64,
+    /// `init` failures.
+    pub init_failures: u64,
+}
+
+/// What [`Dispatcher::shutdown`] achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Deliveries left unsettled because the deadline passed (the source redelivers them).
+    pub abandoned: u64,
+    /// Whether every lane drained before the deadline.
+    pub drained: bool,
+}
+
+/// Runs a [`Handler`] over deliveries: per-key FIFO, one message in flight per key, many keys
+/// in parallel, bounded, with retries, epochs, signals, idle eviction and graceful shutdown.
+///
+/// Cheap to clone; every clone drives the same lanes.
+pub struct Dispatcher<H: Handler, S: Settle> {
+    inner: Arc<Inner<H, S>>,
+}
+
+impl<H: Handler, S: Settle> Clone for Dispatcher<H, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<H: Handler, S: Settle> fmt::Debug for Dispatcher<H, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("lanes", &self.inner.lanes.len())
+            .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+struct Inner<H: Handler, S> {
+    lanes: Vec<mpsc::UnboundedSender<Cmd<H, S>>>,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    router: foldhash::fast::FixedState,
+    next_epoch: AtomicU64,
+    counters: Vec<Arc<LaneCounters>>,
+    tasks: Mutex<Vec<JoinHandle<LaneReport>>>,
+}
+
+type SignalCall<H> = (
+    <H as Handler>::Signal,
+    oneshot::Sender<<H as Handler>::Reply>,
+);
+
+enum Cmd<H: Handler, S> {
+    Deliver(Delivery<S>),
+    EpochLost(Epoch),
+    Signal(Key, SignalCall<H>),
+    Resume(Key),
+    Shutdown(Instant),
+}
+
+#[derive(Default)]
+struct LaneCounters {
+    live_keys: AtomicU64,
+    acked: AtomicU64,
+    discarded: AtomicU64,
+    retried: AtomicU64,
+    dropped: AtomicU64,
+    poisoned: AtomicU64,
+    init_failures: AtomicU64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct LaneReport {
+    abandoned: u64,
+    drained: bool,
+}
+
+impl<H: Handler, S: Settle> Dispatcher<H, S> {
+    /// Start the lanes on the current tokio runtime.
+    pub fn new(handler: H, config: Config) -> Result<Self, ConfigError> {
+        if config.lanes == 0 {
+            return Err(ConfigError::NoLanes);
+        }
+        if config.max_in_flight == 0 || config.max_in_flight > Semaphore::MAX_PERMITS {
+            return Err(ConfigError::InFlightLimit(config.max_in_flight));
+        }
+        if config.idle_timeout.is_zero() {
+            return Err(ConfigError::ZeroIdleTimeout);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let handler = Arc::new(handler);
+        let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        let mut lanes = Vec::with_capacity(config.lanes);
+        let mut counters = Vec::with_capacity(config.lanes);
+        let mut tasks = Vec::with_capacity(config.lanes);
+        for _ in 0..config.lanes {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let lane_counters = Arc::new(LaneCounters::default());
+            let lane = Lane {
+                handler: Arc::clone(&handler),
+                permits: Arc::clone(&permits),
+                counters: Arc::clone(&lane_counters),
+                config: config.clone(),
+            };
+            tasks.push(runtime.spawn(lane.run(rx)));
+            lanes.push(tx);
+            counters.push(lane_counters);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                lanes,
+                permits,
+                max_in_flight: config.max_in_flight,
+                router: foldhash::fast::FixedState::with_seed(0x6865_6164_7761_7465),
+                next_epoch: AtomicU64::new(1),
+                counters,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// A fresh epoch for a new source connection.
+    pub fn new_epoch(&self) -> Epoch {
+        Epoch::new(self.inner.next_epoch.fetch_add(1, Relaxed))
+    }
+
+    /// The source connection of `epoch` is gone: its unstarted deliveries are dropped unsettled
+    /// and none of its deliveries will be settled any more.
+    pub fn epoch_lost(&self, epoch: Epoch) {
+        for lane in &self.inner.lanes {
+            let _ = lane.send(Cmd::EpochLost(epoch));
+        }
+    }
+
+    /// Hand a delivery to its key's FIFO, waiting while `max_in_flight` deliveries are in
+    /// flight.
+    pub async fn dispatch(&self, delivery: Delivery<S>) -> Result<(), DispatchError<S>> {
+        match self.inner.permits.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(DispatchError::Closed(delivery)),
+        }
+        self.send(delivery).map_err(DispatchError::Closed)
+    }
+
+    /// Like [`dispatch`](Self::dispatch), without waiting.
+    pub fn try_dispatch(&self, delivery: Delivery<S>) -> Result<(), TryDispatchError<S>> {
+        match self.inner.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                return Err(TryDispatchError::Full(delivery));
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(TryDispatchError::Closed(delivery));
+            }
+        }
+        self.send(delivery).map_err(TryDispatchError::Closed)
+    }
+
+    fn send(&self, delivery: Delivery<S>) -> Result<(), Delivery<S>> {
+        let lane = self.lane(&delivery.key);
+        lane.send(Cmd::Deliver(delivery)).map_err(|e| {
+            self.inner.permits.add_permits(1);
+            match e.0 {
+                Cmd::Deliver(d) => d,
+                _ => unreachable!("the command sent was a delivery"),
+            }
+        })
+    }
+
+    fn lane(&self, key: &Key) -> &mpsc::UnboundedSender<Cmd<H, S>> {
+        let n = self.inner.lanes.len();
+        let i = if n == 1 {
+            0
+        } else {
+            (self.inner.router.hash_one(key) % n as u64) as usize
+        };
+        &self.inner.lanes[i]
+    }
+
+    /// Send `signal` to the handler of `key` (starting it if needed) and await its reply
+    /// (Mississippi's `get_data_updater_process` + `handle_signal`). The signal runs between
+    /// two messages of the key; there is no ordering guarantee relative to messages.
+    pub async fn signal(
+        &self,
+        key: impl Into<Key>,
+        signal: H::Signal,
+    ) -> Result<H::Reply, SignalError> {
+        let key = key.into();
+        let (tx, rx) = oneshot::channel();
+        self.lane(&key)
+            .send(Cmd::Signal(key, (signal, tx)))
+            .map_err(|_| SignalError::Unavailable)?;
+        rx.await.map_err(|_| SignalError::Unavailable)
+    }
+
+    /// Resume a key parked by [`PoisonAction::StopKey`](crate::PoisonAction::StopKey).
+    pub fn resume_key(&self, key: impl Into<Key>) {
+        let key = key.into();
+        let _ = self.lane(&key).send(Cmd::Resume(key));
+    }
+
+    /// Current counters.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = Metrics {
+            in_flight: (self
+                .inner
+                .max_in_flight
+                .saturating_sub(self.inner.permits.available_permits()))
+                as u64,
+            ..Metrics::default()
+        };
+        for c in &self.inner.counters {
+            m.live_keys += c.live_keys.load(Relaxed);
+            m.acked += c.acked.load(Relaxed);
+            m.discarded += c.discarded.load(Relaxed);
+            m.retried += c.retried.load(Relaxed);
+            m.dropped += c.dropped.load(Relaxed);
+            m.poisoned += c.poisoned.load(Relaxed);
+            m.init_failures += c.init_failures.load(Relaxed);
+        }
+        m
+    }
+
+    /// Stop accepting deliveries, finish the queued and running work until `grace` has passed,
+    /// terminate every handler, and stop the lanes. What is still unsettled at the deadline is
+    /// dropped without settling (the source redelivers it). Waiting `dispatch` calls fail with
+    /// [`DispatchError::Closed`].
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + grace;
+        self.inner.permits.close();
+        for lane in &self.inner.lanes {
+            let _ = lane.send(Cmd::Shutdown(deadline));
+        }
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut report = ShutdownReport {
+            abandoned: 0,
+            drained: true,
+        };
+        for task in tasks {
+            match task.await {
+                Ok(lane) => {
+                    report.abandoned += lane.abandoned;
+                    report.drained &= lane.drained;
+                }
+                Err(_) => report.drained = false,
+            }
+        }
+        report
+    }
+}
+
+/// One lane: a tracker and the jobs it started.
+struct Lane<H: Handler> {
+    handler: Arc<H>,
+    permits: Arc<Semaphore>,
+    counters: Arc<LaneCounters>,
+    config: Config,
+}
+
+/// How many commands a lane takes from its channel at once.
+const BATCH: usize = 512;
+
+#[derive(Default)]
+struct Tally {
+    released: usize,
+    acked: u64,
+    discarded: u64,
+    retried: u64,
+    dropped: u64,
+    poisoned: u64,
+    init_failures: u64,
+}
+
+impl<H: Handler> Lane<H> {
+    async fn run<S: Settle>(self, mut rx: mpsc::UnboundedReceiver<Cmd<H, S>>) -> LaneReport {
+        let mut tracker: Tracker<H, S, SignalCall<H>> = Tracker::new(self.config.retry);
+        let mut running = FuturesUnordered::new();
+        let mut cmds = Vec::with_capacity(BATCH);
+        let period = (self.config.idle_timeout / 4).max(Duration::from_millis(50));
+        let mut sweep = tokio::time::interval_at(Instant::now() + period, period);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut deadline: Option<Instant> = None;
+        let mut stop_timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut report = LaneReport::default();
+        let mut timed_out = false;
+        loop {
+            self.drain(&mut tracker, &mut running);
+            if deadline.is_some() && running.is_empty() && tracker.is_quiet() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some((key, done)) = running.next(), if !running.is_empty() => {
+                    let now = Instant::now().into_std();
+                    tracker.complete(&key, done, now);
+                    // Take every other completion that is already ready in one go.
+                    while let Some(Some((key, done))) = running.next().now_or_never() {
+                        tracker.complete(&key, done, now);
+                    }
+                }
+                n = rx.recv_many(&mut cmds, BATCH), if deadline.is_none() => {
+                    if n == 0 {
+                        // Every handle was dropped: drain with the configured grace.
+                        let at = Instant::now() + self.config.drop_grace;
+                        deadline = Some(at);
+                        stop_timer.as_mut().reset(at);
+                        continue;
+                    }
+                    let now = Instant::now().into_std();
+                    for cmd in cmds.drain(..) {
+                        match cmd {
+                            Cmd::Deliver(d) => tracker.deliver(d, now),
+                            Cmd::EpochLost(e) => tracker.epoch_lost(e, now),
+                            Cmd::Signal(key, call) => tracker.signal(key, call, now),
+                            Cmd::Resume(key) => {
+                                tracker.resume(&key, now);
+                            }
+                            Cmd::Shutdown(at) => {
+                                let at = deadline.map_or(at, |d| d.min(at));
+                                deadline = Some(at);
+                                stop_timer.as_mut().reset(at);
+                            }
+                        }
+                    }
+                }
+                _ = sweep.tick() => {
+                    tracker.evict_idle(Instant::now().into_std(), self.config.idle_timeout);
+                }
+                () = &mut stop_timer, if deadline.is_some() => {
+                    // Cancel what still runs; its deliveries are redelivered by the source.
+                    running = FuturesUnordered::new();
+                    report.abandoned += tracker.abandon() as u64;
+                    self.drain(&mut tracker, &mut running);
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+        if !timed_out {
+            report.drained = true;
+            tracker.terminate_all();
+            self.drain(&mut tracker, &mut running);
+            while let Some((key, done)) = running.next().await {
+                tracker.complete(&key, done, Instant::now().into_std());
+            }
+        }
+        // Whatever is still in the channel was never accepted by a key: drop it unsettled.
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            if let Cmd::Deliver(d) = cmd {
+                report.abandoned += 1;
+                drop(d);
+                self.permits.add_permits(1);
+            }
+        }
+        self.counters.live_keys.store(0, Relaxed);
+        report
+    }
+
+    /// Carry out the tracker's outputs.
+    fn drain<S: Settle>(
+        &self,
+        tracker: &mut Tracker<H, S, SignalCall<H>>,
+        running: &mut FuturesUnordered<JobFuture<H>>,
+    ) {
+        let mut t = Tally::default();
+        while let Some(output) = tracker.poll_output() {
+            match output {
+                Output::Start(job) => {
+                    running.push(Box::pin(run_job(Arc::clone(&self.handler), job)))
+                }
+                Output::Settle { settle, settlement } => {
+                    settle.settle(settlement);
+                    t.released += 1;
+                    match settlement {
+                        Settlement::Ack => t.acked += 1,
+                        Settlement::Reject { .. } => t.discarded += 1,
+                    }
+                }
+                Output::Drop { settle } => {
+                    drop(settle);
+                    t.released += 1;
+                    t.dropped += 1;
+                }
+                Output::Event(event) => record(event, &mut t),
+            }
+        }
+        if t.released > 0 {
+            self.permits.add_permits(t.released);
+        }
+        let c = &self.counters;
+        for (counter, n) in [
+            (&c.acked, t.acked),
+            (&c.discarded, t.discarded),
+            (&c.retried, t.retried),
+            (&c.dropped, t.dropped),
+            (&c.poisoned, t.poisoned),
+            (&c.init_failures, t.init_failures),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+        c.live_keys.store(tracker.live_keys() as u64, Relaxed);
+    }
+}
+
+/// A running job; boxed so that every kind of work shares one type.
+type JobFuture<H> = std::pin::Pin<Box<dyn Future<Output = (Key, Completion<H>)> + Send>>;
+
+fn record(event: Event, t: &mut Tally) {
+    match event {
+        Event::Retrying {
+            key,
+            attempt,
+            delay,
+            failure,
+        } => {
+            t.retried += 1;
+            tracing::warn!(%key, attempt, ?delay, kind = ?failure.kind, error = %failure.detail, "handler failed; retrying the message with a fresh handler");
+        }
+        Event::InitFailed {
+            key,
+            failures,
+            delay,
+            detail,
+        } => {
+            t.init_failures += 1;
+            tracing::warn!(%key, failures, ?delay, error = %detail, "handler init failed; retrying");
+        }
+        Event::Poisoned {
+            key,
+            message_id,
+            action,
+            failure,
+        } => {
+            t.poisoned += 1;
+            tracing::error!(%key, %message_id, ?action, error = %failure.detail, "poison message");
+        }
+        Event::Discarded {
+            key,
+            message_id,
+            reason,
+        } => tracing::warn!(%key, %message_id, %reason, "message discarded"),
+        Event::Stopped { key, reason } => tracing::info!(%key, %reason, "handler stopped"),
+    }
+}
+
+async fn run_job<H: Handler>(handler: Arc<H>, job: Job<H, SignalCall<H>>) -> (Key, Completion<H>) {
+    let Job { key, state, work } = job;
+    let completion = match work {
+        Work::Message { message, attempt } => {
+            let span = tracing::debug_span!("message", key = %key, message_id = %message.message_id, attempt);
+            let (state, result) =
+                AssertUnwindSafe(handle_message(&*handler, &key, state, &message))
+                    .catch_unwind()
+                    .instrument(span)
+                    .await
+                    .unwrap_or_else(|panic| (None, Err(panicked(&*panic))));
+            Completion::Message {
+                state,
+                message,
+                result,
+            }
+        }
+        Work::Continue(arg) => {
+            let (state, result) = AssertUnwindSafe(async {
+                let mut state = match state {
+                    Some(s) => s,
+                    None => match handler.init(&key).await {
+                        Ok(s) => s,
+                        Err(e) => return (None, Err(failure(FailureKind::Init, e))),
+                    },
+                };
+                match handler.handle_continue(arg, &mut state).await {
+                    Ok(()) => (Some(state), Ok(())),
+                    Err(e) => {
+                        let f = failure(FailureKind::Error, e);
+                        handler
+                            .terminate(TerminateReason::Error(f.detail.clone()), state)
+                            .await;
+                        (None, Err(f))
+                    }
+                }
+            })
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| (None, Err(panicked(&*panic))));
+            Completion::Other { state, result }
+        }
+        Work::Extra((signal, reply)) => {
+            let (state, result) = AssertUnwindSafe(async {
+                let mut state = match state {
+                    Some(s) => s,
+                    None => match handler.init(&key).await {
+                        Ok(s) => s,
+                        Err(e) => return (None, Err(failure(FailureKind::Init, e))),
+                    },
+                };
+                let answer = handler.handle_signal(signal, &mut state).await;
+                let _ = reply.send(answer);
+                (Some(state), Ok(()))
+            })
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| (None, Err(panicked(&*panic))));
+            Completion::Other { state, result }
+        }
+        Work::Backoff(delay) => {
+            tokio::time::sleep(delay).await;
+            Completion::Other {
+                state,
+                result: Ok(()),
+            }
+        }
+        Work::Terminate(reason) => {
+            if let Some(state) = state {
+                let _ = AssertUnwindSafe(handler.terminate(reason, state))
+                    .catch_unwind()
+                    .await;
+            }
+            Completion::Other {
+                state: None,
+                result: Ok(()),
+            }
+        }
+    };
+    (key, completion)
+}
+
+async fn handle_message<H: Handler>(
+    handler: &H,
+    key: &Key,
+    state: Option<H::State>,
+    message: &Message,
+) -> (Option<H::State>, Result<Outcome<H::Continue>, Failure>) {
+    let mut state = match state {
+        Some(s) => s,
+        None => match handler.init(key).await {
+            Ok(s) => s,
+            Err(e) => return (None, Err(failure(FailureKind::Init, e))),
+        },
+    };
+    match handler.handle_message(message, &mut state).await {
+        Ok(outcome) => (Some(state), Ok(outcome)),
+        Err(e) => {
+            let f = failure(FailureKind::Error, e);
+            handler
+                .terminate(TerminateReason::Error(f.detail.clone()), state)
+                .await;
+            (None, Err(f))
+        }
+    }
+}
+
+fn failure(kind: FailureKind, error: impl fmt::Display) -> Failure {
+    Failure {
+        kind,
+        detail: error.to_string(),
+    }
+}
+
+fn panicked(panic: &(dyn Any + Send)) -> Failure {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    Failure {
+        kind: FailureKind::Panic,
+        detail: format!("panicked: {detail}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

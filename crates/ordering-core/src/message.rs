@@ -1,0 +1,308 @@
+//! The message vocabulary every transport shares: [`Key`], [`Message`], [`Headers`], [`Timestamp`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+/// A sharding key: messages with equal keys are processed in order, one at a time.
+///
+/// Keys are opaque bytes (an AMQP `sharding_key` header, a Pulsar message key, an EventStore
+/// stream id). Cloning is cheap (reference-counted).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Key(Bytes);
+
+impl Key {
+    /// A key from any byte source.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The key's bytes as a cheap clone of the underlying buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+}
+
+impl From<&'static str> for Key {
+    fn from(s: &'static str) -> Self {
+        Self(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s))
+    }
+}
+
+impl From<Vec<u8>> for Key {
+    fn from(v: Vec<u8>) -> Self {
+        Self(Bytes::from(v))
+    }
+}
+
+impl From<Bytes> for Key {
+    fn from(b: Bytes) -> Self {
+        Self(b)
+    }
+}
+
+impl From<u64> for Key {
+    /// The decimal spelling of the number, so `Key::from(7)` equals `Key::from("7")`.
+    fn from(n: u64) -> Self {
+        Self(Bytes::from(n.to_string()))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// A point in time with microsecond precision, as Unix microseconds.
+///
+/// EventStreamex stores process status in Unix microseconds; Mississippi passes an integer
+/// timestamp. One type serves both.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    /// From Unix microseconds.
+    pub const fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    /// From Unix milliseconds.
+    pub const fn from_millis(millis: i64) -> Self {
+        Self(millis.saturating_mul(1000))
+    }
+
+    /// Unix microseconds.
+    pub const fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// Unix milliseconds (rounded down).
+    pub const fn as_millis(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        let micros = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+            Err(e) => i64::try_from(e.duration().as_micros()).map_or(i64::MIN, |m| -m),
+        };
+        Self(micros)
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        let abs = Duration::from_micros(t.0.unsigned_abs());
+        if t.0 >= 0 {
+            UNIX_EPOCH + abs
+        } else {
+            UNIX_EPOCH - abs
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}µs", self.0)
+    }
+}
+
+/// One header value. The variants cover what AMQP tables, Pulsar properties and EventStore
+/// metadata carry.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum HeaderValue {
+    /// A boolean.
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A UTF-8 string.
+    Str(String),
+    /// Raw bytes.
+    Bytes(Bytes),
+}
+
+impl HeaderValue {
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(s: &str) -> Self {
+        Self::Str(s.to_owned())
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(s: String) -> Self {
+        Self::Str(s)
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(n: i64) -> Self {
+        Self::Int(n)
+    }
+}
+
+impl From<bool> for HeaderValue {
+    fn from(b: bool) -> Self {
+        Self::Bool(b)
+    }
+}
+
+/// Message headers: names to values, iterated in name order.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct Headers(BTreeMap<String, HeaderValue>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Self(BTreeMap::new())
+    }
+
+    /// Set a header, returning the previous value.
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        self.0.insert(name.into(), value.into())
+    }
+
+    /// A header by name.
+    pub fn get(&self, name: &str) -> Option<&HeaderValue> {
+        self.0.get(name)
+    }
+
+    /// Remove a header.
+    pub fn remove(&mut self, name: &str) -> Option<HeaderValue> {
+        self.0.remove(name)
+    }
+
+    /// The number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// All headers in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl<K: Into<String>, V: Into<HeaderValue>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// A message as a handler sees it: payload, headers, id and timestamp (Mississippi's
+/// `handle_message(payload, headers, message_id, timestamp, state)` arguments, bundled).
+#[derive(Clone, PartialEq, Debug)]
+pub struct Message {
+    /// The body, untouched.
+    pub payload: Bytes,
+    /// Application headers.
+    pub headers: Headers,
+    /// The message id; producers default it to a UUIDv4 so handlers can deduplicate
+    /// redeliveries.
+    pub message_id: String,
+    /// When the message was produced.
+    pub timestamp: Timestamp,
+}
+
+impl Message {
+    /// A message with no headers.
+    pub fn new(
+        payload: impl Into<Bytes>,
+        message_id: impl Into<String>,
+        timestamp: Timestamp,
+    ) -> Self {
+        Self {
+            payload: payload.into(),
+            headers: Headers::new(),
+            message_id: message_id.into(),
+            timestamp,
+        }
+    }
+
+    /// The same message with headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_round_trips_through_system_time() {
+        for micros in [0_i64, 1, 1_700_000_000_123_456, -5_000_001] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+        }
+        assert_eq!(Timestamp::from_millis(1500).as_micros(), 1_500_000);
+        assert_eq!(Timestamp::from_micros(-1).as_millis(), -1);
+    }
+
+    #[test]
+    fn keys_from_numbers_equal_their_decimal_spelling() {
+        assert_eq!(Key::from(42_u64), Key::from("42"));
+        assert_eq!(Key::from("a").to_string(), "a");
+        assert_eq!(format!("{:?}", Key::from("a")), "Key(\"a\")");
+    }
+
+    #[test]
+    fn headers_keep_name_order() {
+        let h: Headers = [("b", 1_i64), ("a", 2)].into_iter().collect();
+        let names: Vec<_> = h.iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(h.get("a"), Some(&HeaderValue::Int(2)));
+    }
+}
