@@ -55,6 +55,38 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Set [`lanes`](Self::lanes).
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes;
+        self
+    }
+
+    /// Set [`max_in_flight`](Self::max_in_flight).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Set [`idle_timeout`](Self::idle_timeout).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Set [`retry`](Self::retry).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Set [`drop_grace`](Self::drop_grace).
+    pub fn with_drop_grace(mut self, drop_grace: Duration) -> Self {
+        self.drop_grace = drop_grace;
+        self
+    }
+}
+
 /// The dispatcher could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,1 +1,5 @@
-fn main() {}
+//! Integration tests of headwaters-process-status (one binary, modules per store).
+
+mod behaviour;
+mod postgres;
+mod sqlite;

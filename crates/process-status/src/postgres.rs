@@ -1,0 +1,184 @@
+//! [`PostgresStore`]: status in PostgreSQL, in a table compatible with EventStreamex.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use headwaters_ordering_core::Timestamp;
+use tokio::sync::Mutex;
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::check_table_name;
+use crate::store::{Item, StatusStore};
+use crate::{DEFAULT_TABLE, Error};
+
+/// Status in PostgreSQL, one upsert statement per batch.
+///
+/// Table (EventStreamex's `DbAdapter` schema, created if missing):
+/// `entity VARCHAR(255) PRIMARY KEY, timestamp BIGINT NOT NULL` (Unix µs),
+/// `updated_at TIMESTAMP NOT NULL`. Unlike EventStreamex, the upsert keeps the greater
+/// timestamp (`GREATEST`), so a late, older event never moves an entity backwards.
+///
+/// The connection is re-established by the next operation after it is lost. Connections are
+/// plain TCP (use a local socket or a trusted network; TLS is not wired up yet).
+pub struct PostgresStore {
+    config: tokio_postgres::Config,
+    target: String,
+    table: Arc<str>,
+    client: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the config: it holds the password.
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connect to `url` (`postgres://user:password@host:port/db`) and create the default table
+    /// if it is missing.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, DEFAULT_TABLE).await
+    }
+
+    /// Connect and use `table`.
+    pub async fn connect_with(url: &str, table: &str) -> Result<Self, Error> {
+        check_table_name(table)?;
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| Error::InvalidUrl {
+            reason: e.to_string(),
+        })?;
+        let target = describe(&config);
+        let store = Self {
+            config,
+            target,
+            table: Arc::from(table),
+            client: Mutex::new(None),
+        };
+        let mut guard = store.client.lock().await;
+        let client = store.connected(&mut guard).await?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                    entity VARCHAR(255) NOT NULL PRIMARY KEY,
+                    timestamp BIGINT NOT NULL,
+                    updated_at TIMESTAMP WITHOUT TIME ZONE NOT NULL
+                )"
+            ))
+            .await
+            .map_err(server_error)?;
+        drop(guard);
+        Ok(store)
+    }
+
+    /// The live client, connecting first if there is none.
+    async fn connected<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a Client, Error> {
+        if slot.as_ref().is_some_and(Client::is_closed) {
+            *slot = None;
+        }
+        if slot.is_none() {
+            let (client, connection) =
+                self.config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| Error::Connect {
+                        target: self.target.clone(),
+                        reason: e
+                            .as_db_error()
+                            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                    })?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL status connection ended");
+                }
+            });
+            *slot = Some(client);
+        }
+        slot.as_ref().ok_or(Error::WriterStopped)
+    }
+}
+
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config.get_hosts().first().map_or_else(
+        || "localhost".to_owned(),
+        |h| match h {
+            Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            Host::Unix(path) => path.display().to_string(),
+        },
+    );
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+fn server_error(e: tokio_postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(db) => Error::Postgres {
+            code: db.code().code().to_owned(),
+            message: db.message().to_owned(),
+        },
+        None if e.is_closed() => Error::ConnectionLost(e.to_string()),
+        None => Error::ConnectionLost(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl StatusStore for PostgresStore {
+    async fn store(&self, items: &[Item]) -> Result<(), Error> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let entities: Vec<&str> = items.iter().map(|(e, _)| e.as_str()).collect();
+        let stamps: Vec<i64> = items.iter().map(|(_, t)| t.as_micros()).collect();
+        let table = &self.table;
+        let sql = format!(
+            "INSERT INTO {table} AS old (entity, timestamp, updated_at)
+             SELECT e, ts, NOW() FROM unnest($1::varchar[], $2::bigint[]) AS u(e, ts)
+             ON CONFLICT (entity) DO UPDATE SET
+               timestamp = GREATEST(old.timestamp, EXCLUDED.timestamp),
+               updated_at = NOW()"
+        );
+        let mut guard = self.client.lock().await;
+        let client = self.connected(&mut guard).await?;
+        client
+            .execute(&sql, &[&entities, &stamps])
+            .await
+            .map_err(server_error)?;
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Vec<Item>, Error> {
+        let table = &self.table;
+        let mut guard = self.client.lock().await;
+        let client = self.connected(&mut guard).await?;
+        let rows = client
+            .query(
+                &format!("SELECT entity, timestamp FROM {table} ORDER BY updated_at"),
+                &[],
+            )
+            .await
+            .map_err(server_error)?;
+        rows.iter()
+            .map(|row| {
+                let entity: String = row.try_get(0).map_err(server_error)?;
+                let ts: i64 = row.try_get(1).map_err(server_error)?;
+                Ok((entity, Timestamp::from_micros(ts)))
+            })
+            .collect()
+    }
+
+    async fn reset(&self) -> Result<(), Error> {
+        let table = &self.table;
+        let mut guard = self.client.lock().await;
+        let client = self.connected(&mut guard).await?;
+        client
+            .execute(&format!("DELETE FROM {table}"), &[])
+            .await
+            .map_err(server_error)?;
+        Ok(())
+    }
+}
