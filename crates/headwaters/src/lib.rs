@@ -1,1 +1,77 @@
-//! x
+//! Headwaters: consume and produce event streams reliably and in order.
+//!
+//! This facade re-exports the Headwaters crates as modules behind same-named features, so an
+//! application depends on one crate and picks the transports it needs. Each module is also
+//! published on its own (`headwaters-ordering-core`, `headwaters-process-status`, …) for
+//! libraries that want a smaller dependency.
+//!
+//! What it does not do: add behaviour of its own. There is no umbrella error type; each module
+//! keeps its own typed errors.
+//!
+//! # Layout
+//!
+//! * [`ordering`] — the shared vocabulary (message, key, settle handle, outcome) and the
+//!   per-key ordered [`Dispatcher`](ordering::Dispatcher).
+//! * [`status`] — last-processed timestamps per entity with SQLite/PostgreSQL storage.
+//!
+//! # Feature flags
+//!
+//! | feature    | default | module              | crate                        |
+//! |------------|---------|---------------------|------------------------------|
+//! | `ordering` | yes     | [`ordering`]        | `headwaters-ordering-core`   |
+//! | `status`   | yes     | [`status`]          | `headwaters-process-status`  |
+//!
+//! # Example
+//!
+//! The runnable end-to-end example is `examples/pipeline.rs` (`cargo xtask demo`): a source
+//! of messages over many keys through the ordered dispatcher, with process status recorded
+//! in SQLite. In short:
+//!
+//! ```
+//! # #[cfg(all(feature = "ordering", feature = "status"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use headwaters::ordering::{Config, Delivery, Dispatcher, Handler, Key, Message, NoSettle, Outcome, Timestamp};
+//! use headwaters::status::{MemoryStore, ProcessStatus, WriteBehind};
+//!
+//! struct Record(ProcessStatus);
+//!
+//! impl Handler for Record {
+//!     type State = ();
+//!     type Continue = ();
+//!     type Signal = ();
+//!     type Reply = ();
+//!     type Error = headwaters::status::Error;
+//!
+//!     async fn init(&self, _key: &Key) -> Result<(), Self::Error> { Ok(()) }
+//!     async fn handle_message(&self, m: &Message, _: &mut ()) -> Result<Outcome, Self::Error> {
+//!         let entity = std::str::from_utf8(&m.payload).unwrap_or("unknown");
+//!         self.0.item_processed(entity, m.timestamp).await?;
+//!         Ok(Outcome::ack())
+//!     }
+//!     async fn handle_signal(&self, _: (), _: &mut ()) {}
+//! }
+//!
+//! let status = ProcessStatus::open(MemoryStore::new(), WriteBehind::default()).await.unwrap();
+//! let dispatcher = Dispatcher::new(Record(status.clone()), Config::default()).unwrap();
+//! let epoch = dispatcher.new_epoch();
+//! let message = Message::new("posts", "m-1", Timestamp::from_micros(42));
+//! dispatcher.dispatch(Delivery { key: Key::from("posts"), message, settle: NoSettle, epoch }).await.unwrap();
+//! dispatcher.shutdown(std::time::Duration::from_secs(5)).await;
+//! assert!(status.processed("posts", Timestamp::from_micros(42)));
+//! # }
+//! # #[cfg(not(all(feature = "ordering", feature = "status")))]
+//! # fn main() {}
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+#[cfg(feature = "ordering")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ordering")))]
+#[doc(inline)]
+pub use headwaters_ordering_core as ordering;
+
+#[cfg(feature = "status")]
+#[cfg_attr(docsrs, doc(cfg(feature = "status")))]
+#[doc(inline)]
+pub use headwaters_process_status as status;
