@@ -1,1 +1,179 @@
-fn main() {}
+//! `cargo xtask`: the Headwaters task runner (std + anyhow only, so it builds in seconds).
+//!
+//! | command                 | what it does                                                        |
+//! |-------------------------|---------------------------------------------------------------------|
+//! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
+//! | `test`                  | unit, doc and emulator tests, then `integration`                    |
+//! | `integration`           | starts PostgreSQL on 127.0.0.1 (or uses `DATABASE_URL`), runs the `#[ignore]`d server tests and a smoke run of every benchmark, tears down |
+//! | `bench [ARGS]`          | every criterion benchmark, against a throwaway PostgreSQL           |
+//! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
+
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::servers::Postgres;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    std::env::set_current_dir(root()).context("cannot enter the workspace root")?;
+    match args.first().map(String::as_str) {
+        Some("demo") => demo(rest),
+        Some("test") => test(),
+        Some("integration") => integration(),
+        Some("bench") => bench(rest),
+        Some("ci") => ci(),
+        Some("help" | "-h" | "--help") | None => {
+            println!("{}", USAGE);
+            Ok(())
+        }
+        Some(other) => bail!("unknown xtask command {other:?}\n\n{USAGE}"),
+    }
+}
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+  demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
+  test           unit, doc and emulator tests, then `integration` (the README's test command)
+  integration    start PostgreSQL on 127.0.0.1 (or use DATABASE_URL) and run the server tests
+  bench [ARGS]   run the criterion benchmarks (ARGS go to criterion)
+  ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Run a command, echoing it; fail with its exit status.
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    println!("$ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("`{shown}` failed with {status}");
+    }
+    Ok(())
+}
+
+/// Whether CI asked for `--locked` (always in `ci`; everywhere else the lock file may move).
+fn locked() -> &'static [&'static str] {
+    if std::env::var_os("CI").is_some() {
+        &["--locked"]
+    } else {
+        &[]
+    }
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "headwaters",
+            "--example",
+            "pipeline",
+        ])
+        .args(locked())
+        .arg("--")
+        .args(args))
+}
+
+fn test() -> Result<()> {
+    run(cargo().args(["test", "--workspace"]).args(locked()))?;
+    integration()
+}
+
+fn integration() -> Result<()> {
+    let pg = Postgres::from_env_or_start()?;
+    let outcome = (|| {
+        run(cargo()
+            .args(["test", "--workspace"])
+            .args(locked())
+            .args(["--", "--ignored"])
+            .env("DATABASE_URL", pg.url()))?;
+        // Every benchmark once, briefly (criterion's test mode), against the real server.
+        run(cargo()
+            .args(["test", "-p", "headwaters-benches", "--benches"])
+            .args(locked())
+            .env("DATABASE_URL", pg.url()))
+    })();
+    if outcome.is_err() {
+        pg.print_log();
+    }
+    outcome
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let pg = Postgres::from_env_or_start()?;
+    let outcome = run(cargo()
+        .args(["bench", "-p", "headwaters-benches"])
+        .args(locked())
+        .arg("--")
+        .args(args)
+        .env("DATABASE_URL", pg.url()));
+    if outcome.is_err() {
+        pg.print_log();
+    }
+    outcome
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    let step = |name: &str| println!("\n==> {name} ({:.0?} so far)", started.elapsed());
+    step("fmt");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("clippy");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("test");
+    test()?;
+    step("docs");
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps", "--locked"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    step("demo (debug build, smaller run)");
+    run(cargo()
+        .args([
+            "run",
+            "-p",
+            "headwaters",
+            "--example",
+            "pipeline",
+            "--locked",
+            "--",
+        ])
+        .args(["--messages", "200000", "--keys", "2000"]))?;
+    step("cargo package");
+    run(cargo().args([
+        "package",
+        "--workspace",
+        "--locked",
+        "--exclude",
+        "xtask",
+        "--exclude",
+        "headwaters-benches",
+    ]))?;
+    println!("\nci: all steps passed in {:.0?}", started.elapsed());
+    Ok(())
+}

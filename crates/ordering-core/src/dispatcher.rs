@@ -8,6 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
@@ -373,6 +374,7 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
     }
 
     /// Like [`dispatch`](Self::dispatch), without waiting.
+    #[allow(clippy::result_large_err)] // the delivery comes back by value so nothing is lost; boxing would cost the error path an allocation for no gain
     pub fn try_dispatch(&self, delivery: Delivery<S>) -> Result<(), TryDispatchError<S>> {
         match self.inner.permits.try_acquire() {
             Ok(permit) => permit.forget(),
@@ -386,6 +388,7 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
         self.send(delivery).map_err(TryDispatchError::Closed)
     }
 
+    #[allow(clippy::result_large_err)] // as in `try_dispatch`: the delivery comes back
     fn send(&self, delivery: Delivery<S>) -> Result<(), Delivery<S>> {
         let lane = self.lane(&delivery.key);
         lane.send(Cmd::Deliver(delivery)).map_err(|e| {
@@ -595,10 +598,23 @@ impl<H: Handler> Lane<H> {
         running: &mut FuturesUnordered<JobFuture<H>>,
     ) {
         let mut t = Tally::default();
+        let mut now = None;
+        let mut cx = Context::from_waker(Waker::noop());
         while let Some(output) = tracker.poll_output() {
             match output {
                 Output::Start(job) => {
-                    running.push(Box::pin(run_job(Arc::clone(&self.handler), job)))
+                    // Poll a new job once right here: a handler that finishes without waiting
+                    // never goes through `running`, and its key's next job starts at once.
+                    // One that waits is moved to `running`, whose first poll re-registers
+                    // the real waker.
+                    let mut job = Box::pin(run_job(Arc::clone(&self.handler), job));
+                    match job.as_mut().poll(&mut cx) {
+                        Poll::Ready((key, done)) => {
+                            let now = *now.get_or_insert_with(std::time::Instant::now);
+                            tracker.complete(&key, done, now);
+                        }
+                        Poll::Pending => running.push(job),
+                    }
                 }
                 Output::Settle { settle, settlement } => {
                     settle.settle(settlement);

@@ -1,0 +1,245 @@
+//! Throwaway servers on 127.0.0.1 for the integration tests: PostgreSQL (Debian package).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// A PostgreSQL server: either given by `DATABASE_URL` or started here, in a temporary data
+/// directory on a free port, and stopped (and its directory removed) on drop.
+pub(crate) enum Postgres {
+    External(String),
+    Local(LocalPostgres),
+}
+
+pub(crate) struct LocalPostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    url: String,
+    /// Commands run as this user (initdb refuses root).
+    as_user: Option<String>,
+}
+
+impl Postgres {
+    pub(crate) fn from_env_or_start() -> Result<Self> {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            println!("using the PostgreSQL server at DATABASE_URL");
+            return Ok(Self::External(url));
+        }
+        LocalPostgres::start().map(Self::Local)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        match self {
+            Self::External(url) => url,
+            Self::Local(pg) => &pg.url,
+        }
+    }
+
+    pub(crate) fn print_log(&self) {
+        if let Self::Local(pg) = self {
+            pg.print_log();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The directory holding `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/*/bin`, or `PATH`.
+fn find_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .find(|p| p.join("pg_ctl").exists() && p.join("initdb").exists())
+    })
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Install Debian packages as root, or explain what to do.
+pub(crate) fn apt_install(packages: &[&str], what: &str, env_var: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "{what} is not installed. Install it (`sudo apt-get install {}`) or point the tests at a running server with {env_var}.",
+            packages.join(" ")
+        );
+    }
+    println!("installing {} (Debian packages)…", packages.join(" "));
+    let quiet = |cmd: &mut Command| -> Result<()> {
+        let status = cmd
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("cannot run {cmd:?}"))?;
+        if !status.success() {
+            bail!(
+                "{cmd:?} failed with {status}; install {} by hand or set {env_var}",
+                packages.join(" ")
+            );
+        }
+        Ok(())
+    };
+    quiet(Command::new("apt-get").args(["update", "-qq"]))?;
+    quiet(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages),
+    )
+}
+
+impl LocalPostgres {
+    fn start() -> Result<Self> {
+        let bin = match find_bin() {
+            Some(bin) => bin,
+            None => {
+                apt_install(&["postgresql"], "PostgreSQL", "DATABASE_URL")?;
+                find_bin().context("postgresql was installed but initdb/pg_ctl were not found")?
+            }
+        };
+        let as_user = if is_root() {
+            let exists = Command::new("id")
+                .arg("postgres")
+                .stdout(Stdio::null())
+                .status()?
+                .success();
+            if !exists {
+                bail!(
+                    "running as root, but there is no `postgres` user to run PostgreSQL as (initdb refuses root); reinstall the postgresql package or set DATABASE_URL"
+                );
+            }
+            Some("postgres".to_owned())
+        } else {
+            None
+        };
+        let dir = std::env::temp_dir().join(format!("headwaters-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let port = free_port()?;
+        let pg = Self {
+            bin,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            as_user,
+        };
+        if let Some(user) = &pg.as_user {
+            pg.pg(Command::new("chown").args(["-R", user]).arg(&pg.dir))?;
+        }
+        println!(
+            "starting PostgreSQL on 127.0.0.1:{port} (data in {})",
+            pg.dir.display()
+        );
+        let data = pg.dir.join("data");
+        pg.pg(pg.tool("initdb").arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]))?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            pg.dir.display()
+        );
+        pg.pg(pg
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(pg.dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]))
+            .inspect_err(|_| pg.print_log())?;
+        println!("PostgreSQL is ready");
+        Ok(pg)
+    }
+
+    fn print_log(&self) {
+        let log = self.dir.join("server.log");
+        match std::fs::read_to_string(&log) {
+            Ok(text) => eprintln!(
+                "---- PostgreSQL log ({}) ----\n{text}\n---- end of log ----",
+                log.display()
+            ),
+            Err(e) => eprintln!("(no PostgreSQL log at {}: {e})", log.display()),
+        }
+    }
+
+    /// A PostgreSQL tool, run as the server's user when we are root.
+    fn tool(&self, name: &str) -> Command {
+        let path = self.bin.join(name);
+        match &self.as_user {
+            Some(user) => {
+                let mut cmd = Command::new("runuser");
+                cmd.args(["-u", user, "--"]).arg(path);
+                cmd
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn pg(&self, cmd: &mut Command) -> Result<()> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed with {}:\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let stopped = self.pg(self.tool("pg_ctl").arg("-D").arg(&data).args([
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]));
+        if let Err(e) = stopped {
+            eprintln!("warning: could not stop PostgreSQL: {e:#}");
+        }
+        remove(&self.dir);
+    }
+}
+
+fn remove(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!("warning: could not remove {}: {e}", dir.display());
+    }
+}
