@@ -197,6 +197,33 @@ fn message(global: u64, keys: u64, redelivered: bool) -> (Key, Message) {
     (key, message)
 }
 
+/// Dispatch messages `(number, redelivered)` on one connection epoch.
+async fn deliver(
+    dispatcher: &Dispatcher<OrderChecker, Ack>,
+    broker: &Arc<Broker>,
+    keys: u64,
+    epoch: Epoch,
+    messages: impl Iterator<Item = (u64, bool)>,
+) -> anyhow::Result<()> {
+    for (global, redelivered) in messages {
+        let (key, message) = message(global, keys, redelivered);
+        let settle = Ack {
+            broker: Arc::clone(broker),
+            global,
+            epoch,
+        };
+        dispatcher
+            .dispatch(Delivery {
+                key,
+                message,
+                settle,
+                epoch,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
@@ -247,49 +274,23 @@ async fn main() -> anyhow::Result<()> {
     // First connection: deliver up to the middle, then the connection dies.
     let middle = args.messages / 2;
     let first = dispatcher.new_epoch();
-    for global in 0..middle {
-        let (key, message) = message(global, args.keys, false);
-        let settle = Ack {
-            broker: Arc::clone(&broker),
-            global,
-            epoch: first,
-        };
-        dispatcher
-            .dispatch(Delivery {
-                key,
-                message,
-                settle,
-                epoch: first,
-            })
-            .await?;
-    }
+    let fresh = |range: std::ops::Range<u64>| range.map(|g| (g, false));
+    deliver(&dispatcher, &broker, args.keys, first, fresh(0..middle)).await?;
     let redeliver = broker.close(first, 0..middle);
     dispatcher.epoch_lost(first);
     // Second connection: the unacked messages come again, in order, flagged as redelivered,
     // then the rest of the stream.
     let second = dispatcher.new_epoch();
     let redelivered = redeliver.len() as u64;
-    let rest = middle..args.messages;
-    for (global, again) in redeliver
-        .into_iter()
-        .map(|g| (g, true))
-        .chain(rest.map(|g| (g, false)))
-    {
-        let (key, message) = message(global, args.keys, again);
-        let settle = Ack {
-            broker: Arc::clone(&broker),
-            global,
-            epoch: second,
-        };
-        dispatcher
-            .dispatch(Delivery {
-                key,
-                message,
-                settle,
-                epoch: second,
-            })
-            .await?;
-    }
+    let again = redeliver.into_iter().map(|g| (g, true));
+    deliver(
+        &dispatcher,
+        &broker,
+        args.keys,
+        second,
+        again.chain(fresh(middle..args.messages)),
+    )
+    .await?;
     let report = dispatcher.shutdown(Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
     ticker.abort();

@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::handler::{Handler, Outcome, TerminateReason};
-use crate::message::{Key, Message};
+use crate::handler::{Handler, TerminateReason};
+use crate::message::Key;
 use crate::settle::{Delivery, Epoch, Settle, Settlement};
 use crate::tracker::{
     Completion, Event, Failure, FailureKind, Job, Output, RetryPolicy, Tracker, Work,
@@ -695,15 +695,22 @@ fn record(event: Event, t: &mut Tally) {
 
 async fn run_job<H: Handler>(handler: Arc<H>, job: Job<H, SignalCall<H>>) -> (Key, Completion<H>) {
     let Job { key, state, work } = job;
+    let h = &*handler;
     let completion = match work {
         Work::Message { message, attempt } => {
             let span = tracing::debug_span!("message", key = %key, message_id = %message.message_id, attempt);
-            let (state, result) =
-                AssertUnwindSafe(handle_message(&*handler, &key, state, &message))
-                    .catch_unwind()
-                    .instrument(span)
-                    .await
-                    .unwrap_or_else(|panic| (None, Err(panicked(&*panic))));
+            let (state, result) = guarded(async {
+                let mut state = match state_or_init(h, &key, state).await {
+                    Ok(s) => s,
+                    Err(f) => return (None, Err(f)),
+                };
+                match h.handle_message(&message, &mut state).await {
+                    Ok(outcome) => (Some(state), Ok(outcome)),
+                    Err(e) => ended(h, state, e).await,
+                }
+            })
+            .instrument(span)
+            .await;
             Completion::Message {
                 state,
                 message,
@@ -711,46 +718,30 @@ async fn run_job<H: Handler>(handler: Arc<H>, job: Job<H, SignalCall<H>>) -> (Ke
             }
         }
         Work::Continue(arg) => {
-            let (state, result) = AssertUnwindSafe(async {
-                let mut state = match state {
-                    Some(s) => s,
-                    None => match handler.init(&key).await {
-                        Ok(s) => s,
-                        Err(e) => return (None, Err(failure(FailureKind::Init, e))),
-                    },
+            let (state, result) = guarded(async {
+                let mut state = match state_or_init(h, &key, state).await {
+                    Ok(s) => s,
+                    Err(f) => return (None, Err(f)),
                 };
-                match handler.handle_continue(arg, &mut state).await {
+                match h.handle_continue(arg, &mut state).await {
                     Ok(()) => (Some(state), Ok(())),
-                    Err(e) => {
-                        let f = failure(FailureKind::Error, e);
-                        handler
-                            .terminate(TerminateReason::Error(f.detail.clone()), state)
-                            .await;
-                        (None, Err(f))
-                    }
+                    Err(e) => ended(h, state, e).await,
                 }
             })
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| (None, Err(panicked(&*panic))));
+            .await;
             Completion::Other { state, result }
         }
         Work::Extra((signal, reply)) => {
-            let (state, result) = AssertUnwindSafe(async {
-                let mut state = match state {
-                    Some(s) => s,
-                    None => match handler.init(&key).await {
-                        Ok(s) => s,
-                        Err(e) => return (None, Err(failure(FailureKind::Init, e))),
-                    },
+            let (state, result) = guarded(async {
+                let mut state = match state_or_init(h, &key, state).await {
+                    Ok(s) => s,
+                    Err(f) => return (None, Err(f)),
                 };
-                let answer = handler.handle_signal(signal, &mut state).await;
+                let answer = h.handle_signal(signal, &mut state).await;
                 let _ = reply.send(answer);
                 (Some(state), Ok(()))
             })
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| (None, Err(panicked(&*panic))));
+            .await;
             Completion::Other { state, result }
         }
         Work::Backoff(delay) => {
@@ -762,7 +753,7 @@ async fn run_job<H: Handler>(handler: Arc<H>, job: Job<H, SignalCall<H>>) -> (Ke
         }
         Work::Terminate(reason) => {
             if let Some(state) = state {
-                let _ = AssertUnwindSafe(handler.terminate(reason, state))
+                let _ = AssertUnwindSafe(h.terminate(reason, state))
                     .catch_unwind()
                     .await;
             }
@@ -775,29 +766,42 @@ async fn run_job<H: Handler>(handler: Arc<H>, job: Job<H, SignalCall<H>>) -> (Ke
     (key, completion)
 }
 
-async fn handle_message<H: Handler>(
+/// The key's handler state, from a fresh `init` if it has none.
+async fn state_or_init<H: Handler>(
     handler: &H,
     key: &Key,
     state: Option<H::State>,
-    message: &Message,
-) -> (Option<H::State>, Result<Outcome<H::Continue>, Failure>) {
-    let mut state = match state {
-        Some(s) => s,
-        None => match handler.init(key).await {
-            Ok(s) => s,
-            Err(e) => return (None, Err(failure(FailureKind::Init, e))),
-        },
-    };
-    match handler.handle_message(message, &mut state).await {
-        Ok(outcome) => (Some(state), Ok(outcome)),
-        Err(e) => {
-            let f = failure(FailureKind::Error, e);
-            handler
-                .terminate(TerminateReason::Error(f.detail.clone()), state)
-                .await;
-            (None, Err(f))
-        }
+) -> Result<H::State, Failure> {
+    match state {
+        Some(state) => Ok(state),
+        None => handler
+            .init(key)
+            .await
+            .map_err(|e| failure(FailureKind::Init, e)),
     }
+}
+
+/// The handler failed: terminate it and report the failure (its state is gone).
+async fn ended<H: Handler, T>(
+    handler: &H,
+    state: H::State,
+    error: H::Error,
+) -> (Option<H::State>, Result<T, Failure>) {
+    let f = failure(FailureKind::Error, error);
+    handler
+        .terminate(TerminateReason::Error(f.detail.clone()), state)
+        .await;
+    (None, Err(f))
+}
+
+/// Run a job body, turning a panic into a failure that leaves no state.
+async fn guarded<S, T>(
+    body: impl Future<Output = (Option<S>, Result<T, Failure>)>,
+) -> (Option<S>, Result<T, Failure>) {
+    AssertUnwindSafe(body)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| (None, Err(panicked(&*panic))))
 }
 
 fn failure(kind: FailureKind, error: impl fmt::Display) -> Failure {

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
-use crate::handler::StopAction;
+use crate::handler::{Outcome, StopAction};
+use crate::message::Message;
 use crate::message::Timestamp;
 use crate::settle::NoSettle;
 use crate::tracker::PoisonAction;

@@ -87,6 +87,14 @@ fn failed(job: Job<Types, u32>, kind: FailureKind) -> Completion<Types> {
     }
 }
 
+/// A successful completion of a non-message job.
+fn done(state: Option<u64>) -> Completion<Types> {
+    Completion::Other {
+        state,
+        result: Ok(()),
+    }
+}
+
 fn settled(outs: &[Output<Types, Probe, u32>]) -> Vec<(usize, Settlement)> {
     outs.iter()
         .filter_map(|o| match o {
@@ -136,14 +144,7 @@ fn stop_settles_terminates_and_a_fresh_handler_takes_the_queue_in_order() {
     assert_eq!(settled(&outs), [(0, Settlement::Reject { requeue: false })]);
     let term = jobs(outs).remove(0);
     assert!(matches!(term.work, Work::Terminate(TerminateReason::Stopped(ref r)) if r == "done"));
-    t.complete(
-        &Key::from(1_u64),
-        Completion::Other {
-            state: None,
-            result: Ok(()),
-        },
-        now,
-    );
+    t.complete(&Key::from(1_u64), done(None), now);
     let next = jobs(outputs(&mut t)).remove(0);
     assert_eq!(
         message_id(&next),
@@ -173,14 +174,7 @@ fn failure_retries_same_message_then_poison_discards() {
     );
     let backoff = jobs(outs).remove(0);
     assert!(matches!(backoff.work, Work::Backoff(d) if d == policy.backoff_base));
-    t.complete(
-        &key,
-        Completion::Other {
-            state: None,
-            result: Ok(()),
-        },
-        now,
-    );
+    t.complete(&key, done(None), now);
     let retry = jobs(outputs(&mut t)).remove(0);
     assert!(
         matches!(&retry.work, Work::Message { message, attempt: 2 } if message.message_id == "0")
@@ -236,14 +230,7 @@ fn init_failure_keeps_the_message_and_backs_off() {
     );
     let backoff = jobs(outs).remove(0);
     assert!(matches!(backoff.work, Work::Backoff(_)));
-    t.complete(
-        &key,
-        Completion::Other {
-            state: None,
-            result: Ok(()),
-        },
-        now,
-    );
+    t.complete(&key, done(None), now);
     let retry = jobs(outputs(&mut t)).remove(0);
     assert!(
         matches!(&retry.work, Work::Message { attempt: 1, .. }),
@@ -303,14 +290,7 @@ fn idle_keys_are_terminated_then_removed() {
     );
     let term = jobs(outputs(&mut t)).remove(0);
     assert!(matches!(term.work, Work::Terminate(TerminateReason::Idle)));
-    t.complete(
-        &key,
-        Completion::Other {
-            state: None,
-            result: Ok(()),
-        },
-        now,
-    );
+    t.complete(&key, done(None), now);
     assert_eq!(t.live_keys(), 0);
 }
 
@@ -326,24 +306,10 @@ fn continuation_and_signals_run_before_the_next_message() {
     t.complete(&key, ok(job, Outcome::ack().and_continue(7)), now);
     let cont = jobs(outputs(&mut t)).remove(0);
     assert!(matches!(cont.work, Work::Continue(7)));
-    t.complete(
-        &key,
-        Completion::Other {
-            state: cont.state,
-            result: Ok(()),
-        },
-        now,
-    );
+    t.complete(&key, done(cont.state), now);
     let sig = jobs(outputs(&mut t)).remove(0);
     assert!(matches!(sig.work, Work::Extra(9)));
-    t.complete(
-        &key,
-        Completion::Other {
-            state: sig.state,
-            result: Ok(()),
-        },
-        now,
-    );
+    t.complete(&key, done(sig.state), now);
     let next = jobs(outputs(&mut t)).remove(0);
     assert_eq!(message_id(&next), Some("1"));
 }
@@ -515,13 +481,7 @@ fn complete_as(job: Job<Types, u32>, fate: Fate) -> (Completion<Types>, bool) {
                 ends,
             )
         }
-        Work::Terminate(_) => (
-            Completion::Other {
-                state: None,
-                result: Ok(()),
-            },
-            false,
-        ),
+        Work::Terminate(_) => (done(None), false),
         Work::Backoff(_) => (
             Completion::Other {
                 state: job.state,
