@@ -304,6 +304,13 @@ impl<P: Clone, A> Batch<P, A> {
         Some(position)
     }
 
+    /// The checkpoint to take now, whatever the interval (graceful stop).
+    pub fn checkpoint_now(&mut self, now: Instant) -> Option<P> {
+        let position = self.candidate.take()?;
+        self.last_checkpoint = Some(now);
+        Some(position)
+    }
+
     /// A checkpoint handed out by [`checkpoint_due`](Self::checkpoint_due) could not be
     /// stored: offer it again (unless a newer one is already waiting).
     pub fn checkpoint_failed(&mut self, position: P) {

@@ -13,6 +13,8 @@
 //! * [`ordering`] — the shared vocabulary (message, key, settle handle, outcome) and the
 //!   per-key ordered [`Dispatcher`](ordering::Dispatcher).
 //! * [`status`] — last-processed timestamps per entity with SQLite/PostgreSQL storage.
+//! * [`flusher`] — erlmld's flusher and batch processor: batch records into a sink,
+//!   checkpoint only the contiguous flushed prefix, restart one shard at a time.
 //!
 //! # Feature flags
 //!
@@ -20,6 +22,7 @@
 //! |------------|---------|---------------------|------------------------------|
 //! | `ordering` | yes     | [`ordering`]        | `headwaters-ordering-core`   |
 //! | `status`   | yes     | [`status`]          | `headwaters-process-status`  |
+//! | `flusher`  | yes     | [`flusher`]         | `headwaters-batch-flusher`   |
 //!
 //! # Example
 //!
@@ -70,6 +73,11 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "ordering")))]
 #[doc(inline)]
 pub use headwaters_ordering_core as ordering;
+
+#[cfg(feature = "flusher")]
+#[cfg_attr(docsrs, doc(cfg(feature = "flusher")))]
+#[doc(inline)]
+pub use headwaters_batch_flusher as flusher;
 
 #[cfg(feature = "status")]
 #[cfg_attr(docsrs, doc(cfg(feature = "status")))]

@@ -236,7 +236,7 @@ proptest! {
         // Shard end: a full flush returns everything.
         let rest: Vec<Token> = (0..done.len()).filter(|&i| !done[i]).map(|i| tokens[i]).collect();
         b.flushed(&rest, now).unwrap();
-        for d in &mut done { *d = true; }
+        done.fill(true);
         let final_cp = b.finish().unwrap();
         let best = (0..done.len()).rev().find(|&i| point[i]);
         prop_assert_eq!(final_cp, best.filter(|&b| last.is_none_or(|l| b > l)));

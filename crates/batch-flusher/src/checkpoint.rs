@@ -1,0 +1,177 @@
+//! Where checkpoints live: the [`Checkpointer`] contract, its [`CheckpointError`], and
+//! [`MemoryCheckpoints`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+/// Stores one checkpoint (a position's text form) per shard, and — for stores shared by many
+/// instances — who owns each shard.
+///
+/// Contract: [`acquire`](Self::acquire) claims the shard for this instance (or fails with
+/// [`CheckpointError::LeaseHeld`]) and returns its checkpoint; [`checkpoint`](Self::checkpoint)
+/// stores a position only while this instance still owns the shard (else
+/// [`CheckpointError::LeaseLost`]); [`renew`](Self::renew) keeps the claim alive;
+/// [`release`](Self::release) gives it up.
+#[async_trait]
+pub trait Checkpointer: Send + Sync + 'static {
+    /// Claim `shard` and return its last checkpoint.
+    async fn acquire(&self, shard: &str) -> Result<Option<String>, CheckpointError>;
+
+    /// Store `position` as `shard`'s checkpoint.
+    async fn checkpoint(&self, shard: &str, position: &str) -> Result<(), CheckpointError>;
+
+    /// Keep the claim on `shard` alive.
+    async fn renew(&self, _shard: &str) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+
+    /// Give up the claim on `shard`.
+    async fn release(&self, _shard: &str) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<C: Checkpointer + ?Sized> Checkpointer for Arc<C> {
+    async fn acquire(&self, shard: &str) -> Result<Option<String>, CheckpointError> {
+        (**self).acquire(shard).await
+    }
+    async fn checkpoint(&self, shard: &str, position: &str) -> Result<(), CheckpointError> {
+        (**self).checkpoint(shard, position).await
+    }
+    async fn renew(&self, shard: &str) -> Result<(), CheckpointError> {
+        (**self).renew(shard).await
+    }
+    async fn release(&self, shard: &str) -> Result<(), CheckpointError> {
+        (**self).release(shard).await
+    }
+}
+
+/// A checkpoint store failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// Another instance owns the shard and its lease has not expired.
+    #[error(
+        "shard {shard:?} is owned by {owner:?} until its lease expires; another instance processes it"
+    )]
+    LeaseHeld {
+        /// The shard.
+        shard: String,
+        /// The current owner.
+        owner: String,
+    },
+    /// This instance no longer owns the shard: stop processing it without checkpointing.
+    #[error("the lease on shard {shard:?} was lost{}; stop processing it", owner.as_ref().map(|o| format!(" to {o:?}")).unwrap_or_default())]
+    LeaseLost {
+        /// The shard.
+        shard: String,
+        /// The new owner, if known.
+        owner: Option<String>,
+    },
+    /// The configured table name is not a plain SQL identifier.
+    #[error(
+        "invalid table name {0:?}: use ASCII letters, digits and underscores, starting with a letter or underscore, at most 63 characters"
+    )]
+    InvalidTableName(String),
+    /// The database URL could not be parsed (the URL is not repeated: it may hold a password).
+    #[error("invalid database URL: {reason}")]
+    InvalidUrl {
+        /// The parser's reason.
+        reason: String,
+    },
+    /// The database could not be reached.
+    #[error("cannot connect to the checkpoint database at {target}: {reason}")]
+    Connect {
+        /// Host and port, never credentials.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// PostgreSQL answered with an error.
+    #[error("PostgreSQL error {code}: {message}")]
+    Postgres {
+        /// SQLSTATE code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// SQLite failed.
+    #[cfg(feature = "sqlite")]
+    #[error("SQLite error: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    /// A blocking store task failed.
+    #[error("a checkpoint store task failed: {0}")]
+    Task(Arc<tokio::task::JoinError>),
+}
+
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for CheckpointError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(Arc::new(e))
+    }
+}
+
+impl From<tokio::task::JoinError> for CheckpointError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Task(Arc::new(e))
+    }
+}
+
+/// Checkpoints in memory, for one process (no leases). Clones share the same map.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryCheckpoints {
+    map: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl MemoryCheckpoints {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stored checkpoint of `shard`.
+    pub fn get(&self, shard: &str) -> Option<String> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(shard)
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl Checkpointer for MemoryCheckpoints {
+    async fn acquire(&self, shard: &str) -> Result<Option<String>, CheckpointError> {
+        Ok(self.get(shard))
+    }
+
+    async fn checkpoint(&self, shard: &str, position: &str) -> Result<(), CheckpointError> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard.to_owned(), position.to_owned());
+        Ok(())
+    }
+}
+
+/// The default checkpoint table of the SQL stores.
+pub const DEFAULT_TABLE: &str = "headwaters_checkpoints";
+
+/// Check a table name: it is spliced into SQL, so only plain identifiers are allowed.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn check_table_name(name: &str) -> Result<(), CheckpointError> {
+    let mut chars = name.chars();
+    let ok = name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(CheckpointError::InvalidTableName(name.to_owned()))
+    }
+}

@@ -1,0 +1,261 @@
+//! [`PostgresCheckpoints`]: checkpoints shared by many instances, with an owner lease and
+//! compare-and-set, so that two instances never checkpoint the same shard.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, NoTls};
+
+use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, check_table_name};
+
+/// Checkpoints in PostgreSQL, one row per shard with its owner and lease expiry.
+///
+/// * `acquire` takes the shard if it has no owner, is already ours, or its lease expired;
+///   otherwise it fails with [`CheckpointError::LeaseHeld`].
+/// * `checkpoint` and `renew` succeed only while the row still names this owner (a takeover
+///   changes it); otherwise [`CheckpointError::LeaseLost`]. Each extends the lease.
+/// * `release` clears the owner.
+///
+/// The processor renews at every checkpoint interval, so the lease must be longer than
+/// that interval (default lease 30 s; default checkpoint interval 10 s).
+///
+/// Table (created if missing): `shard TEXT PRIMARY KEY, position TEXT, owner TEXT,
+/// lease_until TIMESTAMPTZ, updated_at TIMESTAMPTZ`.
+pub struct PostgresCheckpoints {
+    config: tokio_postgres::Config,
+    target: String,
+    table: String,
+    owner: String,
+    lease_ms: i64,
+    client: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for PostgresCheckpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCheckpoints")
+            .field("target", &self.target)
+            .field("table", &self.table)
+            .field("owner", &self.owner)
+            .field("lease_ms", &self.lease_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresCheckpoints {
+    /// Connect to `url` as `owner` (a name unique to this instance, e.g. host and pid) with
+    /// leases of `lease`, using the default table.
+    pub async fn connect(
+        url: &str,
+        owner: impl Into<String>,
+        lease: Duration,
+    ) -> Result<Self, CheckpointError> {
+        Self::connect_with(url, owner, lease, DEFAULT_TABLE).await
+    }
+
+    /// Connect with a table name.
+    pub async fn connect_with(
+        url: &str,
+        owner: impl Into<String>,
+        lease: Duration,
+        table: &str,
+    ) -> Result<Self, CheckpointError> {
+        check_table_name(table)?;
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| CheckpointError::InvalidUrl {
+                reason: e.to_string(),
+            })?;
+        let target = describe(&config);
+        let store = Self {
+            config,
+            target,
+            table: table.to_owned(),
+            owner: owner.into(),
+            lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+            client: Mutex::new(None),
+        };
+        store
+            .client()
+            .await?
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                    shard TEXT NOT NULL PRIMARY KEY,
+                    position TEXT,
+                    owner TEXT,
+                    lease_until TIMESTAMPTZ,
+                    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )"
+            ))
+            .await
+            .map_err(server_error)?;
+        Ok(store)
+    }
+
+    /// This instance's owner name.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The live client, connecting first if there is none.
+    async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, CheckpointError> {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_some_and(Client::is_closed) {
+            *slot = None;
+        }
+        if slot.is_none() {
+            let (client, connection) =
+                self.config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| CheckpointError::Connect {
+                        target: self.target.clone(),
+                        reason: e
+                            .as_db_error()
+                            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                    })?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL checkpoint connection ended");
+                }
+            });
+            *slot = Some(client);
+        }
+        MutexGuard::try_map(slot, Option::as_mut).map_err(|_| CheckpointError::Connect {
+            target: self.target.clone(),
+            reason: "the connection closed".into(),
+        })
+    }
+
+    async fn owner_of(&self, shard: &str) -> Result<Option<String>, CheckpointError> {
+        let table = &self.table;
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT owner FROM {table} WHERE shard = $1"),
+                &[&shard],
+            )
+            .await
+            .map_err(server_error)?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
+    /// `updated` rows from a compare-and-set: 0 means another owner has the shard.
+    async fn owned(&self, shard: &str, updated: u64) -> Result<(), CheckpointError> {
+        if updated == 1 {
+            return Ok(());
+        }
+        Err(CheckpointError::LeaseLost {
+            shard: shard.to_owned(),
+            owner: self.owner_of(shard).await?,
+        })
+    }
+}
+
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config.get_hosts().first().map_or_else(
+        || "localhost".to_owned(),
+        |h| match h {
+            Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            Host::Unix(path) => path.display().to_string(),
+        },
+    );
+    format!(
+        "{host}:{}",
+        config.get_ports().first().copied().unwrap_or(5432)
+    )
+}
+
+fn server_error(e: tokio_postgres::Error) -> CheckpointError {
+    match e.as_db_error() {
+        Some(db) => CheckpointError::Postgres {
+            code: db.code().code().to_owned(),
+            message: db.message().to_owned(),
+        },
+        None => CheckpointError::Connect {
+            target: "PostgreSQL".into(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+#[async_trait]
+impl Checkpointer for PostgresCheckpoints {
+    async fn acquire(&self, shard: &str) -> Result<Option<String>, CheckpointError> {
+        let table = &self.table;
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!(
+                    "INSERT INTO {table} AS c (shard, position, owner, lease_until, updated_at)
+                     VALUES ($1, NULL, $2, now() + $3::bigint * interval '1 millisecond', now())
+                     ON CONFLICT (shard) DO UPDATE SET
+                       owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until, updated_at = now()
+                     WHERE c.owner IS NULL OR c.owner = EXCLUDED.owner OR c.lease_until < now()
+                     RETURNING position"
+                ),
+                &[&shard, &self.owner, &self.lease_ms],
+            )
+            .await
+            .map_err(server_error)?;
+        match row {
+            Some(row) => Ok(row.get::<_, Option<String>>(0)),
+            None => Err(CheckpointError::LeaseHeld {
+                shard: shard.to_owned(),
+                owner: self.owner_of(shard).await?.unwrap_or_default(),
+            }),
+        }
+    }
+
+    async fn checkpoint(&self, shard: &str, position: &str) -> Result<(), CheckpointError> {
+        let table = &self.table;
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                &format!(
+                    "UPDATE {table} SET position = $3,
+                       lease_until = now() + $4::bigint * interval '1 millisecond', updated_at = now()
+                     WHERE shard = $1 AND owner = $2"
+                ),
+                &[&shard, &self.owner, &position, &self.lease_ms],
+            )
+            .await
+            .map_err(server_error)?;
+        self.owned(shard, updated).await
+    }
+
+    async fn renew(&self, shard: &str) -> Result<(), CheckpointError> {
+        let table = &self.table;
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                &format!(
+                    "UPDATE {table} SET lease_until = now() + $3::bigint * interval '1 millisecond'
+                     WHERE shard = $1 AND owner = $2"
+                ),
+                &[&shard, &self.owner, &self.lease_ms],
+            )
+            .await
+            .map_err(server_error)?;
+        self.owned(shard, updated).await
+    }
+
+    async fn release(&self, shard: &str) -> Result<(), CheckpointError> {
+        let table = &self.table;
+        self.client()
+            .await?
+            .execute(
+                &format!("UPDATE {table} SET owner = NULL, lease_until = NULL WHERE shard = $1 AND owner = $2"),
+                &[&shard, &self.owner],
+            )
+            .await
+            .map_err(server_error)?;
+        Ok(())
+    }
+}
