@@ -2,8 +2,9 @@
 //!
 //! * `batch_processor/run_shard_noop_flusher`: 1,000,000 records through `run_shard` (stream,
 //!   tokens, add_record, heartbeats, flushes every 1,000 records, checkpoint rule, shard end)
-//!   with a flusher that only collects tokens — next to pushing the same records into a Vec
-//!   (the lower bound), and the IO-free `Batch` core alone.
+//!   with a flusher that only collects tokens — next to draining the same source into a Vec
+//!   (the lower bound: what any consumer of this source pays), a bare Vec push, and the
+//!   IO-free `Batch` core alone.
 //! * `checkpoint_store/*`: checkpoint writes per second for each store (PostgreSQL when
 //!   `DATABASE_URL` is set; `cargo xtask bench` sets it).
 
@@ -110,6 +111,27 @@ fn processor(c: &mut Criterion) {
                     black_box(batch.checkpoint_due(now));
                 }
             }
+        });
+    });
+    group.bench_function("lower_bound_source_into_vec", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut stream = Counting
+                    .open("s", None)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let mut v = Vec::with_capacity(1_000);
+                while let Some(Ok(event)) = stream.next().await {
+                    if let SourceEvent::Record(r) = event {
+                        if v.len() == 1_000 {
+                            black_box(&v);
+                            v.clear();
+                        }
+                        v.push(r.record);
+                    }
+                }
+                black_box(v);
+            });
         });
     });
     group.bench_function("lower_bound_vec_push", |b| {

@@ -3,8 +3,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -16,7 +18,7 @@ use tokio::time::Instant;
 use crate::batch::{Batch, Leftover, Schedule, Token, TokenError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::flusher::{Added, FlushKind, Flusher, FlusherFactory};
-use crate::source::{Source, SourceEvent, SourceRecord};
+use crate::source::{Source, SourceEvent};
 
 /// Driver settings.
 #[derive(Debug, Clone)]
@@ -194,7 +196,24 @@ where
                 let mut taken = 0;
                 while let Some(event) = next.take() {
                     match event.map_err(|e| ShardError::Source(e.to_string()))? {
-                        SourceEvent::Record(record) => run.add(&mut flusher, record).await?,
+                        SourceEvent::Record(record) => {
+                            // The per-record hot path: poll `add_record` in place, and take
+                            // the async slow path only if it waits or the batch is full.
+                            let token = run.batch.token(record.position, record.sub, record.ack);
+                            let added = {
+                                let mut call = pin!(flusher.add_record(record.record, token));
+                                let first = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                                match first {
+                                    Poll::Ready(result) => result.map_err(|e| flusher_error("add_record", e))?,
+                                    Poll::Pending => guard(watchdog, "add_record", call).await?,
+                                }
+                            };
+                            match added {
+                                Added::Added => {}
+                                Added::Ignored => run.batch.ignored(token)?,
+                                Added::Full(record) => run.add_after_full(&mut flusher, record, token).await?,
+                            }
+                        }
                         SourceEvent::ShardEnded => return run.terminate(&mut flusher).await,
                         SourceEvent::LeaseLost => {
                             tracing::warn!(shard, "lease lost: stopping without flush or checkpoint");
@@ -227,38 +246,25 @@ struct Run<'a, P, A> {
 }
 
 impl<P: crate::Position, A: Settle> Run<'_, P, A> {
-    async fn add<F: Flusher>(
+    /// The flusher was full: flush, then add the record again (a second `Full` is an error).
+    async fn add_after_full<F: Flusher>(
         &mut self,
         flusher: &mut F,
-        record: SourceRecord<P, F::Record, A>,
+        record: F::Record,
+        token: Token,
     ) -> Result<(), ShardError> {
-        let token = self.batch.token(record.position, record.sub, record.ack);
-        let added = guard(
+        self.flush(flusher, FlushKind::Partial).await?;
+        match guard(
             self.watchdog,
             "add_record",
-            flusher.add_record(record.record, token),
+            flusher.add_record(record, token),
         )
-        .await?;
-        let added = match added {
-            Added::Full(record) => {
-                self.flush(flusher, FlushKind::Partial).await?;
-                match guard(
-                    self.watchdog,
-                    "add_record",
-                    flusher.add_record(record, token),
-                )
-                .await?
-                {
-                    Added::Full(_) => return Err(ShardError::FullTwice(token)),
-                    other => other,
-                }
-            }
-            other => other,
-        };
-        if matches!(added, Added::Ignored) {
-            self.batch.ignored(token)?;
+        .await?
+        {
+            Added::Added => Ok(()),
+            Added::Ignored => Ok(self.batch.ignored(token)?),
+            Added::Full(_) => Err(ShardError::FullTwice(token)),
         }
-        Ok(())
     }
 
     async fn flush<F: Flusher>(
@@ -349,22 +355,33 @@ impl<P: crate::Position, A: Settle> Run<'_, P, A> {
     }
 }
 
-/// Await a flusher call under the watchdog.
+/// Await a flusher call under the watchdog. A call that completes on its first poll never
+/// arms a timer.
 async fn guard<T, E: fmt::Display>(
     limit: Option<Duration>,
     call: &'static str,
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ShardError> {
-    let result = match limit {
-        Some(after) => tokio::time::timeout(after, fut)
-            .await
-            .map_err(|_| ShardError::Stuck { call, after })?,
-        None => fut.await,
+    let mut fut = pin!(fut);
+    let first = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => match limit {
+            // The pending future is polled again with the real waker by `timeout`.
+            Some(after) => tokio::time::timeout(after, fut)
+                .await
+                .map_err(|_| ShardError::Stuck { call, after })?,
+            None => fut.await,
+        },
     };
-    result.map_err(|e| ShardError::Flusher {
+    result.map_err(|e| flusher_error(call, e))
+}
+
+fn flusher_error(call: &'static str, error: impl fmt::Display) -> ShardError {
+    ShardError::Flusher {
         call,
-        message: e.to_string(),
-    })
+        message: error.to_string(),
+    }
 }
 
 /// Counters of a [`BatchProcessor`].
