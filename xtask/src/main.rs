@@ -4,7 +4,7 @@
 //! |-------------------------|---------------------------------------------------------------------|
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
-//! | `integration`           | starts PostgreSQL on 127.0.0.1 (or uses `DATABASE_URL`), runs the `#[ignore]`d server tests and a smoke run of every benchmark, tears down |
+//! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the `#[ignore]`d server tests and a smoke run of every benchmark, tears down |
 //! | `bench [ARGS]`          | every criterion benchmark, against a throwaway PostgreSQL           |
 //! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
 
@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::servers::Postgres;
+use crate::servers::{Postgres, Rabbit};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,7 +41,7 @@ usage: cargo xtask <command>
 
   demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
   test           unit, doc and emulator tests, then `integration` (the README's test command)
-  integration    start PostgreSQL on 127.0.0.1 (or use DATABASE_URL) and run the server tests
+  integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL) and run the server tests
   bench [ARGS]   run the criterion benchmarks (ARGS go to criterion)
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
@@ -99,20 +99,51 @@ fn test() -> Result<()> {
 
 fn integration() -> Result<()> {
     let pg = Postgres::from_env_or_start()?;
+    let rabbit = Rabbit::from_env_or_start()?;
+    let with_servers = |cmd: &mut Command| {
+        cmd.env("DATABASE_URL", pg.url())
+            .env("AMQP_URL", rabbit.url());
+        if let Some(ctl) = rabbit.ctl() {
+            cmd.env("HEADWATERS_RABBITMQ_CTL", ctl);
+        }
+    };
     let outcome = (|| {
-        run(cargo()
-            .args(["test", "--workspace"])
-            .args(locked())
-            .args(["--", "--ignored"])
-            .env("DATABASE_URL", pg.url()))?;
-        // Every benchmark once, briefly (criterion's test mode), against the real server.
-        run(cargo()
+        // The tests that kill and restart the broker run alone, after the others.
+        let mut tests = cargo();
+        tests.args(["test", "--workspace"]).args(locked()).args([
+            "--",
+            "--ignored",
+            "--skip",
+            "broker_restart",
+        ]);
+        with_servers(&mut tests);
+        run(&mut tests)?;
+        if rabbit.ctl().is_some() {
+            let mut restart = cargo();
+            restart.args(["test", "--workspace"]).args(locked()).args([
+                "--",
+                "--ignored",
+                "--nocapture",
+                "broker_restart",
+            ]);
+            with_servers(&mut restart);
+            run(&mut restart)?;
+        } else {
+            println!(
+                "note: AMQP_URL points at a broker xtask does not control: the tests that kill and restart it (`broker_restart`) were not run"
+            );
+        }
+        // Every benchmark once, briefly (criterion's test mode), against the real servers.
+        let mut benches = cargo();
+        benches
             .args(["test", "-p", "headwaters-benches", "--benches"])
-            .args(locked())
-            .env("DATABASE_URL", pg.url()))
+            .args(locked());
+        with_servers(&mut benches);
+        run(&mut benches)
     })();
     if outcome.is_err() {
         pg.print_log();
+        rabbit.print_log();
     }
     outcome
 }

@@ -243,3 +243,195 @@ fn remove(dir: &Path) {
         eprintln!("warning: could not remove {}: {e}", dir.display());
     }
 }
+
+/// A RabbitMQ broker: given by `AMQP_URL`, or a throwaway node started here on free
+/// 127.0.0.1 ports with its own data directory, killed and removed on drop. The node is
+/// controlled by `ctl.sh start|kill|stop` in its directory, exported to the tests as
+/// `HEADWATERS_RABBITMQ_CTL` so that they can kill -9 and restart it.
+pub(crate) enum Rabbit {
+    External(String),
+    Local(LocalRabbit),
+}
+
+pub(crate) struct LocalRabbit {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Rabbit {
+    pub(crate) fn from_env_or_start() -> Result<Self> {
+        if let Ok(url) = std::env::var("AMQP_URL") {
+            println!("using the RabbitMQ broker at AMQP_URL");
+            return Ok(Self::External(url));
+        }
+        LocalRabbit::start().map(Self::Local)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        match self {
+            Self::External(url) => url,
+            Self::Local(r) => &r.url,
+        }
+    }
+
+    /// The control script, for a broker started here.
+    pub(crate) fn ctl(&self) -> Option<PathBuf> {
+        match self {
+            Self::External(_) => None,
+            Self::Local(r) => Some(r.dir.join("ctl.sh")),
+        }
+    }
+
+    pub(crate) fn print_log(&self) {
+        if let Self::Local(r) = self {
+            for name in ["server.out", "log"] {
+                let path = r.dir.join(name);
+                let files: Vec<PathBuf> = if path.is_dir() {
+                    std::fs::read_dir(&path)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path())
+                        .collect()
+                } else {
+                    vec![path]
+                };
+                for file in files {
+                    if let Ok(text) = std::fs::read_to_string(&file) {
+                        let tail: Vec<&str> = text.lines().rev().take(80).collect();
+                        eprintln!("---- RabbitMQ {} (last lines) ----", file.display());
+                        for line in tail.into_iter().rev() {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The directory holding `rabbitmq-server` and `rabbitmqctl` (Debian's, or from `PATH`).
+fn rabbit_bin() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
+    if debian.join("rabbitmq-server").exists() {
+        return Some(debian);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .find(|p| p.join("rabbitmq-server").exists() && p.join("rabbitmqctl").exists())
+    })
+}
+
+const RABBIT_CTL: &str = r#"#!/bin/sh
+# Controls the throwaway RabbitMQ node of `cargo xtask integration`: start | kill | stop.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+run() {
+    if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then
+        runuser -u rabbitmq -- sh -c ". '$here/env.sh'; $1"
+    else
+        sh -c ". '$here/env.sh'; $1"
+    fi
+}
+case "${1:-}" in
+start)
+    run "exec \"\$RMQ_BIN/rabbitmq-server\" >> '$here/server.out' 2>&1 < /dev/null &"
+    i=0
+    until run "\"\$RMQ_BIN/rabbitmqctl\" -q -n \"\$RABBITMQ_NODENAME\" await_startup --timeout 60" >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ "$i" -gt 240 ]; then
+            echo "RabbitMQ did not start within 120 s; see $here/server.out and $here/log" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+    ;;
+kill)
+    if [ -f "$here/pid" ]; then kill -9 "$(cat "$here/pid")" 2>/dev/null; rm -f "$here/pid"; fi
+    sleep 0.5
+    ;;
+stop)
+    run "\"\$RMQ_BIN/rabbitmqctl\" -q -n \"\$RABBITMQ_NODENAME\" shutdown" >/dev/null 2>&1 || "$0" kill
+    ;;
+*)
+    echo "usage: $0 start|kill|stop" >&2
+    exit 2
+    ;;
+esac
+"#;
+
+impl LocalRabbit {
+    fn start() -> Result<Self> {
+        let bin = match rabbit_bin() {
+            Some(bin) => bin,
+            None => {
+                apt_install(&["rabbitmq-server"], "RabbitMQ", "AMQP_URL")?;
+                rabbit_bin().context("rabbitmq-server was installed but not found")?
+            }
+        };
+        let dir = std::env::temp_dir().join(format!("headwaters-rabbitmq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("home"))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let port = free_port()?;
+        let dist = free_port()?;
+        let node = format!("headwaters-{}@localhost", std::process::id());
+        let d = dir.display().to_string();
+        let env = format!(
+            "export RMQ_BIN='{bin}' HOME='{d}/home' RABBITMQ_NODENAME='{node}'\n\
+             export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT={port} RABBITMQ_DIST_PORT={dist}\n\
+             export RABBITMQ_MNESIA_BASE='{d}/mnesia' RABBITMQ_LOG_BASE='{d}/log' RABBITMQ_PID_FILE='{d}/pid'\n\
+             export RABBITMQ_ENABLED_PLUGINS_FILE='{d}/enabled_plugins' RABBITMQ_CONFIG_FILE='{d}/rabbitmq'\n\
+             export ERL_EPMD_ADDRESS=127.0.0.1\n\
+             export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {{127,0,0,1}}'\n",
+            bin = bin.display()
+        );
+        std::fs::write(dir.join("env.sh"), env)?;
+        std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{port}\n"),
+        )?;
+        std::fs::write(dir.join("ctl.sh"), RABBIT_CTL)?;
+        let is_rabbit_user = Command::new("id")
+            .arg("rabbitmq")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if is_root() && is_rabbit_user {
+            let status = Command::new("chown")
+                .args(["-R", "rabbitmq:rabbitmq"])
+                .arg(&dir)
+                .status()?;
+            if !status.success() {
+                bail!("cannot chown {} to the rabbitmq user", dir.display());
+            }
+        }
+        let rabbit = Self {
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            dir,
+        };
+        println!("starting RabbitMQ on 127.0.0.1:{port} (node {node}, data in {d})");
+        let status = Command::new("sh")
+            .arg(rabbit.dir.join("ctl.sh"))
+            .arg("start")
+            .status()?;
+        if !status.success() {
+            Rabbit::Local(rabbit).print_log();
+            bail!("RabbitMQ did not start (see the log above)");
+        }
+        println!("RabbitMQ is ready");
+        Ok(rabbit)
+    }
+}
+
+impl Drop for LocalRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg(self.dir.join("ctl.sh"))
+            .arg("kill")
+            .status();
+        remove(&self.dir);
+    }
+}

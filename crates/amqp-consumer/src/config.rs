@@ -1,0 +1,228 @@
+//! [`AmqpConfig`]: connection, shard queues, prefetch and topology, shared by producer and
+//! consumer so that both declare the queues identically.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::Error;
+
+/// Where the broker is and how the shard queues look.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost` (`%2f` is `/`), or `amqps://…` for TLS (rustls,
+    /// system roots). Never logged: `Debug` hides the password.
+    pub url: String,
+    /// Number of shard queues. Producers and consumers must agree. Default 128.
+    pub total_count: u32,
+    /// Queue name prefix; queue `i` is `prefix` + `i`. Default `mississippi_`.
+    pub prefix: String,
+    /// Exchange to publish to: `""` (the default exchange, routing key = queue name), or a
+    /// name, declared as a durable direct exchange with each queue bound under its own name.
+    pub exchange: String,
+    /// Shard queues this consumer instance consumes (static split, as Mississippi's
+    /// `range_start..=range_end`). Default: all.
+    pub range: Range<u32>,
+    /// Unacknowledged deliveries per shard queue. Default 300.
+    pub prefetch: u16,
+    /// Declare the queues with `x-single-active-consumer`: every instance consumes every
+    /// queue, the broker keeps one active consumer per queue and fails over when it dies.
+    pub single_active_consumer: bool,
+    /// Declare the queues with this `x-dead-letter-exchange`, so discarded messages reach it.
+    pub dead_letter_exchange: Option<String>,
+    /// Reconnect backoff: first delay (with jitter), doubled up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Reconnect backoff cap.
+    pub reconnect_max: Duration,
+    /// While reconnecting, `publish` waits up to this long for the link before failing with
+    /// [`Error::Reconnecting`]. Default: zero (fail at once, like Mississippi).
+    pub publish_wait: Duration,
+    /// How often coalesced acks are sent. Default 5 ms.
+    pub ack_interval: Duration,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            total_count: 128,
+            prefix: "mississippi_".into(),
+            exchange: String::new(),
+            range: 0..128,
+            prefetch: 300,
+            single_active_consumer: false,
+            dead_letter_exchange: None,
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(10),
+            publish_wait: Duration::ZERO,
+            ack_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+impl fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &redact(&self.url))
+            .field("total_count", &self.total_count)
+            .field("prefix", &self.prefix)
+            .field("exchange", &self.exchange)
+            .field("range", &self.range)
+            .field("prefetch", &self.prefetch)
+            .field("single_active_consumer", &self.single_active_consumer)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without its password.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `host:port` of the URL, for error messages.
+pub(crate) fn target(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+impl AmqpConfig {
+    /// The default settings for the broker at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Set the number of shard queues (and consume all of them).
+    pub fn with_total_count(mut self, total_count: u32) -> Self {
+        self.total_count = total_count;
+        self.range = 0..total_count;
+        self
+    }
+
+    /// Set the queue name prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Set the exchange.
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// Consume only these shard queues.
+    pub fn with_range(mut self, range: Range<u32>) -> Self {
+        self.range = range;
+        self
+    }
+
+    /// Set the prefetch per queue.
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Use single-active-consumer queues.
+    pub fn with_single_active_consumer(mut self, on: bool) -> Self {
+        self.single_active_consumer = on;
+        self
+    }
+
+    /// Dead-letter discarded messages to `exchange`.
+    pub fn with_dead_letter_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.dead_letter_exchange = Some(exchange.into());
+        self
+    }
+
+    /// Set the reconnect backoff.
+    pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+
+    /// Let `publish` wait this long for a reconnect.
+    pub fn with_publish_wait(mut self, wait: Duration) -> Self {
+        self.publish_wait = wait;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.total_count == 0 {
+            return Err(Error::Config("total_count must be at least 1".into()));
+        }
+        if self.range.end > self.total_count || self.range.is_empty() {
+            return Err(Error::Config(format!(
+                "range {:?} must be a non-empty part of 0..{}",
+                self.range, self.total_count
+            )));
+        }
+        if self.prefetch == 0 {
+            return Err(Error::Config(
+                "prefetch must be at least 1 (0 means unbounded)".into(),
+            ));
+        }
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            return Err(Error::Config(format!(
+                "URL {} must start with amqp:// or amqps://",
+                redact(&self.url)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Arguments every declaration of a shard queue carries (they must match everywhere).
+    pub(crate) fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.single_active_consumer {
+            args.insert(
+                ShortString::from("x-single-active-consumer"),
+                AMQPValue::Boolean(true),
+            );
+        }
+        if let Some(dlx) = &self.dead_letter_exchange {
+            args.insert(
+                ShortString::from("x-dead-letter-exchange"),
+                AMQPValue::LongString(LongString::from(dlx.as_bytes())),
+            );
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let c = AmqpConfig::new("amqp://user:s3cret@host:5672/%2f");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("amqp://user:***@host:5672/%2f"), "{shown}");
+        assert_eq!(target(&c.url), "host:5672");
+    }
+
+    #[test]
+    fn bad_config_is_rejected_with_a_reason() {
+        let bad = AmqpConfig::default().with_total_count(4).with_range(2..9);
+        assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("range")));
+        let bad = AmqpConfig::new("http://x");
+        assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("amqp://")));
+    }
+}

@@ -1,0 +1,100 @@
+//! The crate's [`Error`] and how lapin's errors map onto it.
+
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+/// An AMQP failure, with the broker's own reason where it gave one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid AMQP configuration: {0}")]
+    Config(String),
+    /// The broker could not be reached.
+    #[error(
+        "cannot reach the AMQP broker at {target}: {reason}; check that it runs and that the URL is right"
+    )]
+    Unreachable {
+        /// Host and port (never credentials).
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker refused the credentials (`ACCESS_REFUSED`).
+    #[error("the broker refused the login: {reason}; check the user name and password in the URL")]
+    AccessRefused {
+        /// The broker's reason.
+        reason: String,
+    },
+    /// The virtual host does not exist or the user may not use it (`NOT_ALLOWED`).
+    #[error(
+        "the broker refused the virtual host: {reason}; create it (`rabbitmqctl add_vhost`) and grant the user access, or fix the URL"
+    )]
+    VhostNotAllowed {
+        /// The broker's reason.
+        reason: String,
+    },
+    /// Any other error the broker reported, with its AMQP reply code.
+    #[error("broker error {code}: {reason}")]
+    Broker {
+        /// The AMQP reply code (e.g. 406 PRECONDITION_FAILED, 404 NOT_FOUND).
+        code: u16,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// The connection is being re-established; the publish was not sent (Mississippi's
+    /// `{:error, :reconnecting}`). Retry it.
+    #[error(
+        "the connection to the broker is being re-established; the message was not sent, retry"
+    )]
+    Reconnecting,
+    /// The message matched no queue (returned under `mandatory`).
+    #[error(
+        "the message was not routed to any queue (exchange {exchange:?}, routing key {routing_key:?}): {reason}"
+    )]
+    Unroutable {
+        /// The exchange it was published to.
+        exchange: String,
+        /// Its routing key.
+        routing_key: String,
+        /// The broker's reply text.
+        reason: String,
+    },
+    /// The broker refused the message (publisher confirm `nack`).
+    #[error("the broker nacked the message; it was not stored")]
+    Nacked,
+    /// The connection or channel failed.
+    #[error("AMQP connection error: {0}")]
+    Connection(String),
+}
+
+impl Error {
+    /// Map a lapin error, naming `target` (host and port) for network failures.
+    pub(crate) fn from_lapin(e: &lapin::Error, target: &str) -> Self {
+        use lapin::ErrorKind;
+        match e.kind() {
+            ErrorKind::ProtocolError(amqp) => {
+                let reason = amqp.get_message().to_string();
+                match amqp.kind() {
+                    AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
+                        Self::VhostNotAllowed { reason }
+                    }
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                        Self::AccessRefused { reason }
+                    }
+                    kind => Self::Broker {
+                        code: kind.get_id(),
+                        reason,
+                    },
+                }
+            }
+            ErrorKind::IOError(io) => Self::Unreachable {
+                target: target.to_owned(),
+                reason: io.to_string(),
+            },
+            ErrorKind::AuthProviderError(reason) => Self::AccessRefused {
+                reason: reason.clone(),
+            },
+            _ => Self::Connection(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Connecting, declaring the topology once per connection, and reconnect backoff.
+
+use std::time::{Duration, SystemTime};
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::Error;
+use crate::config::{AmqpConfig, target};
+use crate::shard::queue_name;
+
+/// Open a connection.
+pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, Error> {
+    Connection::connect(&config.url, ConnectionProperties::default())
+        .await
+        .map_err(|e| Error::from_lapin(&e, &target(&config.url)))
+}
+
+/// Declare the exchange (if named), the queues of `indices` and their bindings.
+pub(crate) async fn declare(
+    config: &AmqpConfig,
+    channel: &Channel,
+    indices: impl Iterator<Item = u32>,
+) -> Result<(), Error> {
+    let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
+    if !config.exchange.is_empty() {
+        channel
+            .exchange_declare(
+                config.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+    }
+    let args = config.queue_arguments();
+    for index in indices {
+        let name = queue_name(&config.prefix, index);
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                args.clone(),
+            )
+            .await
+            .map_err(err)?;
+        if !config.exchange.is_empty() {
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    config.exchange.as_str().into(),
+                    name.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Exponential backoff with jitter (50–100 % of the step), without a random-number crate.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1;
+        Self {
+            next: min,
+            min,
+            max,
+            seed,
+        }
+    }
+
+    /// The next delay.
+    pub(crate) fn step(&mut self) -> Duration {
+        // xorshift64
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = (self.seed % 500) as u32 + 500; // per mille
+        base * jitter / 1000
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}

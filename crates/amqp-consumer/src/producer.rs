@@ -1,0 +1,251 @@
+//! [`Producer`]: publish to the shard queue of a key, with publisher confirms and `mandatory`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use headwaters_ordering_core::{HeaderValue, Headers, Key, Timestamp};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::{Mutex, watch};
+
+use crate::Error;
+use crate::config::AmqpConfig;
+use crate::link::{Backoff, connect, declare};
+use crate::shard::{queue_name, shard_index};
+
+/// The header that carries the sharding key (its bytes, as a long string).
+pub const SHARDING_KEY_HEADER: &str = "sharding_key";
+
+/// What to publish besides the payload (Mississippi's `publish_opts`).
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Selects the shard queue; consumers process messages of one key in order.
+    pub sharding_key: Key,
+    /// Extra headers.
+    pub headers: Headers,
+    /// Defaults to a fresh UUIDv4.
+    pub message_id: Option<String>,
+    /// Defaults to now. Sent as the AMQP `timestamp` (whole seconds).
+    pub timestamp: Option<Timestamp>,
+}
+
+impl PublishOptions {
+    /// Options with just a sharding key.
+    pub fn key(sharding_key: impl Into<Key>) -> Self {
+        Self {
+            sharding_key: sharding_key.into(),
+            headers: Headers::new(),
+            message_id: None,
+            timestamp: None,
+        }
+    }
+
+    /// Set the message id.
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// Add a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<HeaderValue>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+}
+
+/// Publishes to the shard queues. Cheap to clone; clones share one connection and channel,
+/// and concurrent `publish` calls are pipelined on it (many confirms in flight).
+///
+/// `publish` succeeds only once the broker confirmed the message; a message that no queue
+/// takes is an [`Error::Unroutable`]; while the connection is being re-established,
+/// `publish` fails with [`Error::Reconnecting`] (after waiting up to
+/// [`AmqpConfig::publish_wait`]). The queues (and exchange) are declared once per connection.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: AmqpConfig,
+    /// The live channel, or `None` while reconnecting.
+    link: watch::Sender<Option<(Connection, Channel)>>,
+    reconnect: Mutex<()>,
+}
+
+impl Producer {
+    /// Connect, enable confirms and declare the topology.
+    pub async fn connect(config: AmqpConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let link = open(&config).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                link: watch::Sender::new(Some(link)),
+                reconnect: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The queue a key goes to.
+    pub fn queue_for(&self, key: &Key) -> String {
+        let c = &self.inner.config;
+        queue_name(&c.prefix, shard_index(key.as_bytes(), c.total_count))
+    }
+
+    /// Publish and wait for the broker's confirm.
+    pub async fn publish(&self, payload: &[u8], options: PublishOptions) -> Result<(), Error> {
+        let channel = self.channel().await?;
+        let c = &self.inner.config;
+        let queue = self.queue_for(&options.sharding_key);
+        let routing_key = if c.exchange.is_empty() {
+            queue.clone()
+        } else {
+            queue
+        };
+        let confirm = channel
+            .basic_publish(
+                c.exchange.as_str().into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                payload,
+                properties(options),
+            )
+            .await;
+        let confirmation = match confirm {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match confirmation {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => Err(Error::Unroutable {
+                exchange: c.exchange.clone(),
+                routing_key,
+                reason: returned.reply_text.to_string(),
+            }),
+            Ok(Confirmation::Nack(_)) => Err(Error::Nacked),
+            Ok(Confirmation::NotRequested) => Err(Error::Connection(
+                "publisher confirms are not enabled on the channel".into(),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed; reconnecting");
+                self.start_reconnect();
+                Err(Error::Reconnecting)
+            }
+        }
+    }
+
+    /// The live channel, waiting up to `publish_wait` for a reconnect.
+    async fn channel(&self) -> Result<Channel, Error> {
+        let mut rx = self.inner.link.subscribe();
+        let wait = self.inner.config.publish_wait;
+        let ready = tokio::time::timeout(
+            wait,
+            rx.wait_for(|l| l.as_ref().is_some_and(|(c, _)| c.status().connected())),
+        );
+        match ready.await {
+            Ok(Ok(link)) => link
+                .as_ref()
+                .map(|(_, ch)| ch.clone())
+                .ok_or(Error::Reconnecting),
+            _ => {
+                self.start_reconnect();
+                Err(Error::Reconnecting)
+            }
+        }
+    }
+
+    /// Start reconnecting in the background unless that is already happening.
+    fn start_reconnect(&self) {
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let Ok(_guard) = inner.reconnect.try_lock() else {
+                return; // another task reconnects
+            };
+            let connected = inner
+                .link
+                .borrow()
+                .as_ref()
+                .is_some_and(|(c, _)| c.status().connected());
+            if connected {
+                return;
+            }
+            inner.link.send_replace(None);
+            let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+            loop {
+                match open(&inner.config).await {
+                    Ok(link) => {
+                        tracing::info!("producer reconnected");
+                        inner.link.send_replace(Some(link));
+                        return;
+                    }
+                    Err(e) => {
+                        let delay = backoff.step();
+                        tracing::warn!(error = %e, ?delay, "producer reconnect failed");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Close the connection.
+    pub async fn close(&self) {
+        let link = self.inner.link.send_replace(None);
+        if let Some((conn, _)) = link {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
+        }
+    }
+}
+
+async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), Error> {
+    let conn = connect(config).await?;
+    let err = |e: lapin::Error| Error::from_lapin(&e, &crate::config::target(&config.url));
+    let channel = conn.create_channel().await.map_err(err)?;
+    declare(config, &channel, 0..config.total_count).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(err)?;
+    Ok((conn, channel))
+}
+
+fn properties(options: PublishOptions) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (name, value) in options.headers.iter() {
+        let v = match value {
+            HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+            HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
+            HeaderValue::Float(f) => AMQPValue::Double(*f),
+            HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
+            HeaderValue::Bytes(b) => AMQPValue::LongString(LongString::from(&b[..])),
+            _ => continue,
+        };
+        headers.insert(ShortString::from(name), v);
+    }
+    headers.insert(
+        ShortString::from(SHARDING_KEY_HEADER),
+        AMQPValue::LongString(LongString::from(options.sharding_key.as_bytes())),
+    );
+    let id = options
+        .message_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let ts = options.timestamp.unwrap_or_else(Timestamp::now);
+    BasicProperties::default()
+        .with_headers(headers)
+        .with_message_id(id.into())
+        .with_timestamp(u64::try_from(ts.as_micros() / 1_000_000).unwrap_or(0))
+        .with_delivery_mode(2)
+}

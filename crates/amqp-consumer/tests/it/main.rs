@@ -1,0 +1,8 @@
+//! Integration tests of headwaters-amqp-consumer against a real RabbitMQ (`AMQP_URL`, set by
+//! `cargo xtask integration`).
+
+mod broker_restart;
+mod failures;
+mod ordered;
+mod sac;
+mod support;
