@@ -52,10 +52,11 @@ async fn hundred_thousand_messages_over_a_thousand_keys_in_order() {
         "order violated for keys {:?}",
         recorder.order_violations()
     );
-    let firsts = recorder.firsts.lock().unwrap();
-    assert_eq!(firsts.len(), KEYS as usize);
-    assert!(firsts.values().all(|s| s.len() == PER_KEY as usize));
-    drop(firsts);
+    {
+        let firsts = recorder.firsts.lock().unwrap();
+        assert_eq!(firsts.len(), KEYS as usize);
+        assert!(firsts.values().all(|s| s.len() == PER_KEY as usize));
+    }
     let report = consumer.shutdown(Duration::from_secs(10)).await;
     assert!(report.drained);
     producer.close().await;
