@@ -5,7 +5,7 @@
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
 //! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the `#[ignore]`d server tests and a smoke run of every benchmark, tears down |
-//! | `bench [ARGS]`          | every criterion benchmark, against a throwaway PostgreSQL           |
+//! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
 //! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
 
 mod servers;
@@ -42,7 +42,8 @@ usage: cargo xtask <command>
   demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
   test           unit, doc and emulator tests, then `integration` (the README's test command)
   integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL) and run the server tests
-  bench [ARGS]   run the criterion benchmarks (ARGS go to criterion)
+  bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp (default: all);
+                 ARGS go to criterion (e.g. a filter, --measurement-time 3)
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
 fn root() -> PathBuf {
@@ -148,16 +149,30 @@ fn integration() -> Result<()> {
     outcome
 }
 
+/// The bench targets of `benches/`.
+const BENCHES: [&str; 4] = ["ordering", "status", "flusher", "amqp"];
+
 fn bench(args: &[String]) -> Result<()> {
     let pg = Postgres::from_env_or_start()?;
-    let outcome = run(cargo()
-        .args(["bench", "-p", "headwaters-benches"])
-        .args(locked())
-        .arg("--")
-        .args(args)
-        .env("DATABASE_URL", pg.url()));
+    let rabbit = Rabbit::from_env_or_start()?;
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "headwaters-benches"])
+        .args(locked());
+    let rest = match args.first() {
+        Some(name) if BENCHES.contains(&name.as_str()) => {
+            cmd.args(["--bench", name]);
+            &args[1..]
+        }
+        _ => args,
+    };
+    cmd.arg("--")
+        .args(rest)
+        .env("DATABASE_URL", pg.url())
+        .env("AMQP_URL", rabbit.url());
+    let outcome = run(&mut cmd);
     if outcome.is_err() {
         pg.print_log();
+        rabbit.print_log();
     }
     outcome
 }

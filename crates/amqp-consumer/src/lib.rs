@@ -1,5 +1,62 @@
 //! Mississippi on lapin: a sharded AMQP producer and a consumer that processes messages in
 //! order per key.
+//!
+//! A [`Producer`] publishes each message to shard queue `prefix + hash(key) mod total_count`
+//! (FNV-1a over the key's bytes, see [`shard`]) with publisher confirms and `mandatory`:
+//! `publish` succeeds only when the broker stored the message. A [`Consumer`] consumes the
+//! shard queues of its range, one channel each, and runs an ordering-core
+//! [`Handler`](headwaters_ordering_core::Handler) over them: per key in order, one message in
+//! flight per key, many keys in parallel.
+//!
+//! Fixes over Mississippi: publisher confirms (it had none), unroutable messages are errors
+//! (it dropped them), topology declared once per connection (it declared per publish),
+//! `Discard` is `basic.reject(requeue=false)` (it requeued), a message without a sharding key
+//! is rejected, not acked, a stopping handler does not orphan its key's queue, and deliveries
+//! of a dead channel are never acked with stale tags.
+//!
+//! What it does not do: speak Mississippi's Erlang wire format (the key header holds the key's
+//! bytes, not `term_to_binary`, and the hash is not `phash2`), or retry publishes for you
+//! (a failed publish is an error to handle; retrying may duplicate).
+//!
+//! # Layout
+//!
+//! * [`AmqpConfig`] — URL (amqp/amqps), shard queues, range, prefetch, SAC, dead-lettering.
+//! * [`Producer`], [`PublishOptions`] — publishing.
+//! * [`Consumer`] — ordered consumption, reconnection, graceful shutdown.
+//! * [`acks`] — [`AckWindow`](acks::AckWindow), the IO-free ack coalescer.
+//! * [`shard`] — the key → queue function.
+//! * [`Error`] — typed errors carrying the broker's reason.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use headwaters_amqp_consumer::{AmqpConfig, Consumer, Producer, PublishOptions};
+//! use headwaters_ordering_core::{Config, Handler, Key, Message, Outcome};
+//!
+//! struct Print;
+//! impl Handler for Print {
+//!     type State = ();
+//!     type Continue = ();
+//!     type Signal = ();
+//!     type Reply = ();
+//!     type Error = std::convert::Infallible;
+//!     async fn init(&self, _: &Key) -> Result<(), Self::Error> { Ok(()) }
+//!     async fn handle_message(&self, m: &Message, _: &mut ()) -> Result<Outcome, Self::Error> {
+//!         println!("{}: {:?}", m.message_id, m.payload);
+//!         Ok(Outcome::ack())
+//!     }
+//!     async fn handle_signal(&self, _: (), _: &mut ()) {}
+//! }
+//!
+//! # async fn run() -> Result<(), headwaters_amqp_consumer::Error> {
+//! let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f");
+//! let consumer = Consumer::start(config.clone(), Print, Config::default()).await?;
+//! let producer = Producer::connect(config).await?;
+//! producer.publish(b"hello", PublishOptions::key("user-1")).await?; // confirmed
+//! consumer.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 

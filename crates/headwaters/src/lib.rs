@@ -13,6 +13,7 @@
 //! * [`ordering`] — the shared vocabulary (message, key, settle handle, outcome) and the
 //!   per-key ordered [`Dispatcher`](ordering::Dispatcher).
 //! * [`status`] — last-processed timestamps per entity with SQLite/PostgreSQL storage.
+//! * [`amqp`] — Mississippi on lapin: sharded producer with confirms, ordered consumer.
 //! * [`flusher`] — erlmld's flusher and batch processor: batch records into a sink,
 //!   checkpoint only the contiguous flushed prefix, restart one shard at a time.
 //!
@@ -23,6 +24,7 @@
 //! | `ordering` | yes     | [`ordering`]        | `headwaters-ordering-core`   |
 //! | `status`   | yes     | [`status`]          | `headwaters-process-status`  |
 //! | `flusher`  | yes     | [`flusher`]         | `headwaters-batch-flusher`   |
+//! | `amqp`     | yes     | [`amqp`]            | `headwaters-amqp-consumer`   |
 //!
 //! # Example
 //!
@@ -73,6 +75,11 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "ordering")))]
 #[doc(inline)]
 pub use headwaters_ordering_core as ordering;
+
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+#[doc(inline)]
+pub use headwaters_amqp_consumer as amqp;
 
 #[cfg(feature = "flusher")]
 #[cfg_attr(docsrs, doc(cfg(feature = "flusher")))]

@@ -1,0 +1,109 @@
+//! Publish messages over many keys to RabbitMQ and consume them in order per key.
+//!
+//! Needs a broker: `AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p headwaters
+//! --example amqp_ordered -- [messages] [keys]`. Prints throughput and checks the order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::future::join_all;
+use headwaters::amqp::{AmqpConfig, Consumer, Producer, PublishOptions};
+use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
+
+/// Checks that each key's sequence numbers arrive in order.
+struct CheckOrder {
+    last: Mutex<HashMap<Key, u64>>,
+    processed: Arc<AtomicU64>,
+    violations: Arc<AtomicU64>,
+}
+
+impl Handler for CheckOrder {
+    type State = Key;
+    type Continue = ();
+    type Signal = ();
+    type Reply = ();
+    type Error = std::convert::Infallible;
+
+    async fn init(&self, key: &Key) -> Result<Key, Self::Error> {
+        Ok(key.clone())
+    }
+
+    async fn handle_message(&self, m: &Message, key: &mut Key) -> Result<Outcome, Self::Error> {
+        let seq: u64 = std::str::from_utf8(&m.payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = last.insert(key.clone(), seq);
+        if previous.is_some_and(|p| seq <= p) && m.headers.get("redelivered").is_none() {
+            self.violations.fetch_add(1, Relaxed);
+        }
+        self.processed.fetch_add(1, Relaxed);
+        Ok(Outcome::ack())
+    }
+
+    async fn handle_signal(&self, _: (), _: &mut Key) {}
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("AMQP_URL")
+        .context("set AMQP_URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f")?;
+    let mut args = std::env::args().skip(1);
+    let messages: u64 = args
+        .next()
+        .map_or(Ok(20_000), |a| a.parse())
+        .context("messages")?;
+    let keys: u64 = args.next().map_or(Ok(100), |a| a.parse()).context("keys")?;
+    let config = AmqpConfig::new(url)
+        .with_prefix(format!("hw_example_{}_", std::process::id()))
+        .with_total_count(8);
+    let processed = Arc::new(AtomicU64::new(0));
+    let violations = Arc::new(AtomicU64::new(0));
+    let handler = CheckOrder {
+        last: Mutex::new(HashMap::new()),
+        processed: Arc::clone(&processed),
+        violations: Arc::clone(&violations),
+    };
+    let consumer = Consumer::start(config.clone(), handler, Config::default()).await?;
+    let producer = Producer::connect(config).await?;
+    let started = Instant::now();
+    for seq in 0..messages / keys {
+        let sends = (0..keys).map(|key| {
+            let producer = producer.clone();
+            async move {
+                producer
+                    .publish(seq.to_string().as_bytes(), PublishOptions::key(key))
+                    .await
+            }
+        });
+        for result in join_all(sends).await {
+            result?;
+        }
+    }
+    let published = started.elapsed();
+    let total = messages / keys * keys;
+    while processed.load(Relaxed) < total {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let consumed = started.elapsed();
+    consumer.shutdown(Duration::from_secs(5)).await;
+    producer.close().await;
+    println!(
+        "published {total} in {published:.2?} ({:.0} msgs/s, confirmed)",
+        total as f64 / published.as_secs_f64()
+    );
+    println!(
+        "consumed  {total} in {consumed:.2?} ({:.0} msgs/s end to end)",
+        total as f64 / consumed.as_secs_f64()
+    );
+    let v = violations.load(Relaxed);
+    println!("order violations: {v}");
+    if v > 0 {
+        bail!("{v} messages out of order");
+    }
+    Ok(())
+}
