@@ -6,8 +6,9 @@
 //! * producer: `Producer::publish` with 1,000 in flight vs a raw lapin publisher pipelining
 //!   1,000 confirms.
 //!
-//! Prints msgs/s and the ratios. `cargo bench` runs 30,000 messages per case; `cargo test
-//! --benches` runs 2,000 (a smoke run).
+//! Each comparison runs with one shard queue and with eight. Prints msgs/s and the ratios.
+//! `cargo bench` runs 30,000 messages per case; `cargo test --benches` runs 2,000 (a smoke
+//! run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,7 +28,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-const SHARDS: u32 = 8;
 const KEYS: u64 = 1_000;
 const WINDOW: usize = 1_000;
 
@@ -64,7 +64,7 @@ fn properties(key: &str) -> BasicProperties {
         .with_delivery_mode(2)
 }
 
-async fn raw_channel(url: &str, prefix: &str) -> (Connection, Channel) {
+async fn raw_channel(url: &str, prefix: &str, shards: u32) -> (Connection, Channel) {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -72,7 +72,7 @@ async fn raw_channel(url: &str, prefix: &str) -> (Connection, Channel) {
         .create_channel()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    for i in 0..SHARDS {
+    for i in 0..shards {
         ch.queue_declare(
             queue_name(prefix, i).as_str().into(),
             QueueDeclareOptions::durable(),
@@ -88,8 +88,8 @@ async fn raw_channel(url: &str, prefix: &str) -> (Connection, Channel) {
 }
 
 /// Raw lapin: publish `n` messages, 1,000 confirms in flight. Returns msgs/s.
-async fn raw_publish(url: &str, prefix: &str, n: u64) -> f64 {
-    let (_conn, ch) = raw_channel(url, prefix).await;
+async fn raw_publish(url: &str, prefix: &str, shards: u32, n: u64) -> f64 {
+    let (_conn, ch) = raw_channel(url, prefix, shards).await;
     let started = Instant::now();
     let body = payload();
     let mut sent = 0;
@@ -97,7 +97,7 @@ async fn raw_publish(url: &str, prefix: &str, n: u64) -> f64 {
         let mut confirms = Vec::with_capacity(WINDOW);
         for _ in 0..WINDOW.min((n - sent) as usize) {
             let key = (sent % KEYS).to_string();
-            let queue = queue_name(prefix, shard_index(key.as_bytes(), SHARDS));
+            let queue = queue_name(prefix, shard_index(key.as_bytes(), shards));
             let confirm = ch
                 .basic_publish(
                     "".into(),
@@ -150,13 +150,13 @@ async fn our_publish(config: &AmqpConfig, n: u64) -> f64 {
 }
 
 /// Raw lapin: one consumer per queue, prefetch 300, `basic.ack` per message. Returns msgs/s.
-async fn raw_consume(url: &str, prefix: &str, n: u64) -> f64 {
+async fn raw_consume(url: &str, prefix: &str, shards: u32, n: u64) -> f64 {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    for i in 0..SHARDS {
+    for i in 0..shards {
         let ch = conn
             .create_channel()
             .await
@@ -221,19 +221,21 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async {
-        let pid = std::process::id();
-        let raw_prefix = format!("hw_bench_raw_{pid}_");
-        let our_prefix = format!("hw_bench_ours_{pid}_");
-        let ours = AmqpConfig::new(url.clone()).with_prefix(&our_prefix).with_total_count(SHARDS);
+        for shards in [1, 8] {
+            let pid = std::process::id();
+            let raw_prefix = format!("hw_bench_raw{shards}_{pid}_");
+            let our_prefix = format!("hw_bench_ours{shards}_{pid}_");
+            let ours = AmqpConfig::new(url.clone()).with_prefix(&our_prefix).with_total_count(shards);
 
-        let raw_pub = raw_publish(&url, &raw_prefix, n).await;
-        let our_pub = our_publish(&ours, n).await;
-        let raw_con = raw_consume(&url, &raw_prefix, n).await;
-        let our_con = our_consume(&ours, n).await;
-        println!("amqp ({n} messages of 100 bytes, persistent, {SHARDS} queues, {KEYS} keys, prefetch 300):");
-        println!("  producer  raw lapin, 1,000 confirms in flight:  {raw_pub:>9.0} msgs/s");
-        println!("  producer  headwaters Producer, 1,000 in flight: {our_pub:>9.0} msgs/s   ratio {:.2}", our_pub / raw_pub);
-        println!("  consumer  raw lapin, ack per message:          {raw_con:>9.0} msgs/s");
-        println!("  consumer  headwaters ordered, coalesced acks:  {our_con:>9.0} msgs/s   ratio {:.2}", our_con / raw_con);
+            let raw_pub = raw_publish(&url, &raw_prefix, shards, n).await;
+            let our_pub = our_publish(&ours, n).await;
+            let raw_con = raw_consume(&url, &raw_prefix, shards, n).await;
+            let our_con = our_consume(&ours, n).await;
+            println!("amqp ({n} messages of 100 bytes, persistent, {shards} queue(s), {KEYS} keys, prefetch 300):");
+            println!("  producer  raw lapin, 1,000 confirms in flight:  {raw_pub:>9.0} msgs/s");
+            println!("  producer  headwaters Producer, 1,000 in flight: {our_pub:>9.0} msgs/s   ratio {:.2}", our_pub / raw_pub);
+            println!("  consumer  raw lapin, ack per message:          {raw_con:>9.0} msgs/s");
+            println!("  consumer  headwaters ordered, coalesced acks:  {our_con:>9.0} msgs/s   ratio {:.2}", our_con / raw_con);
+        }
     });
 }

@@ -32,7 +32,7 @@ enum Slot {
 }
 
 /// The coalescing state of one channel.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AckWindow {
     /// Tag of `slots[0]`; every tag below it is done on the wire.
     base: u64,
@@ -42,12 +42,20 @@ pub struct AckWindow {
     ack_upto: Option<u64>,
 }
 
+impl Default for AckWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AckWindow {
     /// An empty window (the next delivery tag is 1).
     pub fn new() -> Self {
         Self {
             base: 1,
-            ..Self::default()
+            slots: VecDeque::new(),
+            tick: 0,
+            ack_upto: None,
         }
     }
 

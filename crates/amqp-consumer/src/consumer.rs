@@ -11,10 +11,12 @@ use headwaters_ordering_core::{
     Config as DispatchConfig, Delivery, Dispatcher, Epoch, HeaderValue, Headers, Key, Message,
     Settle, Settlement, ShutdownReport, Timestamp,
 };
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Error;
@@ -28,13 +30,60 @@ use crate::shard::queue_name;
 #[derive(Debug)]
 pub struct AmqpSettle {
     tag: u64,
-    acks: mpsc::UnboundedSender<(u64, Settlement)>,
+    acks: Arc<ChannelAcks>,
 }
 
 impl Settle for AmqpSettle {
     fn settle(self, settlement: Settlement) {
-        // If the channel is gone its coalescer is too; the broker redelivers the message.
-        let _ = self.acks.send((self.tag, settlement));
+        self.acks.settle(self.tag, settlement);
+    }
+}
+
+/// A channel's settlements, shared by its deliveries' settle handles and its coalescer task.
+/// Settling only records (no task wake-up per message); the coalescer sends on its tick, or at
+/// once for rejects.
+#[derive(Debug)]
+struct ChannelAcks {
+    state: std::sync::Mutex<AckState>,
+    urgent: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct AckState {
+    window: AckWindow,
+    out: Vec<AckOp>,
+}
+
+impl ChannelAcks {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: std::sync::Mutex::new(AckState {
+                window: AckWindow::new(),
+                out: Vec::new(),
+            }),
+            urgent: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn settle(&self, tag: u64, settlement: Settlement) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let AckState { window, out } = &mut *state;
+        window.settle(tag, settlement, out);
+        if !out.is_empty() {
+            self.urgent.notify_one();
+        }
+    }
+
+    /// What to send now; `tick` also flushes coalesced acks, `all` everything.
+    fn take(&self, tick: bool, all: bool, into: &mut Vec<AckOp>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let AckState { window, out } = &mut *state;
+        if all {
+            window.flush_all(out);
+        } else if tick {
+            window.flush(out);
+        }
+        into.append(out);
     }
 }
 
@@ -57,6 +106,18 @@ struct Counters {
     invalid: AtomicU64,
 }
 
+/// Where a consumer is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    /// Cancel the consumers: no new deliveries.
+    Stopping,
+    /// The dispatcher has drained: send the last acks and close.
+    Drained,
+    /// Die: close the connection at once, ack nothing more.
+    Aborted,
+}
+
 /// Consumes the shard queues of [`AmqpConfig::range`] and runs a [`Handler`] over them in
 /// order per sharding key.
 ///
@@ -69,7 +130,7 @@ struct Counters {
 ///   jitter, re-declares and re-consumes; the broker redelivers in queue order.
 pub struct Consumer<H: Handler> {
     dispatcher: Dispatcher<H, AmqpSettle>,
-    stop: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
 }
@@ -95,17 +156,17 @@ impl<H: Handler> Consumer<H> {
             Dispatcher::new(handler, dispatch).map_err(|e| Error::Config(e.to_string()))?;
         let first = connect(&config).await?;
         let counters = Arc::new(Counters::default());
-        let (stop, stop_rx) = watch::channel(false);
+        let (phase, phase_rx) = watch::channel(Phase::Running);
         let task = tokio::spawn(supervise(
             config,
             first,
             dispatcher.clone(),
             Arc::clone(&counters),
-            stop_rx,
+            phase_rx,
         ));
         Ok(Self {
             dispatcher,
-            stop,
+            phase,
             task: std::sync::Mutex::new(Some(task)),
             counters,
         })
@@ -125,11 +186,13 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Graceful shutdown: stop taking deliveries, let the handlers finish what they hold
-    /// (up to `grace`), send the last acks, close the connection.
+    /// Graceful shutdown: cancel the consumers (`basic.cancel`), let the handlers finish what
+    /// they hold (up to `grace`; the rest is requeued by the broker), send the last acks, close
+    /// the connection.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        self.stop.send_replace(true);
+        self.phase.send_replace(Phase::Stopping);
         let report = self.dispatcher.shutdown(grace).await;
+        self.phase.send_replace(Phase::Drained);
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
             let _ = tokio::time::timeout(grace + Duration::from_secs(5), task).await;
@@ -141,9 +204,9 @@ impl<H: Handler> Consumer<H> {
     /// is in flight, and the broker redelivers it (to another consumer in
     /// single-active-consumer mode).
     pub fn abort(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            task.abort();
-        }
+        self.phase.send_replace(Phase::Aborted);
+        let dispatcher = self.dispatcher.clone();
+        tokio::spawn(async move { dispatcher.shutdown(Duration::ZERO).await });
     }
 }
 
@@ -153,7 +216,7 @@ async fn supervise<H: Handler>(
     first: Connection,
     dispatcher: Dispatcher<H, AmqpSettle>,
     counters: Arc<Counters>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let mut conn = Some(first);
     let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
@@ -167,7 +230,7 @@ async fn supervise<H: Handler>(
                     tracing::warn!(error = %e, ?delay, "consumer reconnect failed");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue,
-                        _ = stop.wait_for(|s| *s) => return,
+                        _ = phase.wait_for(|p| *p != Phase::Running) => return,
                     }
                 }
             },
@@ -180,15 +243,21 @@ async fn supervise<H: Handler>(
             epoch,
             &dispatcher,
             &counters,
-            &mut stop,
+            &mut phase,
         )
         .await;
-        dispatcher.epoch_lost(epoch);
+        if *phase.borrow() == Phase::Aborted {
+            dispatcher.epoch_lost(epoch);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                connection.close(320, "aborted".into()),
+            )
+            .await;
+            return;
+        }
         match result {
             Ok(()) => {
-                // Stopped: wait for the dispatcher to drain (the caller shuts it down), then
-                // give the coalescers time to send the last acks before closing.
-                tokio::time::sleep(config.ack_interval * 4).await;
+                // Stopped and drained: the last acks are sent.
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
                     connection.close(200, "shutdown".into()),
@@ -197,6 +266,7 @@ async fn supervise<H: Handler>(
                 return;
             }
             Err(e) => {
+                dispatcher.epoch_lost(epoch);
                 tracing::warn!(error = %e, "consumer connection lost; reconnecting");
                 backoff.reset();
                 tokio::time::sleep(backoff.step()).await;
@@ -205,17 +275,20 @@ async fn supervise<H: Handler>(
     }
 }
 
-/// Consume every queue of the range on `connection` until it fails (`Err`) or `stop` (`Ok`).
+/// Consume every queue of the range on `connection` until it fails (`Err`), or until a
+/// shutdown has cancelled the consumers and the dispatcher drained (`Ok`).
 async fn run_connection<H: Handler>(
     config: &AmqpConfig,
     connection: &Connection,
     epoch: Epoch,
     dispatcher: &Dispatcher<H, AmqpSettle>,
     counters: &Arc<Counters>,
-    stop: &mut watch::Receiver<bool>,
+    phase: &mut watch::Receiver<Phase>,
 ) -> Result<(), Error> {
     let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
     let mut readers = tokio::task::JoinSet::new();
+    let mut coalescers = Vec::new();
+    let mut consumers = Vec::new();
     for index in config.range.clone() {
         let channel = connection.create_channel().await.map_err(err)?;
         channel
@@ -224,17 +297,23 @@ async fn run_connection<H: Handler>(
             .map_err(err)?;
         declare(config, &channel, std::iter::once(index)).await?;
         let queue = queue_name(&config.prefix, index);
+        let tag = format!("headwaters-{queue}");
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
-                format!("headwaters-{queue}").as_str().into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(err)?;
-        let (acks, ack_rx) = mpsc::unbounded_channel();
-        tokio::spawn(coalesce_acks(channel.clone(), ack_rx, config.ack_interval));
+        let acks = ChannelAcks::new();
+        coalescers.push(tokio::spawn(coalesce_acks(
+            channel.clone(),
+            Arc::clone(&acks),
+            config.ack_interval,
+        )));
+        consumers.push((channel, tag));
         let (dispatcher, counters) = (dispatcher.clone(), Arc::clone(counters));
         readers.spawn(read_queue(consumer, acks, epoch, dispatcher, counters));
     }
@@ -242,23 +321,38 @@ async fn run_connection<H: Handler>(
     tokio::select! {
         Some(ended) = readers.join_next() => {
             readers.abort_all();
-            Err(match ended {
+            return Err(match ended {
                 Ok(Err(e)) => e,
                 Ok(Ok(())) => Error::Connection("a queue reader stopped: the dispatcher is shut down".into()),
                 Err(join) => Error::Connection(format!("a queue reader failed: {join}")),
-            })
+            });
         }
-        _ = stop.wait_for(|s| *s) => {
-            readers.abort_all();
-            Ok(())
-        }
+        _ = phase.wait_for(|p| *p != Phase::Running) => {}
     }
+    if *phase.borrow() == Phase::Aborted {
+        readers.abort_all();
+        return Ok(());
+    }
+    // Stopping: no new deliveries; what was received is still dispatched, or redelivered.
+    for (channel, tag) in &consumers {
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
+    readers.abort_all();
+    // Once the dispatcher has drained, every settle handle is gone and each coalescer sends
+    // its last acks and ends.
+    let _ = phase.wait_for(|p| *p >= Phase::Drained).await;
+    for coalescer in coalescers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), coalescer).await;
+    }
+    Ok(())
 }
 
 /// Turn one queue's deliveries into dispatcher deliveries.
 async fn read_queue<H: Handler>(
     mut consumer: lapin::Consumer,
-    acks: mpsc::UnboundedSender<(u64, Settlement)>,
+    acks: Arc<ChannelAcks>,
     epoch: Epoch,
     dispatcher: Dispatcher<H, AmqpSettle>,
     counters: Arc<Counters>,
@@ -288,7 +382,7 @@ async fn read_queue<H: Handler>(
         let Some(key) = key else {
             counters.invalid.fetch_add(1, Relaxed);
             tracing::warn!(tag, message_id = ?props.message_id(), "delivery without a usable `sharding_key` header: rejected without requeue");
-            let _ = acks.send((tag, Settlement::Reject { requeue: false }));
+            acks.settle(tag, Settlement::Reject { requeue: false });
             continue;
         };
         if delivery.redelivered {
@@ -308,7 +402,7 @@ async fn read_queue<H: Handler>(
         };
         let settle = AmqpSettle {
             tag,
-            acks: acks.clone(),
+            acks: Arc::clone(&acks),
         };
         if dispatcher
             .dispatch(Delivery {
@@ -350,37 +444,21 @@ fn header_value(value: &AMQPValue) -> Option<HeaderValue> {
     })
 }
 
-/// The per-channel ack coalescer task.
-async fn coalesce_acks(
-    channel: Channel,
-    mut settles: mpsc::UnboundedReceiver<(u64, Settlement)>,
-    every: Duration,
-) {
-    let mut window = AckWindow::new();
-    let mut out = Vec::new();
+/// The per-channel ack coalescer task. It ends when it holds the last reference to the
+/// channel's acks (the reader and every delivery are gone), after sending what is left, or
+/// when the channel is closed.
+async fn coalesce_acks(channel: Channel, acks: Arc<ChannelAcks>, every: Duration) {
+    let mut ops = Vec::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let open = tokio::select! {
-            settled = settles.recv() => match settled {
-                Some((tag, s)) => {
-                    window.settle(tag, s, &mut out);
-                    while let Ok((tag, s)) = settles.try_recv() {
-                        window.settle(tag, s, &mut out);
-                    }
-                    true
-                }
-                None => {
-                    window.flush_all(&mut out);
-                    false
-                }
-            },
-            _ = tick.tick() => {
-                window.flush(&mut out);
-                true
-            }
+        let ticked = tokio::select! {
+            _ = tick.tick() => true,
+            () = acks.urgent.notified() => false,
         };
-        for op in out.drain(..) {
+        let last = Arc::strong_count(&acks) == 1;
+        acks.take(ticked, last, &mut ops);
+        for op in ops.drain(..) {
             let sent = match op {
                 AckOp::AckUpTo(tag) => {
                     channel
@@ -403,7 +481,7 @@ async fn coalesce_acks(
                 return;
             }
         }
-        if !open {
+        if last {
             return;
         }
     }
