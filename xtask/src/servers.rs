@@ -256,6 +256,7 @@ pub(crate) enum Rabbit {
 pub(crate) struct LocalRabbit {
     dir: PathBuf,
     url: String,
+    tls_url: String,
 }
 
 impl Rabbit {
@@ -274,12 +275,29 @@ impl Rabbit {
         }
     }
 
-    /// The control script, for a broker started here.
-    pub(crate) fn ctl(&self) -> Option<PathBuf> {
+    /// Extra environment for the tests: the TLS listener's URL and certificates, and the
+    /// control script, for a broker started here.
+    pub(crate) fn test_env(&self) -> Vec<(&'static str, String)> {
         match self {
-            Self::External(_) => None,
-            Self::Local(r) => Some(r.dir.join("ctl.sh")),
+            Self::External(_) => vec![],
+            Self::Local(r) => vec![
+                ("AMQPS_URL", r.tls_url.clone()),
+                (
+                    "HEADWATERS_AMQP_TLS_DIR",
+                    r.dir.join("tls").display().to_string(),
+                ),
+                (
+                    "HEADWATERS_RABBITMQ_CTL",
+                    r.dir.join("ctl.sh").display().to_string(),
+                ),
+            ],
         }
+    }
+
+    /// Whether the broker was started here (and so can be killed, restarted, and has a TLS
+    /// listener with known certificates).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
     }
 
     pub(crate) fn print_log(&self) {
@@ -375,6 +393,8 @@ impl LocalRabbit {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let port = free_port()?;
         let dist = free_port()?;
+        let tls_port = free_port()?;
+        make_certificates(&dir.join("tls"))?;
         let node = format!("headwaters-{}@localhost", std::process::id());
         let d = dir.display().to_string();
         let env = format!(
@@ -390,7 +410,16 @@ impl LocalRabbit {
         std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{port}\n"),
+            format!(
+                "loopback_users = none\n\
+                 listeners.tcp.default = 127.0.0.1:{port}\n\
+                 listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {d}/tls/ca.pem\n\
+                 ssl_options.certfile = {d}/tls/server.pem\n\
+                 ssl_options.keyfile = {d}/tls/server.key\n\
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = false\n"
+            ),
         )?;
         std::fs::write(dir.join("ctl.sh"), RABBIT_CTL)?;
         let is_rabbit_user = Command::new("id")
@@ -410,6 +439,7 @@ impl LocalRabbit {
         }
         let rabbit = Self {
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            tls_url: format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f"),
             dir,
         };
         println!("starting RabbitMQ on 127.0.0.1:{port} (node {node}, data in {d})");
@@ -424,6 +454,90 @@ impl LocalRabbit {
         println!("RabbitMQ is ready");
         Ok(rabbit)
     }
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate,
+/// made with the `openssl` command (keys in PKCS#8 PEM).
+fn make_certificates(dir: &Path) -> Result<()> {
+    if Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        apt_install(
+            &["openssl"],
+            "openssl (to make the test broker's TLS certificates)",
+            "AMQP_URL",
+        )?;
+    }
+    std::fs::create_dir_all(dir)?;
+    // Extensions make both certificates X.509 v3, which rustls/webpki require.
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    let openssl = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=headwaters-test-ca",
+    ])?;
+    for (name, subject, ext) in [
+        ("server", "/CN=localhost", "server.ext"),
+        ("client", "/CN=guest", "client.ext"),
+    ] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ])?;
+    }
+    Ok(())
 }
 
 impl Drop for LocalRabbit {

@@ -68,7 +68,7 @@ mod link;
 mod producer;
 pub mod shard;
 
-pub use config::AmqpConfig;
+pub use config::{AmqpConfig, TlsConfig};
 pub use consumer::{AmqpSettle, Consumer, ConsumerStats};
 pub use error::Error;
 pub use producer::{Producer, PublishOptions, SHARDING_KEY_HEADER};

@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -10,11 +11,25 @@ use crate::Error;
 use crate::config::{AmqpConfig, target};
 use crate::shard::queue_name;
 
-/// Open a connection.
+/// Open a connection (TLS per [`AmqpConfig::tls`] for `amqps://`).
 pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, Error> {
-    Connection::connect(&config.url, ConnectionProperties::default())
+    let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
+    let tls = &config.tls;
+    let identity = match (&tls.client_cert_pem, &tls.client_key_pem) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: cert.as_bytes().to_vec(),
+            key: key.as_bytes().to_vec(),
+        }),
+        _ => None,
+    };
+    let tls = OwnedTLSConfig {
+        identity,
+        cert_chain: tls.ca_pem.clone(),
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(err)?;
+    Connection::connect_with_config(&config.url, ConnectionProperties::default(), tls, runtime)
         .await
-        .map_err(|e| Error::from_lapin(&e, &target(&config.url)))
+        .map_err(err)
 }
 
 /// Declare the exchange (if named), the queues of `indices` and their bindings.

@@ -6,3 +6,4 @@ mod failures;
 mod ordered;
 mod sac;
 mod support;
+mod tls;
