@@ -144,8 +144,10 @@ impl<H: Handler> std::fmt::Debug for Consumer<H> {
 }
 
 impl<H: Handler> Consumer<H> {
-    /// Connect (a bad URL, refused credentials or a missing vhost fail here, with the broker's
-    /// reason), declare the queues, start consuming.
+    /// Connect, declare the queues and start consuming. Whatever stops the first attempt — a
+    /// bad URL, refused credentials, a missing vhost, queue arguments that clash with an
+    /// existing queue — is returned here, with the broker's reason; later connection losses
+    /// are retried in the background.
     pub async fn start(
         config: AmqpConfig,
         handler: H,
@@ -154,8 +156,8 @@ impl<H: Handler> Consumer<H> {
         config.validate()?;
         let dispatcher =
             Dispatcher::new(handler, dispatch).map_err(|e| Error::Config(e.to_string()))?;
-        let first = connect(&config).await?;
         let counters = Arc::new(Counters::default());
+        let first = establish(&config, &dispatcher, &counters).await?;
         let (phase, phase_rx) = watch::channel(Phase::Running);
         let task = tokio::spawn(supervise(
             config,
@@ -210,87 +212,50 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-/// Reconnect loop: run a connection until it dies, declare its epoch lost, reconnect.
-async fn supervise<H: Handler>(
-    config: AmqpConfig,
-    first: Connection,
-    dispatcher: Dispatcher<H, AmqpSettle>,
-    counters: Arc<Counters>,
-    mut phase: watch::Receiver<Phase>,
-) {
-    let mut conn = Some(first);
-    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
-    loop {
-        let connection = match conn.take() {
-            Some(c) => c,
-            None => match connect(&config).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let delay = backoff.step();
-                    tracing::warn!(error = %e, ?delay, "consumer reconnect failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => continue,
-                        _ = phase.wait_for(|p| *p != Phase::Running) => return,
-                    }
-                }
-            },
-        };
-        counters.connections.fetch_add(1, Relaxed);
-        let epoch = dispatcher.new_epoch();
-        let result = run_connection(
-            &config,
-            &connection,
-            epoch,
-            &dispatcher,
-            &counters,
-            &mut phase,
-        )
-        .await;
-        if *phase.borrow() == Phase::Aborted {
-            dispatcher.epoch_lost(epoch);
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                connection.close(320, "aborted".into()),
-            )
-            .await;
-            return;
-        }
-        match result {
-            Ok(()) => {
-                // Stopped and drained: the last acks are sent.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    connection.close(200, "shutdown".into()),
-                )
-                .await;
-                return;
-            }
-            Err(e) => {
-                dispatcher.epoch_lost(epoch);
-                tracing::warn!(error = %e, "consumer connection lost; reconnecting");
-                backoff.reset();
-                tokio::time::sleep(backoff.step()).await;
-            }
-        }
-    }
+/// A connection with a consumer, an ack coalescer and a reader per shard queue.
+struct Link {
+    connection: Connection,
+    epoch: Epoch,
+    readers: tokio::task::JoinSet<Result<(), Error>>,
+    coalescers: Vec<JoinHandle<()>>,
+    consumers: Vec<(Channel, String)>,
 }
 
-/// Consume every queue of the range on `connection` until it fails (`Err`), or until a
-/// shutdown has cancelled the consumers and the dispatcher drained (`Ok`).
-async fn run_connection<H: Handler>(
+/// Connect and set up every queue of the range. Any failure (refused login, missing vhost,
+/// queue arguments that clash with an existing queue) is returned, with its epoch declared
+/// lost.
+async fn establish<H: Handler>(
     config: &AmqpConfig,
-    connection: &Connection,
-    epoch: Epoch,
     dispatcher: &Dispatcher<H, AmqpSettle>,
     counters: &Arc<Counters>,
-    phase: &mut watch::Receiver<Phase>,
+) -> Result<Link, Error> {
+    let connection = connect(config).await?;
+    let epoch = dispatcher.new_epoch();
+    let mut link = Link {
+        connection,
+        epoch,
+        readers: tokio::task::JoinSet::new(),
+        coalescers: Vec::new(),
+        consumers: Vec::new(),
+    };
+    if let Err(e) = consume_range(config, &mut link, dispatcher, counters).await {
+        dispatcher.epoch_lost(epoch);
+        return Err(e);
+    }
+    counters.connections.fetch_add(1, Relaxed);
+    tracing::info!(queues = ?config.range, "consuming");
+    Ok(link)
+}
+
+async fn consume_range<H: Handler>(
+    config: &AmqpConfig,
+    link: &mut Link,
+    dispatcher: &Dispatcher<H, AmqpSettle>,
+    counters: &Arc<Counters>,
 ) -> Result<(), Error> {
     let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
-    let mut readers = tokio::task::JoinSet::new();
-    let mut coalescers = Vec::new();
-    let mut consumers = Vec::new();
     for index in config.range.clone() {
-        let channel = connection.create_channel().await.map_err(err)?;
+        let channel = link.connection.create_channel().await.map_err(err)?;
         channel
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await
@@ -308,45 +273,113 @@ async fn run_connection<H: Handler>(
             .await
             .map_err(err)?;
         let acks = ChannelAcks::new();
-        coalescers.push(tokio::spawn(coalesce_acks(
+        link.coalescers.push(tokio::spawn(coalesce_acks(
             channel.clone(),
             Arc::clone(&acks),
             config.ack_interval,
         )));
-        consumers.push((channel, tag));
+        link.consumers.push((channel, tag));
         let (dispatcher, counters) = (dispatcher.clone(), Arc::clone(counters));
-        readers.spawn(read_queue(consumer, acks, epoch, dispatcher, counters));
+        link.readers
+            .spawn(read_queue(consumer, acks, link.epoch, dispatcher, counters));
     }
-    tracing::info!(queues = ?config.range, "consuming");
+    Ok(())
+}
+
+/// Reconnect loop: run a link until its connection dies, declare its epoch lost, reconnect.
+async fn supervise<H: Handler>(
+    config: AmqpConfig,
+    first: Link,
+    dispatcher: Dispatcher<H, AmqpSettle>,
+    counters: Arc<Counters>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let mut next = Some(first);
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    loop {
+        let link = match next.take() {
+            Some(link) => link,
+            None => match establish(&config, &dispatcher, &counters).await {
+                Ok(link) => link,
+                Err(e) => {
+                    let delay = backoff.step();
+                    tracing::warn!(error = %e, ?delay, "consumer reconnect failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => continue,
+                        _ = phase.wait_for(|p| *p != Phase::Running) => return,
+                    }
+                }
+            },
+        };
+        let epoch = link.epoch;
+        let result = run_link(link, &mut phase).await;
+        let aborted = *phase.borrow() == Phase::Aborted;
+        match result {
+            Ok(connection) | Err((connection, _)) if aborted => {
+                dispatcher.epoch_lost(epoch);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    connection.close(320, "aborted".into()),
+                )
+                .await;
+                return;
+            }
+            Ok(connection) => {
+                // Stopped and drained: the last acks are sent.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    connection.close(200, "shutdown".into()),
+                )
+                .await;
+                return;
+            }
+            Err((_, e)) => {
+                dispatcher.epoch_lost(epoch);
+                tracing::warn!(error = %e, "consumer connection lost; reconnecting");
+                backoff.reset();
+                tokio::time::sleep(backoff.step()).await;
+            }
+        }
+    }
+}
+
+/// Run a link until one of its readers fails (`Err`, the connection or a channel is gone), or
+/// until a shutdown has cancelled the consumers and the dispatcher drained (`Ok`). The
+/// connection is handed back for closing.
+async fn run_link(
+    mut link: Link,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<Connection, (Connection, Error)> {
     tokio::select! {
-        Some(ended) = readers.join_next() => {
-            readers.abort_all();
-            return Err(match ended {
+        Some(ended) = link.readers.join_next() => {
+            link.readers.abort_all();
+            let error = match ended {
                 Ok(Err(e)) => e,
                 Ok(Ok(())) => Error::Connection("a queue reader stopped: the dispatcher is shut down".into()),
                 Err(join) => Error::Connection(format!("a queue reader failed: {join}")),
-            });
+            };
+            return Err((link.connection, error));
         }
         _ = phase.wait_for(|p| *p != Phase::Running) => {}
     }
     if *phase.borrow() == Phase::Aborted {
-        readers.abort_all();
-        return Ok(());
+        link.readers.abort_all();
+        return Ok(link.connection);
     }
     // Stopping: no new deliveries; what was received is still dispatched, or redelivered.
-    for (channel, tag) in &consumers {
+    for (channel, tag) in &link.consumers {
         let _ = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await;
     }
-    readers.abort_all();
+    link.readers.abort_all();
     // Once the dispatcher has drained, every settle handle is gone and each coalescer sends
     // its last acks and ends.
     let _ = phase.wait_for(|p| *p >= Phase::Drained).await;
-    for coalescer in coalescers {
+    for coalescer in link.coalescers {
         let _ = tokio::time::timeout(Duration::from_secs(5), coalescer).await;
     }
-    Ok(())
+    Ok(link.connection)
 }
 
 /// Turn one queue's deliveries into dispatcher deliveries.

@@ -139,9 +139,16 @@ impl Producer {
                 "publisher confirms are not enabled on the channel".into(),
             )),
             Err(e) => {
-                tracing::warn!(error = %e, "publish failed; reconnecting");
+                tracing::warn!(error = %e, "publish failed; re-establishing the channel");
                 self.start_reconnect();
-                Err(Error::Reconnecting)
+                // A broker-reported error (e.g. 404 for a missing exchange) is returned as
+                // such; a lost connection or channel means "retry".
+                match Error::from_lapin(&e, &crate::config::target(&c.url)) {
+                    err @ (Error::Broker { .. }
+                    | Error::AccessRefused { .. }
+                    | Error::VhostNotAllowed { .. }) => Err(err),
+                    _ => Err(Error::Reconnecting),
+                }
             }
         }
     }
@@ -150,10 +157,7 @@ impl Producer {
     async fn channel(&self) -> Result<Channel, Error> {
         let mut rx = self.inner.link.subscribe();
         let wait = self.inner.config.publish_wait;
-        let ready = tokio::time::timeout(
-            wait,
-            rx.wait_for(|l| l.as_ref().is_some_and(|(c, _)| c.status().connected())),
-        );
+        let ready = tokio::time::timeout(wait, rx.wait_for(|l| l.as_ref().is_some_and(link_up)));
         match ready.await {
             Ok(Ok(link)) => link
                 .as_ref()
@@ -173,12 +177,7 @@ impl Producer {
             let Ok(_guard) = inner.reconnect.try_lock() else {
                 return; // another task reconnects
             };
-            let connected = inner
-                .link
-                .borrow()
-                .as_ref()
-                .is_some_and(|(c, _)| c.status().connected());
-            if connected {
+            if inner.link.borrow().as_ref().is_some_and(link_up) {
                 return;
             }
             inner.link.send_replace(None);
@@ -208,6 +207,11 @@ impl Producer {
                 tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
         }
     }
+}
+
+/// Whether both the connection and its channel are usable.
+fn link_up((connection, channel): &(Connection, Channel)) -> bool {
+    connection.status().connected() && channel.status().connected()
 }
 
 async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), Error> {

@@ -231,18 +231,26 @@ impl ProcessStatus {
         self.wait_durable(target).await
     }
 
-    /// Forget every entity, in memory and in the store (only this store's table).
+    /// Forget every entity, in memory and in the store (only this store's table). Items
+    /// queued but not yet written are dropped; a batch being written is waited for first, so
+    /// that it cannot land after the reset.
     pub async fn reset(&self) -> Result<(), Error> {
         let shared = self.shared();
-        {
+        let accepted = {
             let mut p = lock(&shared.pending);
             p.items.clear();
-        }
+            p.accepted
+        };
         shared.room.notify_waiters();
+        shared.wake.notify_one();
+        // With nothing pending, the writer reports everything accepted as done once the batch
+        // in flight (if any) is written.
+        let _ = self.wait_durable(accepted).await;
+        shared.store.reset().await?;
         if let Ok(mut v) = shared.view.write() {
             v.clear();
         }
-        shared.store.reset().await
+        Ok(())
     }
 
     /// Write what is pending and stop the writer. Later calls to `item_processed` fail with

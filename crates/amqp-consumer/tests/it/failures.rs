@@ -200,3 +200,28 @@ async fn bad_credentials_unreachable_broker_and_missing_vhost_are_typed_errors()
     .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
 }
+
+#[tokio::test]
+#[ignore = "needs RabbitMQ: cargo xtask integration"]
+async fn clashing_queue_arguments_fail_start_with_the_brokers_reason() {
+    // The queues exist without single-active-consumer…
+    let plain = config("clash", 2);
+    Producer::connect(plain.clone())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    // …so declaring them with it is refused: the first start says so instead of retrying.
+    let err = Consumer::start(
+        plain.with_single_active_consumer(true),
+        Recording(Arc::default()),
+        Config::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Broker { code: 406, .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("x-single-active-consumer"),
+        "the broker's reason names the argument: {err}"
+    );
+}
