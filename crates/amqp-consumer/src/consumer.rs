@@ -33,6 +33,12 @@ pub struct AmqpSettle {
     acks: Arc<ChannelAcks>,
 }
 
+impl AmqpSettle {
+    pub(crate) fn new(tag: u64, acks: Arc<ChannelAcks>) -> Self {
+        Self { tag, acks }
+    }
+}
+
 impl Settle for AmqpSettle {
     fn settle(self, settlement: Settlement) {
         self.acks.settle(self.tag, settlement);
@@ -43,7 +49,7 @@ impl Settle for AmqpSettle {
 /// Settling only records (no task wake-up per message); the coalescer sends on its tick, or at
 /// once for rejects.
 #[derive(Debug)]
-struct ChannelAcks {
+pub(crate) struct ChannelAcks {
     state: std::sync::Mutex<AckState>,
     urgent: tokio::sync::Notify,
 }
@@ -55,7 +61,7 @@ struct AckState {
 }
 
 impl ChannelAcks {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             state: std::sync::Mutex::new(AckState {
                 window: AckWindow::new(),
@@ -394,59 +400,21 @@ async fn read_queue<H: Handler>(
         let delivery = delivery.map_err(|e| Error::Connection(e.to_string()))?;
         counters.deliveries.fetch_add(1, Relaxed);
         let tag = delivery.delivery_tag;
-        let props = &delivery.properties;
-        let mut headers = Headers::new();
-        let mut key = None;
-        if let Some(table) = props.headers() {
-            for (name, value) in table.inner() {
-                if name.as_str() == SHARDING_KEY_HEADER {
-                    key = match value {
-                        AMQPValue::LongString(s) => Some(Key::new(s.as_bytes().to_vec())),
-                        AMQPValue::ShortString(s) => Some(Key::new(s.as_str().as_bytes().to_vec())),
-                        _ => None,
-                    };
-                    continue;
-                }
-                if let Some(v) = header_value(value) {
-                    headers.insert(name.as_str(), v);
-                }
-            }
-        }
+        let (key, message) = decode(delivery);
         let Some(key) = key else {
             counters.invalid.fetch_add(1, Relaxed);
-            tracing::warn!(tag, message_id = ?props.message_id(), "delivery without a usable `sharding_key` header: rejected without requeue");
+            tracing::warn!(tag, message_id = %message.message_id, "delivery without a usable `sharding_key` header: rejected without requeue");
             acks.settle(tag, Settlement::Reject { requeue: false });
             continue;
         };
-        if delivery.redelivered {
-            headers.insert("redelivered", true);
-        }
-        let message = Message {
-            payload: delivery.data.into(),
-            headers,
-            message_id: props
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            timestamp: props.timestamp().map_or_else(Timestamp::now, |secs| {
-                Timestamp::from_micros((secs as i64).saturating_mul(1_000_000))
-            }),
+        let settle = AmqpSettle::new(tag, Arc::clone(&acks));
+        let delivery = Delivery {
+            key,
+            message,
+            settle,
+            epoch,
         };
-        let settle = AmqpSettle {
-            tag,
-            acks: Arc::clone(&acks),
-        };
-        if dispatcher
-            .dispatch(Delivery {
-                key,
-                message,
-                settle,
-                epoch,
-            })
-            .await
-            .is_err()
-        {
+        if dispatcher.dispatch(delivery).await.is_err() {
             // Shutting down: the message stays unacked and is redelivered.
             return Ok(());
         }
@@ -454,6 +422,45 @@ async fn read_queue<H: Handler>(
     Err(Error::Connection(
         "the consumer stream ended (channel closed or consumer cancelled)".into(),
     ))
+}
+
+/// A delivery's sharding key (if it has a usable one) and message. A redelivery carries the
+/// header `redelivered = true`.
+pub(crate) fn decode(delivery: lapin::message::Delivery) -> (Option<Key>, Message) {
+    let props = &delivery.properties;
+    let mut headers = Headers::new();
+    let mut key = None;
+    if let Some(table) = props.headers() {
+        for (name, value) in table.inner() {
+            if name.as_str() == SHARDING_KEY_HEADER {
+                key = match value {
+                    AMQPValue::LongString(s) => Some(Key::new(s.as_bytes().to_vec())),
+                    AMQPValue::ShortString(s) => Some(Key::new(s.as_str().as_bytes().to_vec())),
+                    _ => None,
+                };
+                continue;
+            }
+            if let Some(v) = header_value(value) {
+                headers.insert(name.as_str(), v);
+            }
+        }
+    }
+    if delivery.redelivered {
+        headers.insert("redelivered", true);
+    }
+    let message = Message {
+        message_id: props
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        timestamp: props.timestamp().map_or_else(Timestamp::now, |secs| {
+            Timestamp::from_micros((secs as i64).saturating_mul(1_000_000))
+        }),
+        headers,
+        payload: delivery.data.into(),
+    };
+    (key, message)
 }
 
 fn header_value(value: &AMQPValue) -> Option<HeaderValue> {
@@ -480,7 +487,7 @@ fn header_value(value: &AMQPValue) -> Option<HeaderValue> {
 /// The per-channel ack coalescer task. It ends when it holds the last reference to the
 /// channel's acks (the reader and every delivery are gone), after sending what is left, or
 /// when the channel is closed.
-async fn coalesce_acks(channel: Channel, acks: Arc<ChannelAcks>, every: Duration) {
+pub(crate) async fn coalesce_acks(channel: Channel, acks: Arc<ChannelAcks>, every: Duration) {
     let mut ops = Vec::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

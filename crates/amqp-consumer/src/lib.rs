@@ -26,6 +26,14 @@
 //! * [`acks`] — [`AckWindow`](acks::AckWindow), the IO-free ack coalescer.
 //! * [`shard`] — the key → queue function.
 //! * [`Error`] — typed errors carrying the broker's reason.
+//! * `AmqpShardSource` (feature `batch`) — a shard queue as a `headwaters-batch-flusher`
+//!   source, acked only for flushed records.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds                                                  |
+//! |---------|---------|---------------------------------------------------------------|
+//! | `batch` | no      | `AmqpShardSource`, `AmqpRecord` (depends on the batch flusher) |
 //!
 //! # Example
 //!
@@ -61,6 +69,8 @@
 #![warn(missing_docs)]
 
 pub mod acks;
+#[cfg(feature = "batch")]
+mod batch;
 mod config;
 mod consumer;
 mod error;
@@ -68,6 +78,9 @@ mod link;
 mod producer;
 pub mod shard;
 
+#[cfg(feature = "batch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
+pub use batch::{AmqpRecord, AmqpShardSource};
 pub use config::{AmqpConfig, TlsConfig};
 pub use consumer::{AmqpSettle, Consumer, ConsumerStats};
 pub use error::Error;

@@ -1,6 +1,7 @@
 //! Integration tests of headwaters-amqp-consumer against a real RabbitMQ (`AMQP_URL`, set by
 //! `cargo xtask integration`).
 
+mod batch_source;
 mod broker_restart;
 mod failures;
 mod ordered;

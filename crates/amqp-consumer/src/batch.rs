@@ -1,0 +1,106 @@
+//! [`AmqpShardSource`]: an AMQP shard queue as a batch-flusher [`Source`].
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use headwaters_batch_flusher::{Source, SourceEvent, SourceRecord};
+use headwaters_ordering_core::{Key, Message};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+
+use crate::Error;
+use crate::config::{AmqpConfig, target};
+use crate::consumer::{AmqpSettle, ChannelAcks, coalesce_acks, decode};
+use crate::link::{connect, declare};
+use crate::shard::queue_name;
+
+/// One delivery of a shard queue, for a flusher.
+#[derive(Debug)]
+pub struct AmqpRecord {
+    /// Its sharding key, if the message had one.
+    pub key: Option<Key>,
+    /// The message.
+    pub message: Message,
+}
+
+/// Feeds a [`BatchProcessor`](headwaters_batch_flusher::BatchProcessor) from AMQP shard
+/// queues: shard `"7"` is queue `prefix7`. Checkpointing is the broker's: each record is
+/// acked (coalesced, as in [`Consumer`](crate::Consumer)) only once the flusher returned its
+/// token, and whatever is unacked when a shard run ends is redelivered by the broker to the
+/// next run. So the checkpoint `from` is not needed and ignored, and the store given to the
+/// processor only records progress (a [`MemoryCheckpoints`](headwaters_batch_flusher::MemoryCheckpoints)
+/// is enough). Positions are delivery tags, which restart with each connection.
+#[derive(Debug, Clone)]
+pub struct AmqpShardSource {
+    config: AmqpConfig,
+}
+
+impl AmqpShardSource {
+    /// A source over the queues of `config`.
+    pub fn new(config: AmqpConfig) -> Self {
+        Self { config }
+    }
+}
+
+impl Source for AmqpShardSource {
+    type Position = u64;
+    type Record = AmqpRecord;
+    type Ack = AmqpSettle;
+    type Error = Error;
+    type Stream = BoxStream<'static, Result<SourceEvent<u64, AmqpRecord, AmqpSettle>, Error>>;
+
+    async fn open(&self, shard: &str, _from: Option<u64>) -> Result<Self::Stream, Error> {
+        let config = &self.config;
+        let index: u32 = shard
+            .parse()
+            .ok()
+            .filter(|i| *i < config.total_count)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "shard {shard:?} is not a queue index below {}",
+                    config.total_count
+                ))
+            })?;
+        let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
+        let connection = connect(config).await?;
+        let channel = connection.create_channel().await.map_err(err)?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(err)?;
+        declare(config, &channel, std::iter::once(index)).await?;
+        let queue = queue_name(&config.prefix, index);
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("headwaters-batch-{queue}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        let acks = ChannelAcks::new();
+        tokio::spawn(coalesce_acks(
+            channel,
+            Arc::clone(&acks),
+            config.ack_interval,
+        ));
+        // The stream owns the connection: it lives as long as the shard run.
+        let connection = Arc::new(connection);
+        Ok(consumer
+            .map(move |delivery| {
+                let _keep_alive = &connection;
+                let delivery = delivery.map_err(|e| Error::Connection(e.to_string()))?;
+                let tag = delivery.delivery_tag;
+                let (key, message) = decode(delivery);
+                Ok(SourceEvent::Record(SourceRecord {
+                    position: tag,
+                    sub: None,
+                    record: AmqpRecord { key, message },
+                    ack: AmqpSettle::new(tag, Arc::clone(&acks)),
+                }))
+            })
+            .boxed())
+    }
+}
