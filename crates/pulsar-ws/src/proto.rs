@@ -1,0 +1,367 @@
+//! The JSON wire messages, as typed values: what a producer sends ([`OutgoingMessage`]) and
+//! gets back ([`Receipt`]), what a consumer or reader receives ([`ReceivedMessage`],
+//! [`ConsumerFrame`]) and the commands it sends ([`Command`]). Serde types stay private.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use headwaters_ordering_core::Timestamp;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::DecodeError;
+
+/// A message id: base64 of the broker's `MessageIdData`. Opaque; compare and send it back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// From the base64 text the server sent.
+    pub fn new(base64: impl Into<String>) -> Self {
+        Self(base64.into())
+    }
+
+    /// From raw `MessageIdData` bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Self(BASE64.encode(bytes))
+    }
+
+    /// The base64 text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A time as the server writes it: an instant and the UTC offset it was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZonedTime {
+    /// The instant.
+    pub timestamp: Timestamp,
+    /// The writer's UTC offset, in seconds.
+    pub offset_seconds: i32,
+}
+
+fn parse_time(field: &'static str, text: &str) -> Result<ZonedTime, DecodeError> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| DecodeError::Field {
+        field,
+        reason: format!("{text:?} is not an ISO-8601 time with offset: {e}"),
+    })?;
+    let micros = t.unix_timestamp_nanos() / 1_000;
+    Ok(ZonedTime {
+        timestamp: Timestamp::from_micros(i64::try_from(micros).unwrap_or(i64::MAX)),
+        offset_seconds: t.offset().whole_seconds(),
+    })
+}
+
+fn format_time(t: Timestamp) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1_000)
+        .ok()?
+        .format(&Rfc3339)
+        .ok()
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct OutgoingMessage {
+    /// The body (sent base64-encoded).
+    pub payload: Bytes,
+    /// Routing and `Key_Shared` key.
+    pub key: Option<String>,
+    /// Message properties.
+    pub properties: BTreeMap<String, String>,
+    /// Limit geo-replication to these clusters.
+    pub replication_clusters: Option<Vec<String>>,
+    /// The event time.
+    pub event_time: Option<Timestamp>,
+    /// Deliver at this time (Shared and Key_Shared subscriptions).
+    pub deliver_at: Option<Timestamp>,
+    /// Deliver after this delay.
+    pub deliver_after: Option<Duration>,
+}
+
+impl OutgoingMessage {
+    /// A message with just a payload.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self {
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The same message with a key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The same message with a property.
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// The JSON publish frame, correlated by `context`.
+    pub fn encode(&self, context: &str) -> String {
+        let frame = PublishFrame {
+            payload: BASE64.encode(&self.payload),
+            properties: &self.properties,
+            context,
+            key: self.key.as_deref(),
+            replication_clusters: self.replication_clusters.as_deref(),
+            event_time: self.event_time.and_then(format_time),
+            deliver_at: self.deliver_at.map(|t| t.as_millis()).filter(|ms| *ms > 0),
+            deliver_after_ms: self
+                .deliver_after
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .filter(|ms| *ms > 0),
+        };
+        // Serialising strings, maps and integers cannot fail.
+        serde_json::to_string(&frame).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishFrame<'a> {
+    payload: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    properties: &'a BTreeMap<String, String>,
+    context: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication_clusters: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_after_ms: Option<i64>,
+}
+
+/// A producer error code (`send-error:<n>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendErrorCode {
+    /// 3: the frame was not valid JSON.
+    BadJson,
+    /// 7: invalid payload encoding, event time or compression fields.
+    InvalidPayload,
+    /// 8: the broker failed the send (timeout, queue full, topic terminated…).
+    Broker,
+    /// Any other code.
+    Other(u32),
+}
+
+impl SendErrorCode {
+    fn from_code(n: u32) -> Self {
+        match n {
+            3 => Self::BadJson,
+            7 => Self::InvalidPayload,
+            8 => Self::Broker,
+            n => Self::Other(n),
+        }
+    }
+}
+
+/// A producer receipt: the publish with this `context` was persisted (its id) or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The publish's context; absent when the server could not parse the frame.
+    pub context: Option<String>,
+    /// The message id, or why it failed.
+    pub result: Result<MessageId, SendFailure>,
+}
+
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    /// The code.
+    pub code: SendErrorCode,
+    /// The server's text.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReceiptFrame {
+    result: String,
+    message_id: Option<String>,
+    context: Option<String>,
+    error_msg: Option<String>,
+}
+
+impl Receipt {
+    /// Parse a receipt frame.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        let frame: ReceiptFrame = serde_json::from_str(text).map_err(DecodeError::json)?;
+        let result = if frame.result == "ok" {
+            let id = frame.message_id.ok_or_else(|| DecodeError::Field {
+                field: "messageId",
+                reason: "missing on a successful receipt".into(),
+            })?;
+            Ok(MessageId(id))
+        } else if let Some(n) = frame.result.strip_prefix("send-error:") {
+            let n = n.parse().map_err(|_| DecodeError::Field {
+                field: "result",
+                reason: format!("{:?} is not send-error:<number>", frame.result),
+            })?;
+            Err(SendFailure {
+                code: SendErrorCode::from_code(n),
+                message: frame.error_msg.unwrap_or_default(),
+            })
+        } else {
+            return Err(DecodeError::Field {
+                field: "result",
+                reason: format!("unknown result {:?}", frame.result),
+            });
+        };
+        Ok(Self {
+            context: frame.context,
+            result,
+        })
+    }
+}
+
+/// A message delivered to a consumer or reader.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReceivedMessage {
+    /// Its id (ack it with this).
+    pub message_id: MessageId,
+    /// The body, decoded.
+    pub payload: Bytes,
+    /// Its properties.
+    pub properties: BTreeMap<String, String>,
+    /// When it was published, with the server's offset.
+    pub publish_time: ZonedTime,
+    /// Its event time, if it has one.
+    pub event_time: Option<ZonedTime>,
+    /// Its key, if it has one.
+    pub key: Option<String>,
+    /// How often it was redelivered.
+    pub redelivery_count: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageFrame {
+    message_id: String,
+    payload: String,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+    publish_time: String,
+    #[serde(default)]
+    redelivery_count: u32,
+    event_time: Option<String>,
+    key: Option<String>,
+}
+
+/// What arrives on a consumer or reader socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConsumerFrame {
+    /// A message.
+    Message(ReceivedMessage),
+    /// The answer to [`Command::IsEndOfTopic`].
+    EndOfTopic(bool),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Flag {
+    Bool(bool),
+    Text(String),
+}
+
+impl ConsumerFrame {
+    /// Parse a frame from a consumer or reader socket.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(DecodeError::json)?;
+        if let Some(flag) = value.get("endOfTopic") {
+            // The server sends a JSON boolean; its docs show a string. Accept both.
+            let flag: Flag = serde_json::from_value(flag.clone()).map_err(DecodeError::json)?;
+            return match flag {
+                Flag::Bool(b) => Ok(Self::EndOfTopic(b)),
+                Flag::Text(t) => t
+                    .parse()
+                    .map(Self::EndOfTopic)
+                    .map_err(|_| DecodeError::Field {
+                        field: "endOfTopic",
+                        reason: format!("{t:?} is not a boolean"),
+                    }),
+            };
+        }
+        let frame: MessageFrame = serde_json::from_value(value).map_err(DecodeError::json)?;
+        let payload = BASE64
+            .decode(frame.payload.as_bytes())
+            .map_err(|e| DecodeError::Field {
+                field: "payload",
+                reason: format!("not base64: {e}"),
+            })?;
+        Ok(Self::Message(ReceivedMessage {
+            message_id: MessageId(frame.message_id),
+            payload: payload.into(),
+            properties: frame.properties,
+            publish_time: parse_time("publishTime", &frame.publish_time)?,
+            event_time: frame
+                .event_time
+                .map(|t| parse_time("eventTime", &t))
+                .transpose()?,
+            key: frame.key,
+            redelivery_count: frame.redelivery_count,
+        }))
+    }
+}
+
+/// A command from a consumer (or reader) to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Acknowledge a message (a reader sends this to free its in-flight slot).
+    Ack(MessageId),
+    /// Negatively acknowledge: redeliver after `negativeAckRedeliveryDelay`.
+    Nack(MessageId),
+    /// Pull mode: allow this many more deliveries.
+    Permit(u32),
+    /// Delete the subscription (no reply).
+    Unsubscribe,
+    /// Ask whether the topic was terminated and fully read.
+    IsEndOfTopic,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandFrame<'a> {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permit_messages: Option<u32>,
+}
+
+impl Command {
+    /// The JSON frame.
+    pub fn encode(&self) -> String {
+        let (kind, message_id, permit_messages) = match self {
+            Self::Ack(id) => (None, Some(id.as_str()), None),
+            Self::Nack(id) => (Some("negativeAcknowledge"), Some(id.as_str()), None),
+            Self::Permit(n) => (Some("permit"), None, Some(*n)),
+            Self::Unsubscribe => (Some("unsubscribe"), None, None),
+            Self::IsEndOfTopic => (Some("isEndOfTopic"), None, None),
+        };
+        serde_json::to_string(&CommandFrame {
+            kind,
+            message_id,
+            permit_messages,
+        })
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
