@@ -4,7 +4,7 @@
 //! |-------------------------|---------------------------------------------------------------------|
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
-//! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the `#[ignore]`d server tests and a smoke run of every benchmark, tears down |
+//! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the server tests (those marked ignored for plain `cargo test`) and a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
 //! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
 
