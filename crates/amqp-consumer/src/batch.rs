@@ -6,14 +6,11 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use headwaters_batch_flusher::{Source, SourceEvent, SourceRecord};
 use headwaters_ordering_core::{Key, Message};
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 
 use crate::Error;
-use crate::config::{AmqpConfig, target};
-use crate::consumer::{AmqpSettle, ChannelAcks, coalesce_acks, decode};
-use crate::link::{connect, declare};
-use crate::shard::queue_name;
+use crate::config::AmqpConfig;
+use crate::consumer::{AmqpSettle, QueueConsumer, consume_queue, decode};
+use crate::link::connect;
 
 /// One delivery of a shard queue, for a flusher.
 #[derive(Debug)]
@@ -62,30 +59,9 @@ impl Source for AmqpShardSource {
                     config.total_count
                 ))
             })?;
-        let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
         let connection = connect(config).await?;
-        let channel = connection.create_channel().await.map_err(err)?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(err)?;
-        declare(config, &channel, std::iter::once(index)).await?;
-        let queue = queue_name(&config.prefix, index);
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("headwaters-batch-{queue}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err)?;
-        let acks = ChannelAcks::new();
-        tokio::spawn(coalesce_acks(
-            channel,
-            Arc::clone(&acks),
-            config.ack_interval,
-        ));
+        let QueueConsumer { consumer, acks, .. } =
+            consume_queue(config, &connection, index, "headwaters-batch").await?;
         // The stream owns the connection: it lives as long as the shard run.
         let connection = Arc::new(connection);
         Ok(consumer

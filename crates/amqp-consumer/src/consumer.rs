@@ -259,37 +259,71 @@ async fn consume_range<H: Handler>(
     dispatcher: &Dispatcher<H, AmqpSettle>,
     counters: &Arc<Counters>,
 ) -> Result<(), Error> {
-    let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
     for index in config.range.clone() {
-        let channel = link.connection.create_channel().await.map_err(err)?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(err)?;
-        declare(config, &channel, std::iter::once(index)).await?;
-        let queue = queue_name(&config.prefix, index);
-        let tag = format!("headwaters-{queue}");
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err)?;
-        let acks = ChannelAcks::new();
-        link.coalescers.push(tokio::spawn(coalesce_acks(
-            channel.clone(),
-            Arc::clone(&acks),
-            config.ack_interval,
-        )));
-        link.consumers.push((channel, tag));
+        let queue = consume_queue(config, &link.connection, index, "headwaters").await?;
+        link.coalescers.push(queue.coalescer);
+        link.consumers.push((queue.channel, queue.tag));
         let (dispatcher, counters) = (dispatcher.clone(), Arc::clone(counters));
-        link.readers
-            .spawn(read_queue(consumer, acks, link.epoch, dispatcher, counters));
+        link.readers.spawn(read_queue(
+            queue.consumer,
+            queue.acks,
+            link.epoch,
+            dispatcher,
+            counters,
+        ));
     }
     Ok(())
+}
+
+/// One shard queue being consumed on its own channel, with its ack coalescer running.
+pub(crate) struct QueueConsumer {
+    pub(crate) channel: Channel,
+    pub(crate) consumer: lapin::Consumer,
+    /// The consumer tag (for `basic.cancel`).
+    pub(crate) tag: String,
+    pub(crate) acks: Arc<ChannelAcks>,
+    pub(crate) coalescer: JoinHandle<()>,
+}
+
+/// Open a channel on `connection`, set the prefetch, declare shard queue `index` and start
+/// consuming it under the tag `{tag_prefix}-{queue}`.
+pub(crate) async fn consume_queue(
+    config: &AmqpConfig,
+    connection: &Connection,
+    index: u32,
+    tag_prefix: &str,
+) -> Result<QueueConsumer, Error> {
+    let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
+    let channel = connection.create_channel().await.map_err(err)?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(err)?;
+    declare(config, &channel, std::iter::once(index)).await?;
+    let queue = queue_name(&config.prefix, index);
+    let tag = format!("{tag_prefix}-{queue}");
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err)?;
+    let acks = ChannelAcks::new();
+    let coalescer = tokio::spawn(coalesce_acks(
+        channel.clone(),
+        Arc::clone(&acks),
+        config.ack_interval,
+    ));
+    Ok(QueueConsumer {
+        channel,
+        consumer,
+        tag,
+        acks,
+        coalescer,
+    })
 }
 
 /// Reconnect loop: run a link until its connection dies, declare its epoch lost, reconnect.
@@ -487,7 +521,7 @@ fn header_value(value: &AMQPValue) -> Option<HeaderValue> {
 /// The per-channel ack coalescer task. It ends when it holds the last reference to the
 /// channel's acks (the reader and every delivery are gone), after sending what is left, or
 /// when the channel is closed.
-pub(crate) async fn coalesce_acks(channel: Channel, acks: Arc<ChannelAcks>, every: Duration) {
+async fn coalesce_acks(channel: Channel, acks: Arc<ChannelAcks>, every: Duration) {
     let mut ops = Vec::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
