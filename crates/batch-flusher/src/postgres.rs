@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
 
 use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, check_table_name};
 
@@ -128,17 +129,40 @@ impl PostgresCheckpoints {
         })
     }
 
+    /// Run one statement on the live client; the number of rows it changed.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, CheckpointError> {
+        self.client()
+            .await?
+            .execute(sql, params)
+            .await
+            .map_err(server_error)
+    }
+
+    /// Run one query on the live client; its row, if any.
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, CheckpointError> {
+        self.client()
+            .await?
+            .query_opt(sql, params)
+            .await
+            .map_err(server_error)
+    }
+
     async fn owner_of(&self, shard: &str) -> Result<Option<String>, CheckpointError> {
         let table = &self.table;
         let row = self
-            .client()
-            .await?
             .query_opt(
                 &format!("SELECT owner FROM {table} WHERE shard = $1"),
                 &[&shard],
             )
-            .await
-            .map_err(server_error)?;
+            .await?;
         Ok(row.and_then(|r| r.get::<_, Option<String>>(0)))
     }
 
@@ -186,10 +210,7 @@ fn server_error(e: tokio_postgres::Error) -> CheckpointError {
 impl Checkpointer for PostgresCheckpoints {
     async fn acquire(&self, shard: &str) -> Result<Option<String>, CheckpointError> {
         let table = &self.table;
-        let row = self
-            .client()
-            .await?
-            .query_opt(
+        let row = self.query_opt(
                 &format!(
                     "INSERT INTO {table} AS c (shard, position, owner, lease_until, updated_at)
                      VALUES ($1, NULL, $2, now() + $3::bigint * interval '1 millisecond', now())
@@ -199,9 +220,7 @@ impl Checkpointer for PostgresCheckpoints {
                      RETURNING position"
                 ),
                 &[&shard, &self.owner, &self.lease_ms],
-            )
-            .await
-            .map_err(server_error)?;
+            ).await?;
         match row {
             Some(row) => Ok(row.get::<_, Option<String>>(0)),
             None => Err(CheckpointError::LeaseHeld {
@@ -213,27 +232,20 @@ impl Checkpointer for PostgresCheckpoints {
 
     async fn checkpoint(&self, shard: &str, position: &str) -> Result<(), CheckpointError> {
         let table = &self.table;
-        let updated = self
-            .client()
-            .await?
-            .execute(
+        let updated = self.execute(
                 &format!(
                     "UPDATE {table} SET position = $3,
                        lease_until = now() + $4::bigint * interval '1 millisecond', updated_at = now()
                      WHERE shard = $1 AND owner = $2"
                 ),
                 &[&shard, &self.owner, &position, &self.lease_ms],
-            )
-            .await
-            .map_err(server_error)?;
+            ).await?;
         self.owned(shard, updated).await
     }
 
     async fn renew(&self, shard: &str) -> Result<(), CheckpointError> {
         let table = &self.table;
         let updated = self
-            .client()
-            .await?
             .execute(
                 &format!(
                     "UPDATE {table} SET lease_until = now() + $3::bigint * interval '1 millisecond'
@@ -241,21 +253,16 @@ impl Checkpointer for PostgresCheckpoints {
                 ),
                 &[&shard, &self.owner, &self.lease_ms],
             )
-            .await
-            .map_err(server_error)?;
+            .await?;
         self.owned(shard, updated).await
     }
 
     async fn release(&self, shard: &str) -> Result<(), CheckpointError> {
         let table = &self.table;
-        self.client()
-            .await?
-            .execute(
+        self.execute(
                 &format!("UPDATE {table} SET owner = NULL, lease_until = NULL WHERE shard = $1 AND owner = $2"),
                 &[&shard, &self.owner],
-            )
-            .await
-            .map_err(server_error)?;
+            ).await?;
         Ok(())
     }
 }
