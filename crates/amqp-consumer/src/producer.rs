@@ -105,12 +105,9 @@ impl Producer {
     pub async fn publish(&self, payload: &[u8], options: PublishOptions) -> Result<(), Error> {
         let channel = self.channel().await?;
         let c = &self.inner.config;
-        let queue = self.queue_for(&options.sharding_key);
-        let routing_key = if c.exchange.is_empty() {
-            queue.clone()
-        } else {
-            queue
-        };
+        // The default exchange routes by queue name, and a named exchange has every queue
+        // bound under its own name: either way the routing key is the shard queue's name.
+        let routing_key = self.queue_for(&options.sharding_key);
         let confirm = channel
             .basic_publish(
                 c.exchange.as_str().into(),
