@@ -1,0 +1,63 @@
+//! Run an emulator standalone: `headwaters-emulator pulsar --listen 127.0.0.1:8080 [--token T]`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: headwaters-emulator pulsar [--listen 127.0.0.1:8080] [--token TOKEN]";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("headwaters-emulator: {e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: &[String]) -> Result<(), String> {
+    let Some((which, rest)) = args.split_first() else {
+        return Err("which emulator?".into());
+    };
+    let mut listen: SocketAddr = "127.0.0.1:8080".parse().expect("default address");
+    let mut token = None;
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--listen" => {
+                listen = value
+                    .parse()
+                    .map_err(|e| format!("--listen {value}: {e}"))?;
+            }
+            "--token" => token = Some(value.clone()),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    match which.as_str() {
+        #[cfg(feature = "pulsar")]
+        "pulsar" => {
+            use headwaters_testkit::pulsar::{EmulatorConfig, PulsarEmulator};
+            let mut config = EmulatorConfig::default();
+            if let Some(t) = token {
+                config = config.with_token(t);
+            }
+            let emulator = PulsarEmulator::start_with(config, listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            // Scripts wait for this line.
+            println!("pulsar emulator listening on {}", emulator.url());
+            tokio::select! {
+                () = emulator.serve_forever() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown emulator {other:?} (built with: pulsar)")),
+    }
+}
