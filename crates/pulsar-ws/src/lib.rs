@@ -1,23 +1,54 @@
-//! The Apache Pulsar WebSocket API v2 for Rust — this release: the IO-free protocol core.
+//! An Apache Pulsar WebSocket API v2 client: what Stargate (Elixir) does, as async Rust,
+//! with its gaps fixed.
 //!
-//! Everything here follows Pulsar's own WebSocket handler source (not only its docs, which
-//! differ in places): the endpoint paths with percent-encoded segments
-//! ([`Topic`]), the producer, consumer and reader query parameters with the server's exact
-//! spellings and its validation rules applied before connecting ([`ProducerParams`],
-//! [`ConsumerParams`], [`ReaderParams`]), and the JSON frames ([`OutgoingMessage`],
-//! [`Receipt`], [`ConsumerFrame`], [`Command`]).
+//! Everything follows Pulsar's own WebSocket handler source (not only its docs, which differ
+//! in places): endpoint paths with percent-encoded segments ([`Topic`]), query parameters
+//! with the server's exact spellings, validated before connecting ([`ProducerParams`],
+//! [`ConsumerParams`], [`ReaderParams`]), and the JSON frames ([`proto`]).
 //!
-//! What it does not do yet: open sockets. The async client (producer, consumer, reader, flow
-//! control, reconnection, TLS, JWT) and the embedded emulator come next and build on these
-//! types.
+//! # The client (feature `client`, on by default)
 //!
-//! # Layout
-//!
-//! * [`topic`] — [`Topic`], [`Domain`], endpoint paths.
-//! * [`params`] — query parameters and their enums.
-//! * [`proto`] — wire messages and codecs.
+//! * [`Producer`] — a cloneable handle on one persistent connection. Sends are pipelined and
+//!   matched to receipts by context; [`Producer::send`] resolves to the [`MessageId`] or a
+//!   typed error (`send-error:N` → [`Error::Send`]); [`Producer::enqueue`] returns the receipt
+//!   future so many sends can be in flight; a callback variant and a blocking variant with a
+//!   mandatory timeout; a max-in-flight limit. [`produce`] sends ad hoc to a URL.
+//! * [`Consumer`] and [`Reader`] — `Stream`s of [`Message`]s with ack / nack, end-of-topic
+//!   and unsubscribe. Pull mode with permits by default, so backpressure reaches the broker;
+//!   push mode with exact in-flight accounting.
+//! * [`run_handler`] (Stargate's handler + `processors: N`) and [`run_ordered`] (per-key
+//!   order through ordering-core's dispatcher).
+//! * Connections ([`ClientConfig`]): ping keepalive with pong timeout; reconnection with
+//!   backoff + jitter on any close, EOF or 429/5xx upgrade failure, restoring producers
+//!   (pending sends resent or failed, per [`PendingPolicy`]), consumers and readers (resuming
+//!   after the last delivered message); close codes are not trusted. `wss://` via rustls with
+//!   a custom CA and client certificate; JWT in the header or the `token` parameter from a
+//!   [`TokenProvider`] asked on every (re)connect; tokens are never logged.
+//! * [`Client`] — owns producers, consumers and readers and finds them by Stargate's
+//!   registry keys.
 //!
 //! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), headwaters_pulsar_ws::Error> {
+//! use futures_util::StreamExt;
+//! use headwaters_pulsar_ws::{ClientConfig, Consumer, ConsumerOptions, Producer, ProducerOptions, Topic};
+//!
+//! let config = ClientConfig::new("ws://127.0.0.1:8080")?.with_token("my-jwt");
+//! let topic: Topic = "persistent://public/default/orders".parse()?;
+//! let mut consumer = Consumer::subscribe(&config, topic.clone(), "billing", ConsumerOptions::default()).await?;
+//! let producer = Producer::connect(&config, topic, ProducerOptions::default()).await?;
+//! producer.send(("order-7", "created")).await?;
+//! let message = consumer.next().await.expect("open stream")?;
+//! assert_eq!(message.key.as_deref(), Some("order-7"));
+//! message.ack();
+//! # Ok(()) }
+//! ```
+//!
+//! # The protocol core
+//!
+//! Without the `client` feature only the IO-free core is built: [`topic`], [`params`] and
+//! [`proto`], for use with another WebSocket stack:
 //!
 //! ```
 //! use headwaters_pulsar_ws::{Command, ConsumerFrame, ConsumerParams, OutgoingMessage, SubscriptionType, Topic};
@@ -41,6 +72,34 @@
 pub mod params;
 pub mod proto;
 pub mod topic;
+
+#[cfg(feature = "client")]
+mod client;
+#[cfg(feature = "client")]
+mod conn;
+#[cfg(feature = "client")]
+mod consumer;
+#[cfg(feature = "client")]
+mod error;
+#[cfg(feature = "client")]
+mod handler;
+#[cfg(feature = "client")]
+mod producer;
+
+#[cfg(feature = "client")]
+pub use client::{Client, Component, RegistryKey, produce, produce_with};
+#[cfg(feature = "client")]
+pub use conn::{ClientConfig, DEFAULT_MAX_FRAME, TokenPlacement, TokenProvider};
+#[cfg(feature = "client")]
+pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, Message, Reader, ReaderOptions};
+#[cfg(feature = "client")]
+pub use error::Error;
+#[cfg(feature = "client")]
+pub use handler::{
+    Handled, MessageHandler, Settler, run_handler, run_ordered, to_ordering_message,
+};
+#[cfg(feature = "client")]
+pub use producer::{PendingPolicy, Producer, ProducerOptions, SendFuture};
 
 pub use params::{
     CompressionType, ConsumerParams, CryptoFailureAction, HashingScheme, InitialPosition,

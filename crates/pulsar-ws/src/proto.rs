@@ -82,6 +82,39 @@ pub struct OutgoingMessage {
     pub deliver_at: Option<Timestamp>,
     /// Deliver after this delay.
     pub deliver_after: Option<Duration>,
+    /// The correlation id echoed in the receipt; the producer generates one when `None`.
+    pub context: Option<String>,
+}
+
+impl From<Bytes> for OutgoingMessage {
+    fn from(payload: Bytes) -> Self {
+        Self::new(payload)
+    }
+}
+
+impl From<Vec<u8>> for OutgoingMessage {
+    fn from(payload: Vec<u8>) -> Self {
+        Self::new(payload)
+    }
+}
+
+impl From<&'static str> for OutgoingMessage {
+    fn from(payload: &'static str) -> Self {
+        Self::new(payload)
+    }
+}
+
+impl From<String> for OutgoingMessage {
+    fn from(payload: String) -> Self {
+        Self::new(payload)
+    }
+}
+
+/// `(key, payload)`, like Stargate's `{key, payload}` tuple.
+impl<K: Into<String>, P: Into<Bytes>> From<(K, P)> for OutgoingMessage {
+    fn from((key, payload): (K, P)) -> Self {
+        Self::new(payload).with_key(key)
+    }
 }
 
 impl OutgoingMessage {
@@ -102,6 +135,30 @@ impl OutgoingMessage {
     /// The same message with a property.
     pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// The same message with a context of your own (must be unique among pending sends).
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// The same message with an event time.
+    pub fn with_event_time(mut self, at: Timestamp) -> Self {
+        self.event_time = Some(at);
+        self
+    }
+
+    /// The same message, delivered after `delay` (Shared and Key_Shared subscriptions).
+    pub fn with_deliver_after(mut self, delay: Duration) -> Self {
+        self.deliver_after = Some(delay);
+        self
+    }
+
+    /// The same message, replicated only to these clusters.
+    pub fn with_replication_clusters(mut self, clusters: Vec<String>) -> Self {
+        self.replication_clusters = Some(clusters);
         self
     }
 
@@ -159,6 +216,16 @@ pub enum SendErrorCode {
 }
 
 impl SendErrorCode {
+    /// The number after `send-error:`.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::BadJson => 3,
+            Self::InvalidPayload => 7,
+            Self::Broker => 8,
+            Self::Other(n) => n,
+        }
+    }
+
     fn from_code(n: u32) -> Self {
         match n {
             3 => Self::BadJson,
@@ -185,6 +252,12 @@ pub struct SendFailure {
     pub code: SendErrorCode,
     /// The server's text.
     pub message: String,
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "send-error:{} {}", self.code.code(), self.message)
+    }
 }
 
 #[derive(Deserialize)]

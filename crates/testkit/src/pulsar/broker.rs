@@ -238,6 +238,18 @@ impl Broker {
         Some(sub.ready.len() + sub.scheduled.len() + sub.unacked.len())
     }
 
+    /// Messages delivered to the subscription's consumers and not yet acknowledged.
+    pub(crate) fn unacked(&self, topic: &str, subscription: &str) -> Option<usize> {
+        Some(
+            self.topics
+                .get(topic)?
+                .subs
+                .get(subscription)?
+                .unacked
+                .len(),
+        )
+    }
+
     // ---- producers ----
 
     pub(crate) fn add_producer(

@@ -239,6 +239,11 @@ impl PulsarEmulator {
         self.shared.broker().backlog(topic, subscription)
     }
 
+    /// Messages delivered to the subscription's consumers and not yet acknowledged.
+    pub fn unacked(&self, topic: &str, subscription: &str) -> Option<usize> {
+        self.shared.broker().unacked(topic, subscription)
+    }
+
     /// Open WebSocket connections.
     pub fn open_connections(&self) -> u64 {
         self.shared.open.load(Ordering::Relaxed)
@@ -290,6 +295,7 @@ enum Role {
     PingPong,
 }
 
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 async fn serve<S>(stream: S, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin,

@@ -89,15 +89,15 @@ fn receipts_have_every_field_and_errors_keep_the_context() {
     assert_eq!(unparsable["result"], "send-error:3");
     assert!(unparsable.get("context").is_none());
 
-    let time: serde_json::Value = serde_json::from_str(
-        &b.publish(p, r#"{"payload":"YQ==","context":"c2","eventTime":"yesterday"}"#),
-    )
+    let time: serde_json::Value = serde_json::from_str(&b.publish(
+        p,
+        r#"{"payload":"YQ==","context":"c2","eventTime":"yesterday"}"#,
+    ))
     .unwrap();
     assert_eq!(time["result"], "send-error:7");
 
     b.fail_next_sends(1);
-    let failed: serde_json::Value =
-        serde_json::from_str(&publish(&mut b, p, "k", "b")).unwrap();
+    let failed: serde_json::Value = serde_json::from_str(&publish(&mut b, p, "k", "b")).unwrap();
     assert_eq!(failed["result"], "send-error:8");
     assert_eq!(b.messages(T).len(), 1, "failed sends are not stored");
 }
@@ -142,14 +142,21 @@ fn shared_round_robins_and_key_shared_keeps_a_key_on_one_consumer() {
     let mut a = consumer(&mut b, 1, ks.clone());
     let mut c = consumer(&mut b, 2, ks);
     for i in 0..200 {
-        publish(&mut b, p, &format!("key-{}", i % 20), &format!("{}:{i}", i % 20));
+        publish(
+            &mut b,
+            p,
+            &format!("key-{}", i % 20),
+            &format!("{}:{i}", i % 20),
+        );
     }
     let (a, c) = (drain(&mut a), drain(&mut c));
     assert_eq!(a.len() + c.len(), 200);
     assert!(!a.is_empty() && !c.is_empty(), "keys spread over both");
     for side in [&a, &c] {
-        let keys: BTreeSet<&str> =
-            side.iter().map(|m| m.1.split(':').next().unwrap()).collect();
+        let keys: BTreeSet<&str> = side
+            .iter()
+            .map(|m| m.1.split(':').next().unwrap())
+            .collect();
         let other = if std::ptr::eq(side, &a) { &c } else { &a };
         assert!(
             other
@@ -251,7 +258,10 @@ fn ack_timeout_redelivers_without_freeing_the_slot() {
     let first = drain(&mut rx);
     assert_eq!(bodies(&first), ["a"]);
     b.tick(Instant::now() + Duration::from_secs(2));
-    assert!(drain(&mut rx).is_empty(), "the expired message still holds the slot");
+    assert!(
+        drain(&mut rx).is_empty(),
+        "the expired message still holds the slot"
+    );
     assert!(ack(&mut b, 1, "CAAQAw=="));
     let again = drain(&mut rx);
     assert_eq!((again[0].1.as_str(), again[0].2), ("a", 1));
@@ -265,7 +275,10 @@ fn a_closed_consumers_unacked_messages_go_to_the_others() {
     let mut c = consumer(&mut b, 2, spec(SubKind::Failover));
     publish(&mut b, p, "k", "x");
     assert_eq!(bodies(&drain(&mut a)), ["x"]);
-    assert!(drain(&mut c).is_empty(), "failover: only the active consumer");
+    assert!(
+        drain(&mut c).is_empty(),
+        "failover: only the active consumer"
+    );
     b.disconnect(1);
     let got = drain(&mut c);
     assert_eq!((got[0].1.as_str(), got[0].2), ("x", 1));
@@ -291,7 +304,11 @@ fn readers_start_where_asked_and_free_a_slot_per_frame() {
         1,
     )
     .unwrap();
-    assert_eq!(bodies(&drain(&mut rx)), ["2"], "exclusive start, window of one");
+    assert_eq!(
+        bodies(&drain(&mut rx)),
+        ["2"],
+        "exclusive start, window of one"
+    );
     assert!(b.reader_frame(10, "anything at all"));
     assert_eq!(bodies(&drain(&mut rx)), ["3"]);
     assert!(b.reader_frame(10, r#"{"type":"isEndOfTopic"}"#));
@@ -324,5 +341,8 @@ fn murmur3_matches_known_vectors() {
     // Reference values of MurmurHash3_x86_32 with seed 0.
     assert_eq!(key_hash(""), 0);
     assert_eq!(key_hash("hello"), 0x248b_fa47);
-    assert_eq!(key_hash("The quick brown fox jumps over the lazy dog"), 0x2e4f_f723);
+    assert_eq!(
+        key_hash("The quick brown fox jumps over the lazy dog"),
+        0x2e4f_f723
+    );
 }

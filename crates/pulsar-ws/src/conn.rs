@@ -1,0 +1,466 @@
+//! Connecting: where the server is, TLS, tokens, keepalive and reconnection —
+//! [`ClientConfig`], [`TokenProvider`], [`TokenPlacement`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::error::Error;
+use crate::params::Secret;
+use crate::topic::encode;
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The server's default `webSocketMaxTextFrameSize`.
+pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
+
+/// Supplies the JWT for each (re)connection, so expiring tokens can be refreshed.
+///
+/// A [`Secret`] is a fixed token; closures returning a future work too:
+///
+/// ```
+/// use headwaters_pulsar_ws::{ClientConfig, Secret};
+/// let config = ClientConfig::new("ws://127.0.0.1:8080").unwrap()
+///     .with_token_provider(|| async { Ok::<_, String>(Secret::new(std::env::var("PULSAR_TOKEN").unwrap_or_default())) });
+/// ```
+#[async_trait]
+pub trait TokenProvider: Send + Sync + 'static {
+    /// The token to present now.
+    async fn token(&self) -> Result<Secret, String>;
+}
+
+#[async_trait]
+impl TokenProvider for Secret {
+    async fn token(&self) -> Result<Self, String> {
+        Ok(self.clone())
+    }
+}
+
+#[async_trait]
+impl<F, Fut> TokenProvider for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Secret, String>> + Send,
+{
+    async fn token(&self) -> Result<Secret, String> {
+        self().await
+    }
+}
+
+/// Where the token goes on the upgrade request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TokenPlacement {
+    /// `Authorization: Bearer <token>` (the default).
+    #[default]
+    Header,
+    /// The `token` query parameter (for proxies that strip headers; percent-encoded).
+    Query,
+}
+
+/// How to reach and talk to a Pulsar WebSocket service. Cheap to clone.
+#[derive(Clone)]
+pub struct ClientConfig {
+    secure: bool,
+    host: String,
+    port: u16,
+    token: Option<Arc<dyn TokenProvider>>,
+    placement: TokenPlacement,
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) ping_interval: Duration,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) max_reconnect_attempts: Option<u32>,
+    pub(crate) max_frame: usize,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &self.base_url())
+            .field("token", &self.token.as_ref().map(|_| "<provider>"))
+            .field("placement", &self.placement)
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("client_identity", &self.identity.is_some())
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .field("max_reconnect_attempts", &self.max_reconnect_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// `ws://host:port` or `wss://host:port` (the port defaults to 8080 / 8443).
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let (secure, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(Error::Config(format!(
+                "{url:?}: the URL must start with ws:// or wss://"
+            )));
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') || authority.contains('?') {
+            return Err(Error::Config(format!(
+                "{url:?}: give only scheme, host and port; topics are chosen per producer or consumer"
+            )));
+        }
+        let default_port = if secure { 8443 } else { 8080 };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                let port = p
+                    .parse()
+                    .map_err(|_| Error::Config(format!("{url:?}: bad port {p:?}")))?;
+                (h.to_owned(), port)
+            }
+            _ => (authority.to_owned(), default_port),
+        };
+        let mut config = Self {
+            secure,
+            host,
+            port,
+            token: None,
+            placement: TokenPlacement::Header,
+            ca_pem: None,
+            identity: None,
+            tls: None,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            max_reconnect_attempts: None,
+            max_frame: DEFAULT_MAX_FRAME,
+        };
+        if secure {
+            config.build_tls()?;
+        }
+        Ok(config)
+    }
+
+    /// A fixed JWT.
+    pub fn with_token(self, token: impl Into<String>) -> Self {
+        self.with_token_provider(Secret::new(token))
+    }
+
+    /// A token provider, asked on every (re)connect.
+    pub fn with_token_provider(mut self, provider: impl TokenProvider) -> Self {
+        self.token = Some(Arc::new(provider));
+        self
+    }
+
+    /// Where the token goes (header by default).
+    pub fn with_token_placement(mut self, placement: TokenPlacement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Trust this CA (PEM) in addition to the system's roots.
+    pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Result<Self, Error> {
+        self.ca_pem = Some(pem.into());
+        self.build_tls()?;
+        Ok(self)
+    }
+
+    /// Present this client certificate and key (PEM) for mutual TLS.
+    pub fn with_client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Result<Self, Error> {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self.build_tls()?;
+        Ok(self)
+    }
+
+    /// Ping every `interval` (≤ 30 s keeps idle-timeout proxies happy) and treat the
+    /// connection as dead when nothing arrives within `pong_timeout` of a ping.
+    pub fn with_keepalive(mut self, interval: Duration, pong_timeout: Duration) -> Self {
+        self.ping_interval = interval.max(Duration::from_millis(10));
+        self.pong_timeout = pong_timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Reconnect backoff: starts at `min`, doubles up to `max`, with 50–100 % jitter.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min.max(Duration::from_millis(1));
+        self.backoff_max = max.max(self.backoff_min);
+        self
+    }
+
+    /// Give up after this many failed reconnection attempts in a row (Extreme's
+    /// `max_attempts`); unlimited by default.
+    pub fn with_max_reconnect_attempts(mut self, attempts: u32) -> Self {
+        self.max_reconnect_attempts = Some(attempts);
+        self
+    }
+
+    /// Time limit for TCP + TLS + upgrade.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The server's `webSocketMaxTextFrameSize`, if it was changed from 1 MiB.
+    pub fn with_max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// `ws://host:port`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.secure { "wss" } else { "ws" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+
+    fn build_tls(&mut self) -> Result<(), Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(pem) = &self.ca_pem {
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(Error::Tls("the CA PEM holds no certificate".into()));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots);
+        let config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let certs = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Tls(format!("client certificate PEM: {e}")))?;
+                if certs.is_empty() {
+                    return Err(Error::Tls(
+                        "the client certificate PEM holds no certificate".into(),
+                    ));
+                }
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| Error::Tls(format!("client key PEM: {e}")))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| Error::Tls(format!("client identity: {e}")))?
+            }
+        };
+        self.tls = Some(Arc::new(config));
+        Ok(())
+    }
+
+    /// Open one WebSocket to `path?query`.
+    pub(crate) async fn connect(&self, path: &str, query: &str) -> Result<Ws, Error> {
+        let url = format!("{}{path}", self.base_url());
+        let connect_err = |reason: String| Error::Connect {
+            url: url.clone(),
+            reason,
+        };
+        let token = match &self.token {
+            Some(p) => Some(p.token().await.map_err(Error::Token)?),
+            None => None,
+        };
+        let mut full = url.clone();
+        let mut sep = '?';
+        if !query.is_empty() {
+            full.push(sep);
+            full.push_str(query);
+            sep = '&';
+        }
+        if let (Some(t), TokenPlacement::Query) = (&token, self.placement) {
+            full.push(sep);
+            full.push_str("token=");
+            full.push_str(&encode(t.expose()));
+        }
+        let mut request = full
+            .into_client_request()
+            .map_err(|e| Error::Config(format!("{url}: {e}")))?;
+        if let (Some(t), TokenPlacement::Header) = (&token, self.placement) {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .map_err(|_| Error::Token("the token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            request.headers_mut().insert("Authorization", value);
+        }
+        let connector = if self.secure {
+            let tls = self
+                .tls
+                .clone()
+                .ok_or_else(|| Error::Tls("no TLS configuration for wss://".into()))?;
+            Some(Connector::Rustls(tls))
+        } else {
+            None
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let attempt = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        );
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Err(_) => Err(connect_err(format!(
+                "no upgrade within {:?}",
+                self.connect_timeout
+            ))),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                    .unwrap_or_default();
+                Err(Error::Rejected {
+                    endpoint: path.to_owned(),
+                    status: response.status().as_u16(),
+                    body,
+                })
+            }
+            Ok(Err(e)) => Err(connect_err(e.to_string())),
+        }
+    }
+}
+
+/// Exponential backoff with 50–100 % jitter.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+    seed: u64,
+    pub(crate) failures: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new(config: &ClientConfig) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1;
+        Self {
+            next: config.backoff_min,
+            min: config.backoff_min,
+            max: config.backoff_max,
+            seed,
+            failures: 0,
+        }
+    }
+
+    pub(crate) fn step(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.failures += 1;
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base * ((self.seed % 500) as u32 + 500) / 1000
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+        self.failures = 0;
+    }
+}
+
+/// Connect, retrying transient failures with backoff. Permanent refusals (400, 401, 403,
+/// 404), a failing token provider or the attempt limit end it.
+pub(crate) async fn reconnect(
+    config: &ClientConfig,
+    path: &str,
+    query: &str,
+    backoff: &mut Backoff,
+) -> Result<Ws, Error> {
+    loop {
+        match config.connect(path, query).await {
+            Ok(ws) => {
+                backoff.reset();
+                return Ok(ws);
+            }
+            Err(e) if e.is_transient() => {
+                if config
+                    .max_reconnect_attempts
+                    .is_some_and(|max| backoff.failures >= max)
+                {
+                    return Err(e);
+                }
+                let wait = backoff.step();
+                tracing::warn!(endpoint = path, error = %e, ?wait, "pulsar-ws: reconnecting");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Keepalive bookkeeping for one socket: ping every interval; any inbound frame proves
+/// the connection alive; silence for `pong_timeout` after a ping kills it.
+#[derive(Debug)]
+pub(crate) struct Keepalive {
+    interval: Duration,
+    pong_timeout: Duration,
+    next_ping: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Keepalive {
+    pub(crate) fn new(config: &ClientConfig) -> Self {
+        Self {
+            interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            next_ping: tokio::time::Instant::now() + config.ping_interval,
+            deadline: None,
+        }
+    }
+
+    /// When [`Keepalive::fire`] must run next.
+    pub(crate) fn wake_at(&self) -> tokio::time::Instant {
+        self.deadline
+            .map_or(self.next_ping, |d| d.min(self.next_ping))
+    }
+
+    /// Something arrived.
+    pub(crate) fn heard(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Timer expiry: `Ok(true)` means send a ping now; `Err` means the peer is gone.
+    pub(crate) fn fire(&mut self) -> Result<bool, Duration> {
+        let now = tokio::time::Instant::now();
+        if self.deadline.is_some_and(|d| d <= now) {
+            return Err(self.pong_timeout);
+        }
+        if self.next_ping <= now {
+            self.next_ping = now + self.interval;
+            if self.deadline.is_none() {
+                self.deadline = Some(now + self.pong_timeout);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,736 @@
+//! Consumers and readers as `Stream`s of [`Message`]s, with flow control and reconnection —
+//! [`Consumer`], [`Reader`], [`ConsumerHandle`], [`ConsumerOptions`], [`ReaderOptions`].
+//!
+//! **Flow control.** A consumer runs in *pull mode* unless told otherwise: it grants the
+//! server permits only for room in its own buffer (`receiverQueueSize` messages), so a slow
+//! application slows the broker down instead of filling memory. In *push mode* the server
+//! keeps at most `receiverQueueSize` unacknowledged messages on the socket; every message
+//! must then be acked or nacked or the stream stalls. Readers free their server slot when the
+//! application takes a message from the stream.
+//!
+//! **Reconnection.** Any close, EOF, missed pong or 429/5xx/409 on upgrade reconnects with
+//! backoff and jitter. A consumer re-subscribes (the broker redelivers what was not
+//! acknowledged); a reader resumes after the last message it delivered.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+
+use crate::conn::{self, Backoff, ClientConfig, Keepalive, Ws};
+use crate::error::Error;
+use crate::params::{ConsumerParams, MAX_RECEIVER_QUEUE_SIZE, ReaderParams, ReaderStart};
+use crate::proto::{Command, ConsumerFrame, MessageId, ReceivedMessage, ZonedTime};
+use crate::topic::Topic;
+
+/// Consumer settings.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// The endpoint's query parameters. `pull_mode` defaults to `true` here (the server's
+    /// default is push); set `Some(false)` for push mode.
+    pub params: ConsumerParams,
+}
+
+impl ConsumerOptions {
+    /// Options with these parameters.
+    pub fn with_params(mut self, params: ConsumerParams) -> Self {
+        self.params = params;
+        self
+    }
+}
+
+/// Reader settings.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ReaderOptions {
+    /// The endpoint's query parameters.
+    pub params: ReaderParams,
+}
+
+impl ReaderOptions {
+    /// Options with these parameters.
+    pub fn with_params(mut self, params: ReaderParams) -> Self {
+        self.params = params;
+        self
+    }
+}
+
+/// A received message, with its topic and a way to settle it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Message {
+    /// The topic it came from.
+    pub topic: Arc<Topic>,
+    /// Its id.
+    pub message_id: MessageId,
+    /// The body, decoded.
+    pub payload: Bytes,
+    /// Its key, if it has one.
+    pub key: Option<String>,
+    /// Its properties.
+    pub properties: BTreeMap<String, String>,
+    /// When it was published, with the server's UTC offset.
+    pub publish_time: ZonedTime,
+    /// Its event time, if it has one.
+    pub event_time: Option<ZonedTime>,
+    /// How often it was redelivered.
+    pub redelivery_count: u32,
+    acker: Option<Acker>,
+}
+
+#[derive(Debug, Clone)]
+struct Acker {
+    ctl: mpsc::UnboundedSender<Ctl>,
+    epoch: u64,
+}
+
+impl Message {
+    fn new(topic: Arc<Topic>, m: ReceivedMessage, acker: Option<Acker>) -> Self {
+        Self {
+            topic,
+            message_id: m.message_id,
+            payload: m.payload,
+            key: m.key,
+            properties: m.properties,
+            publish_time: m.publish_time,
+            event_time: m.event_time,
+            redelivery_count: m.redelivery_count,
+            acker,
+        }
+    }
+
+    /// Acknowledge it (consumers; a no-op for reader messages, which need none).
+    pub fn ack(&self) {
+        if let Some(a) = &self.acker {
+            let _ = a.ctl.send(Ctl::Ack(self.message_id.clone(), a.epoch));
+        }
+    }
+
+    /// Ask for redelivery after the subscription's `negativeAckRedeliveryDelay`.
+    pub fn nack(&self) {
+        if let Some(a) = &self.acker {
+            let _ = a.ctl.send(Ctl::Nack(self.message_id.clone(), a.epoch));
+        }
+    }
+}
+
+/// Any epoch: acks through a [`ConsumerHandle`] by id go out on the current connection.
+const ANY_EPOCH: u64 = 0;
+
+enum Ctl {
+    Ack(MessageId, u64),
+    Nack(MessageId, u64),
+    EndOfTopic(oneshot::Sender<Result<bool, Error>>),
+    Unsubscribe(oneshot::Sender<Result<(), Error>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Counters of a consumer or reader connection.
+#[derive(Debug, Default)]
+struct Counters {
+    in_flight: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// A cloneable handle to a consumer: settle by id, ask for end of topic, unsubscribe,
+/// close. (What Stargate's registry hands out for `:consumer_ack`.)
+#[derive(Clone)]
+pub struct ConsumerHandle {
+    ctl: mpsc::UnboundedSender<Ctl>,
+    counters: Arc<Counters>,
+    topic: Arc<Topic>,
+}
+
+impl std::fmt::Debug for ConsumerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerHandle")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerHandle {
+    /// Acknowledge by id.
+    pub fn ack(&self, id: &MessageId) {
+        let _ = self.ctl.send(Ctl::Ack(id.clone(), ANY_EPOCH));
+    }
+
+    /// Negatively acknowledge by id.
+    pub fn nack(&self, id: &MessageId) {
+        let _ = self.ctl.send(Ctl::Nack(id.clone(), ANY_EPOCH));
+    }
+
+    /// Whether the topic was terminated and everything in it was delivered.
+    pub async fn is_end_of_topic(&self) -> Result<bool, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::EndOfTopic(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Delete the subscription and close. The server sends no answer; when other consumers
+    /// are still attached it refuses by closing the socket, which ends the stream.
+    pub async fn unsubscribe(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Unsubscribe(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Close the connection; the stream ends after the messages already buffered.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.ctl.send(Ctl::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Messages delivered on the current connection and not yet acked or nacked (push
+    /// mode), or permits granted and not yet used (pull mode).
+    pub fn in_flight(&self) -> u64 {
+        self.counters.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Reconnections so far.
+    pub fn reconnects(&self) -> u64 {
+        self.counters.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+}
+
+/// The receiving half shared by [`Consumer`] and [`Reader`].
+struct Inbox {
+    rx: mpsc::Receiver<Result<Message, Error>>,
+    taken: Arc<Notify>,
+    handle: ConsumerHandle,
+}
+
+impl Inbox {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        let item = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = item {
+            self.taken.notify_one();
+        }
+        item
+    }
+}
+
+/// A subscription's consumer: a `Stream` of messages to ack or nack.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), headwaters_pulsar_ws::Error> {
+/// use futures_util::StreamExt;
+/// use headwaters_pulsar_ws::{ClientConfig, Consumer, ConsumerOptions, ConsumerParams, SubscriptionType, Topic};
+/// let config = ClientConfig::new("ws://127.0.0.1:8080")?;
+/// let mut params = ConsumerParams::default();
+/// params.subscription_type = Some(SubscriptionType::KeyShared);
+/// let options = ConsumerOptions::default().with_params(params);
+/// let topic = Topic::persistent("public", "default", "orders")?;
+/// let mut consumer = Consumer::subscribe(&config, topic, "billing", options).await?;
+/// while let Some(message) = consumer.next().await {
+///     let message = message?;
+///     println!("{:?}: {:?}", message.key, message.payload);
+///     message.ack();
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Consumer {
+    inbox: Inbox,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.inbox.handle.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Subscribe. The first connection's errors (401, 409 for a busy exclusive
+    /// subscription, 400 for a parameter the server refuses…) are returned here.
+    pub async fn subscribe(
+        config: &ClientConfig,
+        topic: Topic,
+        subscription: &str,
+        options: ConsumerOptions,
+    ) -> Result<Self, Error> {
+        let mut params = options.params;
+        let pull = *params.pull_mode.get_or_insert(true);
+        let queue = params
+            .receiver_queue_size
+            .unwrap_or(MAX_RECEIVER_QUEUE_SIZE)
+            .clamp(1, MAX_RECEIVER_QUEUE_SIZE);
+        let query = params.query()?;
+        let path = topic.consumer_path(subscription)?;
+        let kind = if pull { Kind::Pull } else { Kind::Push };
+        let inbox = start(config, topic, path, Query::Fixed(query), kind, queue).await?;
+        Ok(Self { inbox })
+    }
+
+    /// A cloneable handle for acks by id, end-of-topic checks, unsubscribe and close.
+    pub fn handle(&self) -> ConsumerHandle {
+        self.inbox.handle.clone()
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.inbox.handle.topic
+    }
+
+    /// See [`ConsumerHandle::is_end_of_topic`].
+    pub async fn is_end_of_topic(&self) -> Result<bool, Error> {
+        self.inbox.handle.is_end_of_topic().await
+    }
+
+    /// See [`ConsumerHandle::unsubscribe`].
+    pub async fn unsubscribe(&self) -> Result<(), Error> {
+        self.inbox.handle.unsubscribe().await
+    }
+
+    /// See [`ConsumerHandle::close`].
+    pub async fn close(&self) {
+        self.inbox.handle.close().await;
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inbox.poll(cx)
+    }
+}
+
+/// A reader: a `Stream` of a topic's messages from a start position, without a
+/// subscription and without acks.
+pub struct Reader {
+    inbox: Inbox,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("topic", &self.inbox.handle.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Open a reader. The server answers any failure to create it with HTTP 500.
+    pub async fn open(
+        config: &ClientConfig,
+        topic: Topic,
+        options: ReaderOptions,
+    ) -> Result<Self, Error> {
+        let params = options.params;
+        params.query()?;
+        let queue = params
+            .receiver_queue_size
+            .unwrap_or(MAX_RECEIVER_QUEUE_SIZE)
+            .clamp(1, MAX_RECEIVER_QUEUE_SIZE);
+        let path = topic.reader_path();
+        let inbox = start(
+            config,
+            topic,
+            path,
+            Query::Reader(params),
+            Kind::Reader,
+            queue,
+        )
+        .await?;
+        Ok(Self { inbox })
+    }
+
+    /// A cloneable handle (end-of-topic checks and close; acks are no-ops for readers).
+    pub fn handle(&self) -> ConsumerHandle {
+        self.inbox.handle.clone()
+    }
+
+    /// Whether the topic was terminated and everything in it was read.
+    pub async fn is_end_of_topic(&self) -> Result<bool, Error> {
+        self.inbox.handle.is_end_of_topic().await
+    }
+
+    /// Close the connection.
+    pub async fn close(&self) {
+        self.inbox.handle.close().await;
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.inbox.handle.topic
+    }
+}
+
+impl Stream for Reader {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inbox.poll(cx)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Push,
+    Pull,
+    Reader,
+}
+
+enum Query {
+    Fixed(String),
+    /// Recomputed on reconnect to resume after the last delivered message.
+    Reader(ReaderParams),
+}
+
+async fn start(
+    config: &ClientConfig,
+    topic: Topic,
+    path: String,
+    query: Query,
+    kind: Kind,
+    queue: u32,
+) -> Result<Inbox, Error> {
+    let first_query = match &query {
+        Query::Fixed(q) => q.clone(),
+        Query::Reader(p) => p.query()?,
+    };
+    let ws = config.connect(&path, &first_query).await?;
+    let (out, rx) = mpsc::channel(2 * queue as usize);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let taken = Arc::new(Notify::new());
+    let counters = Arc::new(Counters::default());
+    let topic = Arc::new(topic);
+    let handle = ConsumerHandle {
+        ctl: ctl_tx.clone(),
+        counters: counters.clone(),
+        topic: topic.clone(),
+    };
+    let task = Task {
+        config: config.clone(),
+        path,
+        query,
+        kind,
+        queue: i64::from(queue),
+        ctl_tx,
+        ctl: ctl_rx,
+        out,
+        taken: taken.clone(),
+        counters,
+        topic,
+        epoch: 1,
+        in_flight: 0,
+        outstanding: 0,
+        unfreed: 0,
+        last_id: None,
+        waiters: VecDeque::new(),
+    };
+    tokio::spawn(task.run(ws));
+    Ok(Inbox { rx, taken, handle })
+}
+
+struct Task {
+    config: ClientConfig,
+    path: String,
+    query: Query,
+    kind: Kind,
+    queue: i64,
+    ctl_tx: mpsc::UnboundedSender<Ctl>,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+    out: mpsc::Sender<Result<Message, Error>>,
+    taken: Arc<Notify>,
+    counters: Arc<Counters>,
+    topic: Arc<Topic>,
+    /// The connection's number; acks of older connections are not sent in push mode.
+    epoch: u64,
+    /// Push: delivered minus acked/nacked on this socket (the server's counter).
+    in_flight: i64,
+    /// Pull: permits granted minus messages delivered on this socket.
+    outstanding: i64,
+    /// Reader: delivered minus slot-freeing frames sent on this socket.
+    unfreed: i64,
+    last_id: Option<MessageId>,
+    waiters: VecDeque<oneshot::Sender<Result<bool, Error>>>,
+}
+
+enum End {
+    Closed(Option<oneshot::Sender<()>>),
+    Lost(String),
+    /// The application dropped the stream.
+    Dropped,
+}
+
+impl Task {
+    fn query(&self) -> Result<String, Error> {
+        match &self.query {
+            Query::Fixed(q) => Ok(q.clone()),
+            Query::Reader(p) => {
+                let mut p = p.clone();
+                if let Some(id) = &self.last_id {
+                    p.start = Some(ReaderStart::At(id.clone()));
+                }
+                Ok(p.query()?)
+            }
+        }
+    }
+
+    async fn run(mut self, first: Ws) {
+        let mut ws = Some(first);
+        let mut backoff = Backoff::new(&self.config);
+        loop {
+            let mut socket = match ws.take() {
+                Some(s) => s,
+                None => {
+                    let reconnected = match self.query() {
+                        Ok(q) => conn::reconnect(&self.config, &self.path, &q, &mut backoff).await,
+                        Err(e) => Err(e),
+                    };
+                    match reconnected {
+                        Ok(s) => {
+                            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                            s
+                        }
+                        Err(e) => {
+                            tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws: giving up");
+                            self.fail_waiters(&e);
+                            let _ = self.out.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            self.in_flight = 0;
+            self.outstanding = 0;
+            self.unfreed = 0;
+            match self.session(&mut socket).await {
+                End::Closed(ack) => {
+                    let _ = socket.close(None).await;
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                    return;
+                }
+                End::Dropped => {
+                    let _ = socket.close(None).await;
+                    return;
+                }
+                End::Lost(reason) => {
+                    tracing::warn!(endpoint = %self.path, %reason, "pulsar-ws: connection lost, reconnecting");
+                    self.fail_waiters(&Error::Disconnected);
+                    self.epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn fail_waiters(&mut self, e: &Error) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Err(e.clone()));
+        }
+    }
+
+    fn publish_in_flight(&self) {
+        let n = match self.kind {
+            Kind::Push => self.in_flight,
+            Kind::Pull => self.outstanding,
+            Kind::Reader => self.unfreed,
+        };
+        self.counters
+            .in_flight
+            .store(n.max(0) as u64, Ordering::Relaxed);
+    }
+
+    /// Messages sitting in the stream's buffer.
+    fn buffered(&self) -> i64 {
+        (self.out.max_capacity() - self.out.capacity()) as i64
+    }
+
+    /// Pull: grant permits for the room the buffer has. Reader: free the slots of messages
+    /// the application took.
+    async fn replenish(&mut self, ws: &mut Ws) -> Result<(), String> {
+        match self.kind {
+            Kind::Pull => {
+                let free = self.queue - self.buffered() - self.outstanding;
+                if free > 0 && (free >= self.queue / 2 || self.outstanding == 0) {
+                    self.outstanding += free;
+                    let permit = Command::Permit(free as u32).encode();
+                    ws.send(Frame::Text(Utf8Bytes::from(permit)))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Kind::Reader => {
+                let to_free = self.unfreed - self.buffered();
+                if to_free > 0 {
+                    let id = self.last_id.clone().unwrap_or_else(|| MessageId::new(""));
+                    let frame = Utf8Bytes::from(Command::Ack(id).encode());
+                    for _ in 0..to_free {
+                        ws.feed(Frame::Text(frame.clone()))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    ws.flush().await.map_err(|e| e.to_string())?;
+                    self.unfreed -= to_free;
+                }
+            }
+            Kind::Push => {}
+        }
+        self.publish_in_flight();
+        Ok(())
+    }
+
+    async fn session(&mut self, ws: &mut Ws) -> End {
+        if let Err(e) = self.replenish(ws).await {
+            return End::Lost(e);
+        }
+        let mut keepalive = Keepalive::new(&self.config);
+        loop {
+            tokio::select! {
+                ctl = self.ctl.recv() => {
+                    // The task holds a sender itself, so `None` cannot happen.
+                    let Some(ctl) = ctl else { return End::Dropped };
+                    match self.control(ws, ctl).await {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return end,
+                        Err(e) => return End::Lost(e),
+                    }
+                }
+                () = self.taken.notified() => {
+                    if let Err(e) = self.replenish(ws).await {
+                        return End::Lost(e);
+                    }
+                }
+                frame = ws.next() => {
+                    keepalive.heard();
+                    match frame {
+                        Some(Ok(Frame::Text(text))) => {
+                            if !self.deliver(&text).await {
+                                return End::Dropped;
+                            }
+                        }
+                        Some(Ok(Frame::Ping(_))) => {
+                            let _ = ws.flush().await;
+                        }
+                        Some(Ok(Frame::Close(_))) | None => return End::Lost("closed by the server".into()),
+                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        Some(Ok(_)) => {}
+                    }
+                }
+                () = tokio::time::sleep_until(keepalive.wake_at()) => match keepalive.fire() {
+                    Ok(true) => {
+                        if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
+                },
+                () = self.out.closed() => return End::Dropped,
+            }
+        }
+    }
+
+    async fn control(&mut self, ws: &mut Ws, ctl: Ctl) -> Result<Option<End>, String> {
+        let frame = match ctl {
+            Ctl::Ack(id, epoch) | Ctl::Nack(id, epoch) if self.kind == Kind::Reader => {
+                let _ = (id, epoch);
+                return Ok(None);
+            }
+            Ctl::Ack(id, epoch) => {
+                if !self.settle_counts(epoch) {
+                    return Ok(None);
+                }
+                Command::Ack(id).encode()
+            }
+            Ctl::Nack(id, epoch) => {
+                if !self.settle_counts(epoch) {
+                    return Ok(None);
+                }
+                Command::Nack(id).encode()
+            }
+            Ctl::EndOfTopic(reply) => {
+                self.waiters.push_back(reply);
+                Command::IsEndOfTopic.encode()
+            }
+            Ctl::Unsubscribe(reply) => {
+                if self.kind == Kind::Reader {
+                    let _ = reply.send(Err(Error::Config("readers have no subscription".into())));
+                    return Ok(None);
+                }
+                let sent = ws
+                    .send(Frame::Text(Utf8Bytes::from(Command::Unsubscribe.encode())))
+                    .await;
+                let _ = reply.send(sent.map_err(|_| Error::Disconnected));
+                return Ok(Some(End::Closed(None)));
+            }
+            Ctl::Close(ack) => return Ok(Some(End::Closed(Some(ack)))),
+        };
+        ws.send(Frame::Text(Utf8Bytes::from(frame)))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.publish_in_flight();
+        Ok(None)
+    }
+
+    /// Push mode: an ack or nack frees a server slot, so only settlements of messages that
+    /// came on this socket are sent (the broker redelivers the rest after a reconnect);
+    /// this keeps the in-flight count exact. Pull mode: always sent.
+    fn settle_counts(&mut self, epoch: u64) -> bool {
+        if self.kind != Kind::Push {
+            return true;
+        }
+        if epoch != ANY_EPOCH && epoch != self.epoch {
+            tracing::debug!(endpoint = %self.path, "pulsar-ws: dropping the ack of a message from a previous connection");
+            return false;
+        }
+        self.in_flight -= 1;
+        true
+    }
+
+    /// Handle a frame; `false` when the application dropped the stream.
+    async fn deliver(&mut self, text: &str) -> bool {
+        let item = match ConsumerFrame::decode(text) {
+            Ok(ConsumerFrame::EndOfTopic(flag)) => {
+                if let Some(w) = self.waiters.pop_front() {
+                    let _ = w.send(Ok(flag));
+                }
+                return true;
+            }
+            Ok(ConsumerFrame::Message(m)) => {
+                match self.kind {
+                    Kind::Push => self.in_flight += 1,
+                    Kind::Pull => self.outstanding -= 1,
+                    Kind::Reader => self.unfreed += 1,
+                }
+                self.last_id = Some(m.message_id.clone());
+                let acker = (self.kind != Kind::Reader).then(|| Acker {
+                    ctl: self.ctl_tx.clone(),
+                    epoch: self.epoch,
+                });
+                Ok(Message::new(self.topic.clone(), m, acker))
+            }
+            // Reported, not fatal: the stream goes on.
+            Err(e) => Err(Error::Decode(e)),
+        };
+        self.publish_in_flight();
+        match self.out.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(item)) => self.out.send(item).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}

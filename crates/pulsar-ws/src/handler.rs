@@ -1,0 +1,177 @@
+//! Handler-based receiving, like Stargate's receivers: [`MessageHandler`] with `processors`
+//! parallelism ([`run_handler`]), and per-key ordered processing through ordering-core
+//! ([`run_ordered`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use headwaters_ordering_core::{
+    self as ordering, Delivery, Dispatcher, Headers, Key, Settlement, ShutdownReport, Timestamp,
+};
+use tokio::task::JoinSet;
+
+use crate::consumer::Message;
+use crate::error::Error;
+
+/// What a [`MessageHandler`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Handled {
+    /// Acknowledge the message.
+    Ack,
+    /// Negatively acknowledge it (redelivered after `negativeAckRedeliveryDelay`).
+    Nack,
+    /// Do not settle it now (Stargate's `:continue`). In push mode every message must be
+    /// settled eventually or the stream stalls at `receiverQueueSize`.
+    Continue,
+}
+
+/// Processes messages one at a time per processor, with per-processor state.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// State of one processor.
+    type State: Send + 'static;
+
+    /// Create a processor's state.
+    fn init(&self) -> impl Future<Output = Self::State> + Send;
+
+    /// Handle one message.
+    fn handle_message(
+        &self,
+        message: &Message,
+        state: &mut Self::State,
+    ) -> impl Future<Output = Handled> + Send;
+}
+
+/// Feed a consumer or reader to `processors` concurrent processors until the stream ends.
+/// Messages are not kept in order across processors (use [`run_ordered`] for per-key
+/// order). Malformed frames are logged and skipped; an error that ended the stream is
+/// returned.
+pub async fn run_handler<S, H>(stream: S, handler: H, processors: usize) -> Result<(), Error>
+where
+    S: Stream<Item = Result<Message, Error>> + Send + Unpin + 'static,
+    H: MessageHandler,
+{
+    let stream = Arc::new(tokio::sync::Mutex::new(stream));
+    let handler = Arc::new(handler);
+    let mut tasks = JoinSet::new();
+    for _ in 0..processors.max(1) {
+        let (stream, handler) = (stream.clone(), handler.clone());
+        tasks.spawn(async move {
+            let mut state = handler.init().await;
+            let mut fatal = None;
+            loop {
+                let item = stream.lock().await.next().await;
+                match item {
+                    None => return fatal.map_or(Ok(()), Err),
+                    Some(Err(Error::Decode(e))) => {
+                        tracing::warn!(error = %e, "pulsar-ws handler: skipping a malformed frame");
+                    }
+                    Some(Err(e)) => fatal = Some(e),
+                    Some(Ok(m)) => match handler.handle_message(&m, &mut state).await {
+                        Handled::Ack => m.ack(),
+                        Handled::Nack => m.nack(),
+                        Handled::Continue => {}
+                    },
+                }
+            }
+        });
+    }
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Err(e)) => result = Err(e),
+            Err(panic) => {
+                tracing::error!(error = %panic, "pulsar-ws handler: a processor panicked");
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    result
+}
+
+/// The ordering-core message for a Pulsar message: payload, properties as headers (plus
+/// `pulsar.key`), the message id, and the event time or else the publish time.
+pub fn to_ordering_message(m: &Message) -> ordering::Message {
+    let mut headers = Headers::new();
+    for (k, v) in &m.properties {
+        headers.insert(k.clone(), v.as_str());
+    }
+    if let Some(k) = &m.key {
+        headers.insert("pulsar.key".to_owned(), k.as_str());
+    }
+    let at: Timestamp = m.event_time.unwrap_or(m.publish_time).timestamp;
+    ordering::Message::new(m.payload.clone(), m.message_id.as_str(), at).with_headers(headers)
+}
+
+/// Process a consumer's messages through an ordering-core [`Dispatcher`]: messages of one
+/// key are handled one at a time, in delivery order; different keys run concurrently
+/// (Key_Shared subscriptions keep each key on one consumer, so order holds across a group).
+/// Messages without a key are keyed by their id (no order among them).
+///
+/// Settlements map to Pulsar as: `Ack` → ack; `Reject { requeue: true }` → nack;
+/// `Reject { requeue: false }` (a discard) → ack, logged, because the WebSocket API has no
+/// reject-to-dead-letter frame (use `maxRedeliverCount` with nacks for a dead-letter topic).
+/// When the stream ends the dispatcher drains for up to `grace`.
+pub async fn run_ordered<S, H>(
+    mut stream: S,
+    handler: H,
+    config: ordering::Config,
+    grace: Duration,
+) -> Result<ShutdownReport, Error>
+where
+    S: Stream<Item = Result<Message, Error>> + Send + Unpin + 'static,
+    H: ordering::Handler,
+{
+    let dispatcher: Dispatcher<H, Settler> =
+        Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
+    let epoch = dispatcher.new_epoch();
+    let mut fatal = None;
+    while let Some(item) = stream.next().await {
+        let m = match item {
+            Ok(m) => m,
+            Err(Error::Decode(e)) => {
+                tracing::warn!(error = %e, "pulsar-ws ordered: skipping a malformed frame");
+                continue;
+            }
+            Err(e) => {
+                fatal = Some(e);
+                continue;
+            }
+        };
+        let key = Key::new(
+            m.key
+                .clone()
+                .unwrap_or_else(|| m.message_id.as_str().to_owned()),
+        );
+        let delivery = Delivery {
+            key,
+            message: to_ordering_message(&m),
+            settle: Settler(m),
+            epoch,
+        };
+        if dispatcher.dispatch(delivery).await.is_err() {
+            break;
+        }
+    }
+    let report = dispatcher.shutdown(grace).await;
+    fatal.map_or(Ok(report), Err)
+}
+
+/// Settles a Pulsar message from the ordered dispatcher.
+#[derive(Debug)]
+pub struct Settler(Message);
+
+impl ordering::Settle for Settler {
+    fn settle(self, settlement: Settlement) {
+        match settlement {
+            Settlement::Ack => self.0.ack(),
+            Settlement::Reject { requeue: true } => self.0.nack(),
+            Settlement::Reject { requeue: false } => {
+                tracing::warn!(message_id = %self.0.message_id.as_str(), "pulsar-ws ordered: discarded message acknowledged (no reject frame in the WebSocket API)");
+                self.0.ack();
+            }
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The producer: a cloneable handle on one persistent, pipelined connection —
+//! [`Producer`], [`ProducerOptions`], [`SendFuture`], [`PendingPolicy`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+
+use crate::conn::{self, Backoff, ClientConfig, Keepalive, Ws};
+use crate::error::Error;
+use crate::params::ProducerParams;
+use crate::proto::{MessageId, OutgoingMessage, Receipt};
+use crate::topic::Topic;
+
+/// What happens to sends still waiting for a receipt when the connection drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PendingPolicy {
+    /// Send them again on the new connection (at-least-once: a message whose receipt was
+    /// lost may be stored twice).
+    #[default]
+    Resend,
+    /// Fail them with [`Error::Disconnected`] (at-most-once for those).
+    Fail,
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProducerOptions {
+    /// The endpoint's query parameters.
+    pub params: ProducerParams,
+    /// Sends waiting for a receipt, at most (keep it below the server's
+    /// `maxPendingMessages`, 1000 by default, or it answers `send-error:8` "queue full").
+    pub max_in_flight: usize,
+    /// What happens to pending sends on a reconnect.
+    pub on_disconnect: PendingPolicy,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        Self {
+            params: ProducerParams::default(),
+            max_in_flight: 1000,
+            on_disconnect: PendingPolicy::Resend,
+        }
+    }
+}
+
+impl ProducerOptions {
+    /// Options with these parameters.
+    pub fn with_params(mut self, params: ProducerParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Set the in-flight limit.
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Set the reconnect policy for pending sends.
+    pub fn with_on_disconnect(mut self, policy: PendingPolicy) -> Self {
+        self.on_disconnect = policy;
+        self
+    }
+}
+
+type Callback = Box<dyn FnOnce(Result<MessageId, Error>) + Send>;
+
+enum Done {
+    Future(oneshot::Sender<Result<MessageId, Error>>),
+    Callback(Callback),
+}
+
+impl Done {
+    fn complete(self, result: Result<MessageId, Error>) {
+        match self {
+            Self::Future(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Callback(f) => f(result),
+        }
+    }
+}
+
+struct Pending {
+    seq: u64,
+    context: String,
+    frame: Utf8Bytes,
+    done: Done,
+    _slot: OwnedSemaphorePermit,
+}
+
+enum Cmd {
+    Send(Pending),
+    Close(oneshot::Sender<()>),
+}
+
+struct Inner {
+    tx: mpsc::UnboundedSender<Cmd>,
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
+    seq: AtomicU64,
+    topic: Topic,
+    max_frame: usize,
+    failure: Arc<Mutex<Option<Error>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A producer on one topic. Clones share the connection; sends are pipelined and matched
+/// to their receipts by context.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), headwaters_pulsar_ws::Error> {
+/// use headwaters_pulsar_ws::{ClientConfig, OutgoingMessage, Producer, ProducerOptions, Topic};
+/// let config = ClientConfig::new("ws://127.0.0.1:8080")?;
+/// let topic = Topic::persistent("public", "default", "orders")?;
+/// let producer = Producer::connect(&config, topic, ProducerOptions::default()).await?;
+/// let id = producer.send(("user-1", "created")).await?;
+/// // Pipelined: enqueue many, then await the receipts.
+/// let mut receipts = Vec::new();
+/// for i in 0..100 {
+///     receipts.push(producer.enqueue(OutgoingMessage::new(format!("event {i}"))).await?);
+/// }
+/// for r in receipts {
+///     r.await?;
+/// }
+/// producer.close().await;
+/// # let _ = id; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("topic", &self.inner.topic)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves to the message id when the broker's receipt arrives.
+#[derive(Debug)]
+#[must_use = "the receipt says whether the broker stored the message"]
+pub struct SendFuture(oneshot::Receiver<Result<MessageId, Error>>);
+
+impl Future for SendFuture {
+    type Output = Result<MessageId, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+impl Producer {
+    /// Connect (the first connection's errors are returned here: a 401, a 409 for a taken
+    /// producer name…) and start the connection task.
+    pub async fn connect(
+        config: &ClientConfig,
+        topic: Topic,
+        options: ProducerOptions,
+    ) -> Result<Self, Error> {
+        let query = options.params.query()?;
+        Self::open(config, topic, query, options).await
+    }
+
+    /// [`connect`](Self::connect) with a ready-made query string (ad-hoc produce by URL).
+    pub(crate) async fn open(
+        config: &ClientConfig,
+        topic: Topic,
+        query: String,
+        options: ProducerOptions,
+    ) -> Result<Self, Error> {
+        let path = topic.producer_path();
+        let ws = config.connect(&path, &query).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let failure = Arc::new(Mutex::new(None));
+        let task = Task {
+            config: config.clone(),
+            path,
+            query,
+            policy: options.on_disconnect,
+            rx,
+            pending: BTreeMap::new(),
+            by_context: HashMap::new(),
+            failure: failure.clone(),
+        };
+        tokio::spawn(task.run(ws));
+        let max_in_flight = options.max_in_flight.max(1);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                slots: Arc::new(Semaphore::new(max_in_flight)),
+                max_in_flight,
+                seq: AtomicU64::new(1),
+                topic,
+                max_frame: config.max_frame,
+                failure,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.inner.topic
+    }
+
+    /// Sends waiting for their receipt.
+    pub fn in_flight(&self) -> usize {
+        self.inner
+            .max_in_flight
+            .saturating_sub(self.inner.slots.available_permits())
+    }
+
+    fn closed_error(&self) -> Error {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(Error::Closed)
+    }
+
+    async fn submit(&self, message: OutgoingMessage, done: Done) -> Result<(), Error> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let context = message.context.clone().unwrap_or_else(|| seq.to_string());
+        let frame = message.encode(&context);
+        if frame.len() > self.inner.max_frame {
+            return Err(Error::TooLarge {
+                size: frame.len(),
+                limit: self.inner.max_frame,
+            });
+        }
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.closed_error())?;
+        let pending = Pending {
+            seq,
+            context,
+            frame: Utf8Bytes::from(frame),
+            done,
+            _slot: slot,
+        };
+        self.inner
+            .tx
+            .send(Cmd::Send(pending))
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Hand the message to the connection (waiting while `max_in_flight` sends are
+    /// pending) and return a future for its receipt. Await many of these to pipeline.
+    pub async fn enqueue(&self, message: impl Into<OutgoingMessage>) -> Result<SendFuture, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(message.into(), Done::Future(tx)).await?;
+        Ok(SendFuture(rx))
+    }
+
+    /// Send and wait for the receipt.
+    pub async fn send(&self, message: impl Into<OutgoingMessage>) -> Result<MessageId, Error> {
+        self.enqueue(message).await?.await
+    }
+
+    /// Send, and have `callback` called with the outcome — success **or** failure (Stargate
+    /// calls its MFA only on success). The callback runs on the connection task: keep it
+    /// short and non-blocking.
+    pub async fn send_with_callback(
+        &self,
+        message: impl Into<OutgoingMessage>,
+        callback: impl FnOnce(Result<MessageId, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.submit(message.into(), Done::Callback(Box::new(callback)))
+            .await
+    }
+
+    /// Send from synchronous code and wait at most `timeout` for the receipt. Must not be
+    /// called on a runtime thread ([`Error::BlockingInRuntime`]); the producer's runtime
+    /// must be multi-threaded.
+    pub fn send_blocking(
+        &self,
+        message: impl Into<OutgoingMessage>,
+        timeout: Duration,
+    ) -> Result<MessageId, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInRuntime);
+        }
+        let message = message.into();
+        self.inner.runtime.block_on(async {
+            tokio::time::timeout(timeout, self.send(message))
+                .await
+                .unwrap_or(Err(Error::Timeout(timeout)))
+        })
+    }
+
+    /// Wait for the pending receipts, then close the connection. Other clones fail with
+    /// [`Error::Closed`] afterwards.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Cmd::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Task {
+    config: ClientConfig,
+    path: String,
+    query: String,
+    policy: PendingPolicy,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    pending: BTreeMap<u64, Pending>,
+    by_context: HashMap<String, u64>,
+    failure: Arc<Mutex<Option<Error>>>,
+}
+
+/// How a session on one socket ended.
+enum End {
+    /// Closed on request (or every handle is gone and nothing is pending).
+    Closed(Option<oneshot::Sender<()>>),
+    /// The socket broke.
+    Lost(String),
+}
+
+impl Task {
+    async fn run(mut self, first: Ws) {
+        let mut ws = Some(first);
+        let mut backoff = Backoff::new(&self.config);
+        loop {
+            let mut socket = match ws.take() {
+                Some(s) => s,
+                None => match conn::reconnect(&self.config, &self.path, &self.query, &mut backoff)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws producer: giving up");
+                        self.give_up(e);
+                        return;
+                    }
+                },
+            };
+            match self.session(&mut socket).await {
+                End::Closed(ack) => {
+                    let _ = socket.close(None).await;
+                    self.give_up(Error::Closed);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                    return;
+                }
+                End::Lost(reason) => {
+                    tracing::warn!(endpoint = %self.path, %reason, pending = self.pending.len(), "pulsar-ws producer: connection lost");
+                    if self.policy == PendingPolicy::Fail {
+                        for (_, p) in std::mem::take(&mut self.pending) {
+                            p.done.complete(Err(Error::Disconnected));
+                        }
+                        self.by_context.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fail everything pending and queued; later sends get `error`.
+    fn give_up(&mut self, error: Error) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
+        self.rx.close();
+        for (_, p) in std::mem::take(&mut self.pending) {
+            p.done.complete(Err(error.clone()));
+        }
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Cmd::Send(p) => p.done.complete(Err(error.clone())),
+                Cmd::Close(ack) => {
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+
+    async fn session(&mut self, ws: &mut Ws) -> End {
+        // Resend what was pending, in the original order.
+        let resend: Vec<Utf8Bytes> = self.pending.values().map(|p| p.frame.clone()).collect();
+        for frame in resend {
+            if let Err(e) = ws.feed(Frame::Text(frame)).await {
+                return End::Lost(e.to_string());
+            }
+        }
+        if let Err(e) = ws.flush().await {
+            return End::Lost(e.to_string());
+        }
+        let mut keepalive = Keepalive::new(&self.config);
+        let mut closing: Option<Option<oneshot::Sender<()>>> = None;
+        loop {
+            if let Some(ack) = closing.take_if(|_| self.pending.is_empty()) {
+                return End::Closed(ack);
+            }
+            tokio::select! {
+                cmd = self.rx.recv(), if closing.is_none() => match cmd {
+                    None => closing = Some(None),
+                    Some(Cmd::Close(ack)) => closing = Some(Some(ack)),
+                    Some(Cmd::Send(p)) => {
+                        let mut next = Some(p);
+                        let mut batch = 0;
+                        while let Some(p) = next.take() {
+                            if let Err(e) = self.start(ws, p).await {
+                                return End::Lost(e);
+                            }
+                            batch += 1;
+                            if batch < 256 {
+                                next = match self.rx.try_recv() {
+                                    Ok(Cmd::Send(p)) => Some(p),
+                                    Ok(Cmd::Close(ack)) => {
+                                        closing = Some(Some(ack));
+                                        None
+                                    }
+                                    Err(_) => None,
+                                };
+                            }
+                        }
+                        if let Err(e) = ws.flush().await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                },
+                frame = ws.next() => {
+                    keepalive.heard();
+                    match frame {
+                        Some(Ok(Frame::Text(text))) => self.receipt(&text),
+                        Some(Ok(Frame::Ping(_))) => {
+                            let _ = ws.flush().await;
+                        }
+                        Some(Ok(Frame::Close(_))) | None => return End::Lost("closed by the server".into()),
+                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        Some(Ok(_)) => {}
+                    }
+                }
+                () = tokio::time::sleep_until(keepalive.wake_at()) => match keepalive.fire() {
+                    Ok(true) => {
+                        if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
+                },
+            }
+        }
+    }
+
+    async fn start(&mut self, ws: &mut Ws, p: Pending) -> Result<(), String> {
+        if self.by_context.contains_key(&p.context) {
+            let ctx = p.context.clone();
+            p.done.complete(Err(Error::DuplicateContext(ctx)));
+            return Ok(());
+        }
+        let frame = p.frame.clone();
+        self.by_context.insert(p.context.clone(), p.seq);
+        self.pending.insert(p.seq, p);
+        ws.feed(Frame::Text(frame)).await.map_err(|e| e.to_string())
+    }
+
+    fn receipt(&mut self, text: &str) {
+        let receipt = match Receipt::decode(text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws producer: undecodable receipt");
+                return;
+            }
+        };
+        let Some(context) = receipt.context else {
+            // send-error:3 carries no context: the server could not parse a frame. Ours are
+            // generated JSON, so this means a server or proxy bug; nothing to correlate.
+            tracing::error!(endpoint = %self.path, result = ?receipt.result, "pulsar-ws producer: receipt without context");
+            return;
+        };
+        let Some(seq) = self.by_context.remove(&context) else {
+            tracing::debug!(endpoint = %self.path, %context, "pulsar-ws producer: receipt for no pending send");
+            return;
+        };
+        if let Some(p) = self.pending.remove(&seq) {
+            p.done.complete(receipt.result.map_err(Error::Send));
+        }
+    }
+}

@@ -1,0 +1,879 @@
+//! The client against the in-process Pulsar WebSocket emulator (headwaters-testkit): round
+//! trips, subscription types, nack/redelivery/DLQ, flow control, readers, reconnection,
+//! auth, TLS, handlers and the registry.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use headwaters_ordering_core::{self as ordering, Key, Outcome};
+use headwaters_pulsar_ws::{
+    Client, ClientConfig, Component, Consumer, ConsumerOptions, ConsumerParams, Error, Handled,
+    Message, MessageHandler, OutgoingMessage, PendingPolicy, Producer, ProducerOptions, Reader,
+    ReaderOptions, ReaderParams, ReaderStart, RegistryKey, SendErrorCode, SubscriptionType,
+    TokenPlacement, Topic,
+};
+use headwaters_testkit::pulsar::{EmulatorConfig, PulsarEmulator};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn topic(name: &str) -> Topic {
+    Topic::persistent("public", "default", name).unwrap()
+}
+
+fn full(name: &str) -> String {
+    format!("persistent://public/default/{name}")
+}
+
+async fn emulator() -> (PulsarEmulator, ClientConfig) {
+    let e = PulsarEmulator::start().await.unwrap();
+    let c = ClientConfig::new(&e.url()).unwrap();
+    (e, c)
+}
+
+fn consumer_options(kind: SubscriptionType) -> ConsumerOptions {
+    let mut p = ConsumerParams::default();
+    p.subscription_type = Some(kind);
+    ConsumerOptions::default().with_params(p)
+}
+
+async fn next(
+    stream: &mut (impl futures_util::Stream<Item = Result<Message, Error>> + Unpin),
+) -> Message {
+    timeout(WAIT, stream.next())
+        .await
+        .expect("a message in time")
+        .expect("open stream")
+        .expect("a good message")
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8(m.payload.to_vec()).unwrap()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_keeps_every_field_and_offsets() {
+    let e = PulsarEmulator::start_with(
+        EmulatorConfig::default().with_time_offset(-7 * 3600),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let config = ClientConfig::new(&e.url()).unwrap();
+    let mut consumer = Consumer::subscribe(&config, topic("rt"), "s", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(&config, topic("rt"), ProducerOptions::default())
+        .await
+        .unwrap();
+    let event_time = headwaters_ordering_core::Timestamp::from_millis(1_700_000_000_123);
+    let sent = OutgoingMessage::new(vec![0u8, 159, 146, 150])
+        .with_key("user-1")
+        .with_property("origin", "test")
+        .with_event_time(event_time);
+    let id = producer.send(sent).await.unwrap();
+    let m = next(&mut consumer).await;
+    assert_eq!(m.message_id, id);
+    assert_eq!(&m.payload[..], &[0u8, 159, 146, 150]);
+    assert_eq!(m.key.as_deref(), Some("user-1"));
+    assert_eq!(m.properties["origin"], "test");
+    assert_eq!(m.event_time.unwrap().timestamp, event_time);
+    assert_eq!(m.event_time.unwrap().offset_seconds, -7 * 3600);
+    assert_eq!(m.publish_time.offset_seconds, -7 * 3600);
+    assert_eq!(m.redelivery_count, 0);
+    assert_eq!(m.topic.name(), "rt");
+    m.ack();
+    eventually("ack reaches the broker", || {
+        e.backlog(&full("rt"), "s") == Some(0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_arrive_in_order_on_an_exclusive_subscription() {
+    let (e, config) = emulator().await;
+    let mut consumer = Consumer::subscribe(&config, topic("pipe"), "s", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(
+        &config,
+        topic("pipe"),
+        ProducerOptions::default().with_max_in_flight(100),
+    )
+    .await
+    .unwrap();
+    let mut receipts = Vec::new();
+    for i in 0..3000 {
+        receipts.push(producer.enqueue(format!("{i}")).await.unwrap());
+        assert!(producer.in_flight() <= 100);
+    }
+    let mut ids = Vec::new();
+    for r in receipts {
+        ids.push(r.await.unwrap());
+    }
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        3000,
+        "distinct ids"
+    );
+    for i in 0..3000 {
+        let m = next(&mut consumer).await;
+        assert_eq!(text(&m), i.to_string());
+        m.ack();
+    }
+    eventually("all acked", || e.backlog(&full("pipe"), "s") == Some(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_refuses_a_second_consumer_with_409_and_failover_takes_over() {
+    let (_e, config) = emulator().await;
+    let _first = Consumer::subscribe(&config, topic("ex"), "s", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let err = Consumer::subscribe(&config, topic("ex"), "s", ConsumerOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Rejected { status: 409, .. }), "{err}");
+    assert!(err.to_string().contains("exclusive"), "{err}");
+
+    let a = Consumer::subscribe(
+        &config,
+        topic("fo"),
+        "s",
+        consumer_options(SubscriptionType::Failover),
+    )
+    .await
+    .unwrap();
+    let mut b = Consumer::subscribe(
+        &config,
+        topic("fo"),
+        "s",
+        consumer_options(SubscriptionType::Failover),
+    )
+    .await
+    .unwrap();
+    a.close().await;
+    let producer = Producer::connect(&config, topic("fo"), ProducerOptions::default())
+        .await
+        .unwrap();
+    producer.send("after failover").await.unwrap();
+    assert_eq!(text(&next(&mut b).await), "after failover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_spreads_and_key_shared_keeps_each_key_on_one_consumer_in_order() {
+    let (_e, config) = emulator().await;
+    for (name, kind) in [
+        ("sh", SubscriptionType::Shared),
+        ("ks", SubscriptionType::KeyShared),
+    ] {
+        let mut a = Consumer::subscribe(&config, topic(name), "s", consumer_options(kind))
+            .await
+            .unwrap();
+        let mut b = Consumer::subscribe(&config, topic(name), "s", consumer_options(kind))
+            .await
+            .unwrap();
+        let producer = Producer::connect(&config, topic(name), ProducerOptions::default())
+            .await
+            .unwrap();
+        for i in 0..200 {
+            let _receipt = producer
+                .enqueue((format!("k{}", i % 10), format!("{}", i)))
+                .await
+                .unwrap();
+        }
+        let mut seen: Vec<Vec<Message>> = vec![Vec::new(), Vec::new()];
+        while seen[0].len() + seen[1].len() < 200 {
+            tokio::select! {
+                Some(Ok(m)) = a.next() => { m.ack(); seen[0].push(m) }
+                Some(Ok(m)) = b.next() => { m.ack(); seen[1].push(m) }
+                () = tokio::time::sleep(WAIT) => panic!("{name}: stalled at {}", seen[0].len() + seen[1].len()),
+            }
+        }
+        assert!(
+            !seen[0].is_empty() && !seen[1].is_empty(),
+            "{name}: both consumers got messages"
+        );
+        if kind == SubscriptionType::KeyShared {
+            let keys = |v: &Vec<Message>| {
+                v.iter()
+                    .map(|m| m.key.clone().unwrap())
+                    .collect::<BTreeSet<_>>()
+            };
+            assert!(
+                keys(&seen[0]).is_disjoint(&keys(&seen[1])),
+                "a key on both consumers"
+            );
+            for side in &seen {
+                let mut last: HashMap<String, u32> = HashMap::new();
+                for m in side {
+                    let n: u32 = text(m).parse().unwrap();
+                    let prev = last.insert(m.key.clone().unwrap(), n);
+                    assert!(prev.is_none_or(|p| p < n), "per-key order broken");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_redeliver_with_counts_until_the_dead_letter_topic() {
+    let (e, config) = emulator().await;
+    let mut p = ConsumerParams::default();
+    p.subscription_type = Some(SubscriptionType::Shared);
+    p.negative_ack_redelivery_delay = Some(Duration::from_millis(50));
+    p.max_redeliver_count = Some(2);
+    let mut consumer = Consumer::subscribe(
+        &config,
+        topic("nack"),
+        "s",
+        ConsumerOptions::default().with_params(p),
+    )
+    .await
+    .unwrap();
+    let dlq = topic("nack").dead_letter_topic("s");
+    let mut dead = Consumer::subscribe(
+        &config,
+        dlq.clone(),
+        "dlq",
+        consumer_options(SubscriptionType::Shared),
+    )
+    .await
+    .unwrap();
+    let producer = Producer::connect(&config, topic("nack"), ProducerOptions::default())
+        .await
+        .unwrap();
+    producer.send("poison").await.unwrap();
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let m = next(&mut consumer).await;
+        counts.push(m.redelivery_count);
+        m.nack();
+    }
+    assert_eq!(counts, [0, 1, 2]);
+    let d = next(&mut dead).await;
+    assert_eq!(text(&d), "poison");
+    assert_eq!(d.properties["REAL_TOPIC"], full("nack"));
+    d.ack();
+    assert!(
+        timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "no fourth delivery"
+    );
+    eventually("nothing left", || e.backlog(&full("nack"), "s") == Some(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_mode_backpressure_reaches_the_broker_and_push_mode_stalls_without_acks() {
+    let (e, config) = emulator().await;
+    let mut p = ConsumerParams::default();
+    p.receiver_queue_size = Some(10);
+    let mut pull = Consumer::subscribe(
+        &config,
+        topic("bp"),
+        "pull",
+        ConsumerOptions::default().with_params(p.clone()),
+    )
+    .await
+    .unwrap();
+    let producer = Producer::connect(&config, topic("bp"), ProducerOptions::default())
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let _receipt = producer.enqueue(format!("{i}")).await.unwrap();
+    }
+    producer.send("last").await.unwrap();
+    eventually("the first permits are used", || {
+        e.unacked(&full("bp"), "pull") == Some(10)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        e.unacked(&full("bp"), "pull"),
+        Some(10),
+        "the broker delivered beyond the permits while the application read nothing"
+    );
+    for _ in 0..101 {
+        let m = next(&mut pull).await;
+        m.ack();
+        assert!(
+            pull.handle().in_flight() <= 10,
+            "permits beyond the buffer's room"
+        );
+    }
+
+    p.pull_mode = Some(false);
+    p.receiver_queue_size = Some(5);
+    let mut push = Consumer::subscribe(
+        &config,
+        topic("bp2"),
+        "push",
+        ConsumerOptions::default().with_params(p),
+    )
+    .await
+    .unwrap();
+    let producer = Producer::connect(&config, topic("bp2"), ProducerOptions::default())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        producer.send(format!("{i}")).await.unwrap();
+    }
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next(&mut push).await);
+    }
+    assert_eq!(push.handle().in_flight(), 5);
+    assert!(
+        timeout(Duration::from_millis(300), push.next())
+            .await
+            .is_err(),
+        "push mode must stall at receiverQueueSize without acks"
+    );
+    held[0].ack();
+    assert_eq!(text(&next(&mut push).await), "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_start_where_asked_and_see_the_end_of_a_terminated_topic() {
+    let (e, config) = emulator().await;
+    let producer = Producer::connect(&config, topic("rd"), ProducerOptions::default())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(producer.send(format!("{i}")).await.unwrap());
+    }
+    let open = |start| {
+        let mut p = ReaderParams::default();
+        p.start = Some(start);
+        p.receiver_queue_size = Some(2);
+        Reader::open(
+            &config,
+            topic("rd"),
+            ReaderOptions::default().with_params(p),
+        )
+    };
+    let mut earliest = open(ReaderStart::Earliest).await.unwrap();
+    for i in 0..5 {
+        assert_eq!(text(&next(&mut earliest).await), i.to_string());
+    }
+    let mut after = open(ReaderStart::At(ids[2].clone())).await.unwrap();
+    assert_eq!(
+        text(&next(&mut after).await),
+        "3",
+        "the start id is exclusive"
+    );
+    let mut latest = open(ReaderStart::Latest).await.unwrap();
+    assert!(!latest.is_end_of_topic().await.unwrap());
+    producer.send("5").await.unwrap();
+    assert_eq!(text(&next(&mut latest).await), "5");
+    e.terminate_topic(&full("rd"));
+    assert!(latest.is_end_of_topic().await.unwrap());
+    let err = producer.send("too late").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Send(f) if f.code == SendErrorCode::Broker),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_emulator_drops_every_connection_without_losing_sends() {
+    let (e, config) = emulator().await;
+    let config = config.with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let mut consumer = Consumer::subscribe(&config, topic("rc"), "s", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(&config, topic("rc"), ProducerOptions::default())
+        .await
+        .unwrap();
+    let mut mid_run_delay = true;
+    let mut receipts = Vec::new();
+    for i in 0..2000 {
+        if i == 1000 {
+            // Receipts held back, then every socket dropped: pending sends must be resent.
+            e.delay_receipts(Duration::from_millis(100));
+            receipts.push(producer.enqueue(format!("{i}")).await.unwrap());
+            e.drop_connections();
+            e.delay_receipts(Duration::ZERO);
+            mid_run_delay = false;
+            continue;
+        }
+        receipts.push(producer.enqueue(format!("{i}")).await.unwrap());
+    }
+    assert!(!mid_run_delay);
+    for r in receipts {
+        timeout(WAIT, r).await.expect("receipt in time").unwrap();
+    }
+    let mut got = BTreeSet::new();
+    while got.len() < 2000 {
+        let m = next(&mut consumer).await;
+        got.insert(text(&m).parse::<u32>().unwrap());
+        m.ack();
+    }
+    assert_eq!(got, (0..2000).collect());
+    assert!(consumer.handle().reconnects() >= 1);
+    let stored: BTreeSet<String> = e
+        .messages(&full("rc"))
+        .iter()
+        .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 2000, "every send stored (duplicates allowed)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_sends_fail_on_disconnect_when_asked_to() {
+    let (e, config) = emulator().await;
+    let config = config.with_backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let producer = Producer::connect(
+        &config,
+        topic("fail"),
+        ProducerOptions::default().with_on_disconnect(PendingPolicy::Fail),
+    )
+    .await
+    .unwrap();
+    e.delay_receipts(Duration::from_secs(5));
+    let pending = producer.enqueue("lost receipt").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    e.drop_connections();
+    e.delay_receipts(Duration::ZERO);
+    assert!(matches!(pending.await, Err(Error::Disconnected)));
+    producer
+        .send("after")
+        .await
+        .expect("the producer reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_are_typed_and_tokens_work_in_header_or_query() {
+    let e = PulsarEmulator::start_with(
+        EmulatorConfig::default().with_token("s3cret"),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let bare = ClientConfig::new(&e.url()).unwrap();
+    let err = Producer::connect(&bare, topic("auth"), ProducerOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_auth(), "{err}");
+    assert!(matches!(err, Error::Rejected { status: 401, .. }));
+    assert!(err.to_string().contains("check the token"));
+
+    let wrong = bare.clone().with_token("nope");
+    assert!(
+        Producer::connect(&wrong, topic("auth"), ProducerOptions::default())
+            .await
+            .unwrap_err()
+            .is_auth()
+    );
+    assert!(
+        !format!("{wrong:?}").contains("nope"),
+        "tokens never show in Debug"
+    );
+
+    let calls = Arc::new(Mutex::new(0));
+    let counted = calls.clone();
+    let header = bare.clone().with_token_provider(move || {
+        let counted = counted.clone();
+        async move {
+            *counted.lock().unwrap() += 1;
+            Ok(headwaters_pulsar_ws::Secret::new("s3cret"))
+        }
+    });
+    let p = Producer::connect(&header, topic("auth"), ProducerOptions::default())
+        .await
+        .unwrap();
+    p.send("ok").await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), 1);
+
+    let query = bare
+        .with_token("s3cret")
+        .with_token_placement(TokenPlacement::Query);
+    let p = Producer::connect(&query, topic("auth"), ProducerOptions::default())
+        .await
+        .unwrap();
+    p.send("ok").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_errors_are_typed_and_refused_parameters_are_400() {
+    let (e, config) = emulator().await;
+    let producer = Producer::connect(&config, topic("err"), ProducerOptions::default())
+        .await
+        .unwrap();
+    e.fail_next_sends(1);
+    let err = producer.send("a").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Send(f) if f.code == SendErrorCode::Broker),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    producer.send("b").await.unwrap();
+
+    let big = vec![b'x'; 800 * 1024];
+    let err = producer.send(big).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+
+    let err = headwaters_pulsar_ws::produce(
+        &format!(
+            "{}/ws/v2/producer/persistent/public/default/err?messageRoutingMode=Bogus",
+            e.url()
+        ),
+        ["x"],
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Rejected { status: 400, .. }), "{err}");
+
+    let ids = headwaters_pulsar_ws::produce(
+        &format!("{}/ws/v2/producer/persistent/public/default/adhoc", e.url()),
+        ["one", "two", "three"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(e.messages(&full("adhoc")).len(), 3);
+
+    let producer2 = producer.clone();
+    let blocking =
+        std::thread::spawn(move || producer2.send_blocking("sync", Duration::from_secs(5)));
+    blocking.join().unwrap().unwrap();
+    assert!(matches!(
+        producer.send_blocking("x", Duration::from_secs(1)),
+        Err(Error::BlockingInRuntime)
+    ));
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    producer
+        .send_with_callback("cb", move |r| {
+            let _ = tx.send(r);
+        })
+        .await
+        .unwrap();
+    rx.await.unwrap().unwrap();
+    e.fail_next_sends(1);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    producer
+        .send_with_callback("cb-fails", move |r| {
+            let _ = tx.send(r);
+        })
+        .await
+        .unwrap();
+    assert!(
+        rx.await.unwrap().is_err(),
+        "callbacks hear about failures too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_a_custom_ca_and_a_client_certificate() {
+    let certs = headwaters_testkit::tls::TestCerts::generate().unwrap();
+    let e = PulsarEmulator::start_with(
+        EmulatorConfig::default().with_tls(certs.server_config(true).unwrap()),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(e.url().starts_with("wss://"));
+    let trusted = ClientConfig::new(&e.url())
+        .unwrap()
+        .with_ca_pem(certs.ca_pem.clone())
+        .unwrap();
+    let mtls = trusted
+        .clone()
+        .with_client_identity(certs.client.cert_pem.clone(), certs.client.key_pem.clone())
+        .unwrap();
+    let producer = Producer::connect(&mtls, topic("tls"), ProducerOptions::default())
+        .await
+        .unwrap();
+    producer.send("over tls").await.unwrap();
+
+    let err = Producer::connect(&trusted, topic("tls"), ProducerOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Connect { .. }),
+        "no client certificate: {err}"
+    );
+    let untrusted = ClientConfig::new(&e.url()).unwrap();
+    let err = Producer::connect(&untrusted, topic("tls"), ProducerOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "unknown CA: {err}");
+    assert!(matches!(
+        ClientConfig::new(&e.url())
+            .unwrap()
+            .with_ca_pem("not a pem"),
+        Err(Error::Tls(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_pings_hold_an_idle_connection_open() {
+    let e = PulsarEmulator::start_with(
+        EmulatorConfig::default().with_idle_timeout(Duration::from_millis(400)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let config = ClientConfig::new(&e.url())
+        .unwrap()
+        .with_keepalive(Duration::from_millis(100), Duration::from_millis(300));
+    let consumer = Consumer::subscribe(&config, topic("idle"), "s", ConsumerOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        consumer.handle().reconnects(),
+        0,
+        "pings kept the socket alive"
+    );
+
+    let quiet = ClientConfig::new(&e.url())
+        .unwrap()
+        .with_keepalive(Duration::from_secs(30), Duration::from_secs(10))
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let consumer = Consumer::subscribe(&quiet, topic("idle"), "t", ConsumerOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        consumer.handle().reconnects() >= 1,
+        "without pings the idle timeout closes it, and the client reconnects"
+    );
+}
+
+struct Counter(Arc<Mutex<Vec<String>>>);
+
+impl MessageHandler for Counter {
+    type State = usize;
+
+    async fn init(&self) -> usize {
+        0
+    }
+
+    async fn handle_message(&self, message: &Message, handled: &mut usize) -> Handled {
+        *handled += 1;
+        self.0.lock().unwrap().push(text(message));
+        Handled::Ack
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_processors_ack_everything() {
+    let (e, config) = emulator().await;
+    let consumer = Consumer::subscribe(&config, topic("hd"), "s", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let handle = consumer.handle();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let run = tokio::spawn(headwaters_pulsar_ws::run_handler(
+        consumer,
+        Counter(seen.clone()),
+        4,
+    ));
+    let producer = Producer::connect(&config, topic("hd"), ProducerOptions::default())
+        .await
+        .unwrap();
+    for i in 0..500 {
+        let _receipt = producer.enqueue(format!("{i}")).await.unwrap();
+    }
+    producer.send("end").await.unwrap();
+    eventually("all handled", || seen.lock().unwrap().len() == 501).await;
+    eventually("all acked", || e.backlog(&full("hd"), "s") == Some(0)).await;
+    handle.close().await;
+    timeout(WAIT, run).await.unwrap().unwrap().unwrap();
+}
+
+#[derive(Clone)]
+struct Ordered(Arc<Mutex<HashMap<String, Vec<u32>>>>);
+
+impl ordering::Handler for Ordered {
+    type State = String;
+    type Continue = ();
+    type Signal = ();
+    type Reply = ();
+    type Error = String;
+
+    async fn init(&self, key: &Key) -> Result<String, String> {
+        Ok(String::from_utf8_lossy(key.as_bytes()).into_owned())
+    }
+
+    async fn handle_message(
+        &self,
+        m: &ordering::Message,
+        key: &mut String,
+    ) -> Result<Outcome, String> {
+        let n: u32 = String::from_utf8_lossy(&m.payload)
+            .parse()
+            .map_err(|_| "bad")?;
+        tokio::time::sleep(Duration::from_micros(u64::from(n % 7) * 50)).await;
+        self.0
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .push(n);
+        Ok(Outcome::ack())
+    }
+
+    async fn handle_signal(&self, (): (), _: &mut String) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_mode_keeps_per_key_order_over_a_key_shared_group() {
+    let (e, config) = emulator().await;
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let mut runs = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let c = Consumer::subscribe(
+            &config,
+            topic("ord"),
+            "s",
+            consumer_options(SubscriptionType::KeyShared),
+        )
+        .await
+        .unwrap();
+        handles.push(c.handle());
+        runs.push(tokio::spawn(headwaters_pulsar_ws::run_ordered(
+            c,
+            Ordered(seen.clone()),
+            ordering::Config::default(),
+            Duration::from_secs(5),
+        )));
+    }
+    let producer = Producer::connect(&config, topic("ord"), ProducerOptions::default())
+        .await
+        .unwrap();
+    for i in 0..1000u32 {
+        let _receipt = producer
+            .enqueue((format!("key-{}", i % 25), i.to_string()))
+            .await
+            .unwrap();
+    }
+    producer.send(("key-0", "1000")).await.unwrap();
+    eventually("all acked", || e.backlog(&full("ord"), "s") == Some(0)).await;
+    for h in &handles {
+        h.close().await;
+    }
+    for r in runs {
+        timeout(WAIT, r).await.unwrap().unwrap().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 1001);
+    for (key, ns) in seen.iter() {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{key}: out of order {ns:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_registry_finds_what_it_created() {
+    let (e, config) = emulator().await;
+    let client = Client::new(config);
+    let t = topic("reg");
+    let p = client
+        .producer(t.clone(), ProducerOptions::default())
+        .await
+        .unwrap();
+    let again = client
+        .producer(t.clone(), ProducerOptions::default())
+        .await
+        .unwrap();
+    p.send("1").await.unwrap();
+    again.send("2").await.unwrap();
+    let _c = client
+        .consumer(t.clone(), "s", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let _r = client
+        .reader(t.clone(), ReaderOptions::default())
+        .await
+        .unwrap();
+    assert!(client.find_producer(&t).is_some());
+    assert!(
+        client
+            .find_receiver(&RegistryKey::new(Component::Consumer, &t))
+            .is_some()
+    );
+    assert!(
+        client
+            .find_receiver(&RegistryKey::new(Component::Reader, &t))
+            .is_some()
+    );
+    assert_eq!(client.keys().len(), 3);
+    assert_eq!(
+        e.open_connections(),
+        3,
+        "one producer connection shared by both handles"
+    );
+    client.close().await;
+    eventually("all closed", || e.open_connections() == 0).await;
+    assert_eq!(e.messages(&full("reg")).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_deletes_the_subscription() {
+    let (e, config) = emulator().await;
+    let c = Consumer::subscribe(&config, topic("un"), "gone", ConsumerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(e.backlog(&full("un"), "gone"), Some(0));
+    c.unsubscribe().await.unwrap();
+    eventually("subscription deleted", || {
+        e.backlog(&full("un"), "gone").is_none()
+    })
+    .await;
+}
+
+/// Against a real Pulsar (`PULSAR_WS_URL=ws://host:8080`, optionally `PULSAR_TOKEN`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real Pulsar: set PULSAR_WS_URL and run with --ignored"]
+async fn live_round_trip_against_a_real_pulsar() {
+    let url = std::env::var("PULSAR_WS_URL").expect("PULSAR_WS_URL must be set for this test");
+    let mut config = ClientConfig::new(&url).unwrap();
+    if let Ok(token) = std::env::var("PULSAR_TOKEN") {
+        config = config.with_token(token);
+    }
+    let name = format!("headwaters-live-{}", std::process::id());
+    let mut consumer =
+        Consumer::subscribe(&config, topic(&name), "live", ConsumerOptions::default())
+            .await
+            .unwrap();
+    let producer = Producer::connect(&config, topic(&name), ProducerOptions::default())
+        .await
+        .unwrap();
+    let mut want = BTreeMap::new();
+    for i in 0..100 {
+        let id = producer
+            .send((format!("k{}", i % 5), format!("{i}")))
+            .await
+            .unwrap();
+        want.insert(id, i.to_string());
+    }
+    for _ in 0..100 {
+        let m = next(&mut consumer).await;
+        assert_eq!(
+            want.remove(&m.message_id).as_deref(),
+            Some(text(&m).as_str())
+        );
+        m.ack();
+    }
+    consumer.unsubscribe().await.unwrap();
+}
