@@ -4,10 +4,12 @@
 //! |-------------------------|---------------------------------------------------------------------|
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
-//! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the server tests (those marked ignored for plain `cargo test`) and a smoke run of every benchmark, tears down |
+//! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the server tests (those marked ignored for plain `cargo test`), checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
+//! | `emulators`             | only the third-party checks of the emulators                        |
 //! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
 
+mod emulators;
 mod servers;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("integration") => integration(),
         Some("bench") => bench(rest),
+        Some("emulators") => emulators::pulsar_python_check(),
         Some("ci") => ci(),
         Some("help" | "-h" | "--help") | None => {
             println!("{}", USAGE);
@@ -41,9 +44,11 @@ usage: cargo xtask <command>
 
   demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
   test           unit, doc and emulator tests, then `integration` (the README's test command)
-  integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL) and run the server tests
+  integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL), run the server tests,
+                 check the emulators with third-party clients (Python websockets), smoke-run the benchmarks
   bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp (default: all);
                  ARGS go to criterion (e.g. a filter, --measurement-time 3)
+  emulators      only the third-party checks of the emulators (part of `integration`)
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
 fn root() -> PathBuf {
@@ -127,6 +132,8 @@ fn integration() -> Result<()> {
             with_servers(&mut restart);
             run(&mut restart)?;
         }
+        // The emulators, checked by clients we did not write.
+        emulators::pulsar_python_check()?;
         // Every benchmark once, briefly (a smoke run), against the real servers.
         let mut benches = cargo();
         benches

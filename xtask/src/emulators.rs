@@ -1,0 +1,92 @@
+//! The emulators checked by clients we did not write: `headwaters-emulator` runs as a
+//! process and an independent script talks to it (Python `websockets` for Pulsar).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::servers::{apt_install, free_port};
+use crate::{cargo, locked, root, run};
+
+/// A running `headwaters-emulator`, killed on drop.
+struct Emulator(Child);
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+/// Build and start `headwaters-emulator <args>`; returns once it prints its URL.
+fn start(args: &[&str]) -> Result<(Emulator, String)> {
+    run(cargo()
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "headwaters-testkit",
+            "--bin",
+            "headwaters-emulator",
+        ])
+        .args(locked()))?;
+    let bin = target_dir().join("debug").join("headwaters-emulator");
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let emulator = Emulator(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(url) = line.trim().rsplit(' ').next().filter(|u| u.contains("://")) else {
+        bail!("the emulator did not report its URL (got {line:?})");
+    };
+    Ok((emulator, url.to_owned()))
+}
+
+/// A Python with `websockets`: the one on PATH, Debian's, or Debian's after installing
+/// `python3-websockets`.
+fn python_with_websockets() -> Result<&'static str> {
+    let has = |python: &str| {
+        Command::new(python)
+            .args(["-c", "import websockets"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for python in ["python3", "/usr/bin/python3"] {
+        if has(python) {
+            return Ok(python);
+        }
+    }
+    apt_install(
+        &["python3-websockets"],
+        "Python's websockets package",
+        "(nothing: it is needed to cross-check the Pulsar emulator)",
+    )?;
+    if has("/usr/bin/python3") {
+        Ok("/usr/bin/python3")
+    } else {
+        bail!("python3-websockets was installed but /usr/bin/python3 cannot import websockets")
+    }
+}
+
+/// The Pulsar emulator against `ci/pulsar_ws_check.py`.
+pub(crate) fn pulsar_python_check() -> Result<()> {
+    let python = python_with_websockets()?;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let token = "xtask-cross-check";
+    let (_emulator, url) = start(&["pulsar", "--listen", &listen, "--token", token])?;
+    run(Command::new(python)
+        .arg(root().join("ci").join("pulsar_ws_check.py"))
+        .args([&url, token]))
+}
