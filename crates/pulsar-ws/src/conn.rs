@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::error::Error;
@@ -417,14 +418,16 @@ pub(crate) async fn reconnect(
     }
 }
 
-/// Keepalive bookkeeping for one socket: ping every interval; any inbound frame proves
-/// the connection alive; silence for `pong_timeout` after a ping kills it.
+/// Keepalive bookkeeping for one socket: ping every interval; any inbound frame since a
+/// ping proves the connection alive; silence for `pong_timeout` after a ping kills it.
+/// Hearing a frame only sets a flag, so the timer is re-armed only when it fires.
 #[derive(Debug)]
 pub(crate) struct Keepalive {
     interval: Duration,
     pong_timeout: Duration,
     next_ping: tokio::time::Instant,
-    deadline: Option<tokio::time::Instant>,
+    ping_sent: Option<tokio::time::Instant>,
+    heard: bool,
 }
 
 impl Keepalive {
@@ -433,34 +436,54 @@ impl Keepalive {
             interval: config.ping_interval,
             pong_timeout: config.pong_timeout,
             next_ping: tokio::time::Instant::now() + config.ping_interval,
-            deadline: None,
+            ping_sent: None,
+            heard: false,
         }
     }
 
     /// When [`Keepalive::fire`] must run next.
     pub(crate) fn wake_at(&self) -> tokio::time::Instant {
-        self.deadline
-            .map_or(self.next_ping, |d| d.min(self.next_ping))
+        self.ping_sent.map_or(self.next_ping, |t| {
+            (t + self.pong_timeout).min(self.next_ping)
+        })
     }
 
     /// Something arrived.
     pub(crate) fn heard(&mut self) {
-        self.deadline = None;
+        self.heard = true;
     }
 
     /// Timer expiry: `Ok(true)` means send a ping now; `Err` means the peer is gone.
     pub(crate) fn fire(&mut self) -> Result<bool, Duration> {
         let now = tokio::time::Instant::now();
-        if self.deadline.is_some_and(|d| d <= now) {
+        if std::mem::take(&mut self.heard) {
+            self.ping_sent = None;
+        }
+        if self.ping_sent.is_some_and(|t| now >= t + self.pong_timeout) {
             return Err(self.pong_timeout);
         }
-        if self.next_ping <= now {
+        if now >= self.next_ping {
             self.next_ping = now + self.interval;
-            if self.deadline.is_none() {
-                self.deadline = Some(now + self.pong_timeout);
-            }
+            self.ping_sent.get_or_insert(now);
             return Ok(true);
         }
         Ok(false)
     }
 }
+
+/// What a read from the socket means: `Ok(Some(text))` a JSON frame, `Ok(None)` a control
+/// frame (pongs are queued by tungstenite and flushed on the next read or write), `Err` the
+/// connection is gone. Close codes are not inspected: the server's are not valid.
+pub(crate) fn text_of(
+    frame: Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Option<Utf8Bytes>, String> {
+    match frame {
+        Some(Ok(Frame::Text(text))) => Ok(Some(text)),
+        Some(Ok(Frame::Close(_))) | None => Err("closed by the server".into()),
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(_)) => Ok(None),
+    }
+}
+
+/// Frames handled per wake-up before other work gets a turn.
+pub(crate) const DRAIN: usize = 256;

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
@@ -215,6 +215,10 @@ impl ConsumerHandle {
 struct Inbox {
     rx: mpsc::Receiver<Result<Message, Error>>,
     taken: Arc<Notify>,
+    /// Messages taken since the connection task was last told.
+    untold: u32,
+    /// Tell it after this many (a quarter of the queue), or when the buffer runs empty.
+    tell_every: u32,
     handle: ConsumerHandle,
 }
 
@@ -222,7 +226,13 @@ impl Inbox {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
         let item = self.rx.poll_recv(cx);
         if let Poll::Ready(Some(_)) = item {
-            self.taken.notify_one();
+            // The task grants permits (or frees reader slots) for the room taken; waking it
+            // for every message would cost more than the messages.
+            self.untold += 1;
+            if self.untold >= self.tell_every || self.rx.is_empty() {
+                self.untold = 0;
+                self.taken.notify_one();
+            }
         }
         item
     }
@@ -440,7 +450,13 @@ async fn start(
         waiters: VecDeque::new(),
     };
     tokio::spawn(task.run(ws));
-    Ok(Inbox { rx, taken, handle })
+    Ok(Inbox {
+        rx,
+        taken,
+        untold: 0,
+        tell_every: (queue / 4).max(1),
+        handle,
+    })
 }
 
 struct Task {
@@ -598,16 +614,29 @@ impl Task {
             return End::Lost(e);
         }
         let mut keepalive = Keepalive::new(&self.config);
+        let timer = tokio::time::sleep_until(keepalive.wake_at());
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 ctl = self.ctl.recv() => {
                     // The task holds a sender itself, so `None` cannot happen.
-                    let Some(ctl) = ctl else { return End::Dropped };
-                    match self.control(ws, ctl).await {
-                        Ok(None) => {}
-                        Ok(Some(end)) => return end,
-                        Err(e) => return End::Lost(e),
+                    let Some(mut ctl) = ctl else { return End::Dropped };
+                    // Settle in batches: feed every queued command, flush once.
+                    for round in 1..=conn::DRAIN {
+                        match self.control(ws, ctl).await {
+                            Ok(None) => {}
+                            Ok(Some(end)) => return end,
+                            Err(e) => return End::Lost(e),
+                        }
+                        match (round < conn::DRAIN).then(|| self.ctl.try_recv().ok()).flatten() {
+                            Some(next) => ctl = next,
+                            None => break,
+                        }
                     }
+                    if let Err(e) = ws.flush().await {
+                        return End::Lost(e.to_string());
+                    }
+                    self.publish_in_flight();
                 }
                 () = self.taken.notified() => {
                     if let Err(e) = self.replenish(ws).await {
@@ -616,29 +645,38 @@ impl Task {
                 }
                 frame = ws.next() => {
                     keepalive.heard();
-                    match frame {
-                        Some(Ok(Frame::Text(text))) => {
-                            if !self.deliver(&text).await {
-                                return End::Dropped;
+                    let mut frame = frame;
+                    for round in 1..=conn::DRAIN {
+                        match conn::text_of(frame) {
+                            Err(reason) => return End::Lost(reason),
+                            Ok(Some(text)) => {
+                                if !self.deliver(&text).await {
+                                    return End::Dropped;
+                                }
+                            }
+                            Ok(None) => {}
+                        }
+                        // Take what is already buffered, but never more than a round's worth:
+                        // a frame fetched is a frame handled.
+                        match (round < conn::DRAIN).then(|| ws.next().now_or_never()).flatten() {
+                            Some(f) => frame = f,
+                            None => break,
+                        }
+                    }
+                    self.publish_in_flight();
+                }
+                () = &mut timer => {
+                    match keepalive.fire() {
+                        Ok(true) => {
+                            if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
+                                return End::Lost(e.to_string());
                             }
                         }
-                        Some(Ok(Frame::Ping(_))) => {
-                            let _ = ws.flush().await;
-                        }
-                        Some(Ok(Frame::Close(_))) | None => return End::Lost("closed by the server".into()),
-                        Some(Err(e)) => return End::Lost(e.to_string()),
-                        Some(Ok(_)) => {}
+                        Ok(false) => {}
+                        Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
                     }
+                    timer.as_mut().reset(keepalive.wake_at());
                 }
-                () = tokio::time::sleep_until(keepalive.wake_at()) => match keepalive.fire() {
-                    Ok(true) => {
-                        if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
-                            return End::Lost(e.to_string());
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
-                },
                 () = self.out.closed() => return End::Dropped,
             }
         }
@@ -679,10 +717,9 @@ impl Task {
             }
             Ctl::Close(ack) => return Ok(Some(End::Closed(Some(ack)))),
         };
-        ws.send(Frame::Text(Utf8Bytes::from(frame)))
+        ws.feed(Frame::Text(Utf8Bytes::from(frame)))
             .await
             .map_err(|e| e.to_string())?;
-        self.publish_in_flight();
         Ok(None)
     }
 
@@ -726,7 +763,6 @@ impl Task {
             // Reported, not fatal: the stream goes on.
             Err(e) => Err(Error::Decode(e)),
         };
-        self.publish_in_flight();
         match self.out.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(item)) => self.out.send(item).await.is_ok(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
@@ -408,6 +408,8 @@ impl Task {
             return End::Lost(e.to_string());
         }
         let mut keepalive = Keepalive::new(&self.config);
+        let timer = tokio::time::sleep_until(keepalive.wake_at());
+        tokio::pin!(timer);
         let mut closing: Option<Option<oneshot::Sender<()>>> = None;
         loop {
             if let Some(ack) = closing.take_if(|_| self.pending.is_empty()) {
@@ -443,37 +445,60 @@ impl Task {
                 },
                 frame = ws.next() => {
                     keepalive.heard();
-                    match frame {
-                        Some(Ok(Frame::Text(text))) => self.receipt(&text),
-                        Some(Ok(Frame::Ping(_))) => {
-                            let _ = ws.flush().await;
+                    let mut frame = frame;
+                    for round in 1..=conn::DRAIN {
+                        match conn::text_of(frame) {
+                            Err(reason) => return End::Lost(reason),
+                            Ok(Some(text)) => self.receipt(&text),
+                            Ok(None) => {}
                         }
-                        Some(Ok(Frame::Close(_))) | None => return End::Lost("closed by the server".into()),
-                        Some(Err(e)) => return End::Lost(e.to_string()),
-                        Some(Ok(_)) => {}
+                        // Take what is already buffered, but never more than a round's worth:
+                        // a frame fetched is a frame handled.
+                        match (round < conn::DRAIN).then(|| ws.next().now_or_never()).flatten() {
+                            Some(f) => frame = f,
+                            None => break,
+                        }
                     }
                 }
-                () = tokio::time::sleep_until(keepalive.wake_at()) => match keepalive.fire() {
-                    Ok(true) => {
-                        if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
-                            return End::Lost(e.to_string());
+                () = &mut timer => {
+                    match keepalive.fire() {
+                        Ok(true) => {
+                            if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
+                                return End::Lost(e.to_string());
+                            }
                         }
+                        Ok(false) => {}
+                        Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
                     }
-                    Ok(false) => {}
-                    Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
-                },
+                    timer.as_mut().reset(keepalive.wake_at());
+                }
             }
         }
     }
 
+    /// The pending send a context names. Generated contexts are the send's sequence
+    /// number, so they need no index; contexts given by the application are indexed.
+    fn find(&self, context: &str) -> Option<u64> {
+        if let Some(seq) = self.by_context.get(context) {
+            return Some(*seq);
+        }
+        let seq = context.parse().ok()?;
+        self.pending
+            .get(&seq)
+            .filter(|p| p.context == context)
+            .map(|_| seq)
+    }
+
     async fn start(&mut self, ws: &mut Ws, p: Pending) -> Result<(), String> {
-        if self.by_context.contains_key(&p.context) {
+        if self.find(&p.context).is_some() {
             let ctx = p.context.clone();
             p.done.complete(Err(Error::DuplicateContext(ctx)));
             return Ok(());
         }
         let frame = p.frame.clone();
-        self.by_context.insert(p.context.clone(), p.seq);
+        if p.context != p.seq.to_string() {
+            self.by_context.insert(p.context.clone(), p.seq);
+        }
         self.pending.insert(p.seq, p);
         ws.feed(Frame::Text(frame)).await.map_err(|e| e.to_string())
     }
@@ -492,10 +517,11 @@ impl Task {
             tracing::error!(endpoint = %self.path, result = ?receipt.result, "pulsar-ws producer: receipt without context");
             return;
         };
-        let Some(seq) = self.by_context.remove(&context) else {
+        let Some(seq) = self.find(&context) else {
             tracing::debug!(endpoint = %self.path, %context, "pulsar-ws producer: receipt for no pending send");
             return;
         };
+        self.by_context.remove(&context);
         if let Some(p) = self.pending.remove(&seq) {
             p.done.complete(receipt.result.map_err(Error::Send));
         }

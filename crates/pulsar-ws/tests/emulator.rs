@@ -128,6 +128,16 @@ async fn pipelined_sends_arrive_in_order_on_an_exclusive_subscription() {
         3000,
         "distinct ids"
     );
+    let stored: Vec<String> = e
+        .messages(&full("pipe"))
+        .iter()
+        .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        stored,
+        (0..3000).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "stored order"
+    );
     for i in 0..3000 {
         let m = next(&mut consumer).await;
         assert_eq!(text(&m), i.to_string());
