@@ -6,6 +6,7 @@
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
 //! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the server tests (those marked ignored for plain `cargo test`), checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
+//! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
 //! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
 
@@ -30,6 +31,7 @@ fn main() -> Result<()> {
         Some("integration") => integration(),
         Some("bench") => bench(rest),
         Some("emulators") => emulators::pulsar_python_check(),
+        Some("fuzz") => fuzz(rest),
         Some("ci") => ci(),
         Some("help" | "-h" | "--help") | None => {
             println!("{}", USAGE);
@@ -48,6 +50,7 @@ usage: cargo xtask <command>
                  check the emulators with third-party clients (Python websockets), smoke-run the benchmarks
   bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp (default: all);
                  ARGS go to criterion (e.g. a filter, --measurement-time 3)
+  fuzz [SECONDS] run every fuzz target for SECONDS each (default 60; installs cargo-fuzz if missing)
   emulators      only the third-party checks of the emulators (part of `integration`)
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
@@ -177,6 +180,42 @@ fn bench(args: &[String]) -> Result<()> {
     outcome
 }
 
+/// The targets under `fuzz/fuzz_targets`.
+const FUZZ_TARGETS: [&str; 1] = ["pulsar_ws_frames"];
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let seconds: u64 = match args.first() {
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("SECONDS: {s:?} is not a number"))?,
+        None => 60,
+    };
+    let installed = cargo()
+        .args(["fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for target in FUZZ_TARGETS {
+        // New inputs go to a scratch corpus; the checked-in seeds stay as they are.
+        let scratch = std::env::temp_dir().join(format!("headwaters-fuzz-{target}"));
+        std::fs::create_dir_all(&scratch)?;
+        run(cargo()
+            .current_dir(root().join("fuzz"))
+            // cargo-fuzz passes nightly-only flags; this lets the stable toolchain accept them.
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", target])
+            .arg(&scratch)
+            .arg(Path::new("corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
+}
+
 fn ci() -> Result<()> {
     let started = Instant::now();
     let step = |name: &str| println!("\n==> {name} ({:.0?} so far)", started.elapsed());
@@ -194,6 +233,8 @@ fn ci() -> Result<()> {
     ]))?;
     step("test");
     test()?;
+    step("fuzz targets compile");
+    run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--locked"]))?;
     step("docs");
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--locked"])
