@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
@@ -30,12 +31,25 @@ use crate::proto::{Command, ConsumerFrame, MessageId, ReceivedMessage, ZonedTime
 use crate::topic::Topic;
 
 /// Consumer settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConsumerOptions {
     /// The endpoint's query parameters. `pull_mode` defaults to `true` here (the server's
     /// default is push); set `Some(false)` for push mode.
     pub params: ConsumerParams,
+    /// Acks and nacks are grouped and written together at most this long after the first
+    /// one (or as soon as 64 are waiting), like the Java client's `acknowledgmentGroupTime`.
+    /// Zero writes each batch at once. Default 1 ms.
+    pub ack_flush_delay: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            params: ConsumerParams::default(),
+            ack_flush_delay: Duration::from_millis(1),
+        }
+    }
 }
 
 impl ConsumerOptions {
@@ -44,7 +58,16 @@ impl ConsumerOptions {
         self.params = params;
         self
     }
+
+    /// Set the ack grouping delay.
+    pub fn with_ack_flush_delay(mut self, delay: Duration) -> Self {
+        self.ack_flush_delay = delay;
+        self
+    }
 }
+
+/// Acks waiting that force a write.
+const ACK_BATCH: usize = 64;
 
 /// Reader settings.
 #[derive(Debug, Clone, Default)]
@@ -87,8 +110,45 @@ pub struct Message {
 
 #[derive(Debug, Clone)]
 struct Acker {
-    ctl: mpsc::UnboundedSender<Ctl>,
+    settlements: Arc<Settlements>,
     epoch: u64,
+}
+
+/// One ack or nack on its way to the socket.
+#[derive(Debug)]
+struct Settle {
+    id: MessageId,
+    nack: bool,
+    epoch: u64,
+}
+
+/// Acks and nacks from the application, coalesced: the connection task is woken when the
+/// first one arrives (to start the grouping timer) and when a batch is full, not for each.
+#[derive(Debug, Default)]
+struct Settlements {
+    queue: std::sync::Mutex<Vec<Settle>>,
+    wake: Notify,
+}
+
+impl Settlements {
+    fn push(&self, settle: Settle) {
+        let len = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.push(settle);
+            q.len()
+        };
+        if len == 1 || len == ACK_BATCH {
+            self.wake.notify_one();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn take(&self) -> Vec<Settle> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Message {
@@ -109,14 +169,22 @@ impl Message {
     /// Acknowledge it (consumers; a no-op for reader messages, which need none).
     pub fn ack(&self) {
         if let Some(a) = &self.acker {
-            let _ = a.ctl.send(Ctl::Ack(self.message_id.clone(), a.epoch));
+            a.settlements.push(Settle {
+                id: self.message_id.clone(),
+                nack: false,
+                epoch: a.epoch,
+            });
         }
     }
 
     /// Ask for redelivery after the subscription's `negativeAckRedeliveryDelay`.
     pub fn nack(&self) {
         if let Some(a) = &self.acker {
-            let _ = a.ctl.send(Ctl::Nack(self.message_id.clone(), a.epoch));
+            a.settlements.push(Settle {
+                id: self.message_id.clone(),
+                nack: true,
+                epoch: a.epoch,
+            });
         }
     }
 }
@@ -125,8 +193,6 @@ impl Message {
 const ANY_EPOCH: u64 = 0;
 
 enum Ctl {
-    Ack(MessageId, u64),
-    Nack(MessageId, u64),
     EndOfTopic(oneshot::Sender<Result<bool, Error>>),
     Unsubscribe(oneshot::Sender<Result<(), Error>>),
     Close(oneshot::Sender<()>),
@@ -144,6 +210,7 @@ struct Counters {
 #[derive(Clone)]
 pub struct ConsumerHandle {
     ctl: mpsc::UnboundedSender<Ctl>,
+    settlements: Arc<Settlements>,
     counters: Arc<Counters>,
     topic: Arc<Topic>,
 }
@@ -159,12 +226,20 @@ impl std::fmt::Debug for ConsumerHandle {
 impl ConsumerHandle {
     /// Acknowledge by id.
     pub fn ack(&self, id: &MessageId) {
-        let _ = self.ctl.send(Ctl::Ack(id.clone(), ANY_EPOCH));
+        self.settlements.push(Settle {
+            id: id.clone(),
+            nack: false,
+            epoch: ANY_EPOCH,
+        });
     }
 
     /// Negatively acknowledge by id.
     pub fn nack(&self, id: &MessageId) {
-        let _ = self.ctl.send(Ctl::Nack(id.clone(), ANY_EPOCH));
+        self.settlements.push(Settle {
+            id: id.clone(),
+            nack: true,
+            epoch: ANY_EPOCH,
+        });
     }
 
     /// Whether the topic was terminated and everything in it was delivered.
@@ -287,7 +362,16 @@ impl Consumer {
         let query = params.query()?;
         let path = topic.consumer_path(subscription)?;
         let kind = if pull { Kind::Pull } else { Kind::Push };
-        let inbox = start(config, topic, path, Query::Fixed(query), kind, queue).await?;
+        let inbox = start(
+            config,
+            topic,
+            path,
+            Query::Fixed(query),
+            kind,
+            queue,
+            options.ack_flush_delay,
+        )
+        .await?;
         Ok(Self { inbox })
     }
 
@@ -360,6 +444,7 @@ impl Reader {
             Query::Reader(params),
             Kind::Reader,
             queue,
+            Duration::ZERO,
         )
         .await?;
         Ok(Self { inbox })
@@ -414,6 +499,7 @@ async fn start(
     query: Query,
     kind: Kind,
     queue: u32,
+    ack_flush_delay: Duration,
 ) -> Result<Inbox, Error> {
     let first_query = match &query {
         Query::Fixed(q) => q.clone(),
@@ -425,8 +511,10 @@ async fn start(
     let taken = Arc::new(Notify::new());
     let counters = Arc::new(Counters::default());
     let topic = Arc::new(topic);
+    let settlements = Arc::new(Settlements::default());
     let handle = ConsumerHandle {
-        ctl: ctl_tx.clone(),
+        ctl: ctl_tx,
+        settlements: settlements.clone(),
         counters: counters.clone(),
         topic: topic.clone(),
     };
@@ -436,7 +524,6 @@ async fn start(
         query,
         kind,
         queue: i64::from(queue),
-        ctl_tx,
         ctl: ctl_rx,
         out,
         taken: taken.clone(),
@@ -448,6 +535,8 @@ async fn start(
         unfreed: 0,
         last_id: None,
         waiters: VecDeque::new(),
+        ack_flush_delay,
+        settlements,
     };
     tokio::spawn(task.run(ws));
     Ok(Inbox {
@@ -465,7 +554,6 @@ struct Task {
     query: Query,
     kind: Kind,
     queue: i64,
-    ctl_tx: mpsc::UnboundedSender<Ctl>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     out: mpsc::Sender<Result<Message, Error>>,
     taken: Arc<Notify>,
@@ -481,6 +569,8 @@ struct Task {
     unfreed: i64,
     last_id: Option<MessageId>,
     waiters: VecDeque<oneshot::Sender<Result<bool, Error>>>,
+    ack_flush_delay: Duration,
+    settlements: Arc<Settlements>,
 }
 
 enum End {
@@ -541,6 +631,7 @@ impl Task {
                     return;
                 }
                 End::Dropped => {
+                    let _ = self.write_settlements(&mut socket).await;
                     let _ = socket.close(None).await;
                     return;
                 }
@@ -616,27 +707,35 @@ impl Task {
         let mut keepalive = Keepalive::new(&self.config);
         let timer = tokio::time::sleep_until(keepalive.wake_at());
         tokio::pin!(timer);
+        let ack_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(ack_timer);
+        let mut ack_timer_armed = false;
         loop {
             tokio::select! {
                 ctl = self.ctl.recv() => {
-                    // The task holds a sender itself, so `None` cannot happen.
-                    let Some(mut ctl) = ctl else { return End::Dropped };
-                    // Settle in batches: feed every queued command, flush once.
-                    for round in 1..=conn::DRAIN {
-                        match self.control(ws, ctl).await {
-                            Ok(None) => {}
-                            Ok(Some(end)) => return end,
-                            Err(e) => return End::Lost(e),
-                        }
-                        match (round < conn::DRAIN).then(|| self.ctl.try_recv().ok()).flatten() {
-                            Some(next) => ctl = next,
-                            None => break,
-                        }
+                    // Every handle is gone.
+                    let Some(ctl) = ctl else { return End::Dropped };
+                    match self.control(ws, ctl).await {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return end,
+                        Err(e) => return End::Lost(e),
                     }
-                    if let Err(e) = ws.flush().await {
-                        return End::Lost(e.to_string());
+                }
+                () = self.settlements.wake.notified() => {
+                    if self.settlements.len() >= ACK_BATCH || self.ack_flush_delay.is_zero() {
+                        if let Err(e) = self.write_settlements(ws).await {
+                            return End::Lost(e);
+                        }
+                    } else if !ack_timer_armed {
+                        ack_timer.as_mut().reset(tokio::time::Instant::now() + self.ack_flush_delay);
+                        ack_timer_armed = true;
                     }
-                    self.publish_in_flight();
+                }
+                () = &mut ack_timer, if ack_timer_armed => {
+                    ack_timer_armed = false;
+                    if let Err(e) = self.write_settlements(ws).await {
+                        return End::Lost(e);
+                    }
                 }
                 () = self.taken.notified() => {
                     if let Err(e) = self.replenish(ws).await {
@@ -682,24 +781,32 @@ impl Task {
         }
     }
 
+    /// Write the queued acks and nacks and flush.
+    async fn write_settlements(&mut self, ws: &mut Ws) -> Result<(), String> {
+        let batch = self.settlements.take();
+        if batch.is_empty() || self.kind == Kind::Reader {
+            return Ok(());
+        }
+        for Settle { id, nack, epoch } in batch {
+            if !self.settle_counts(epoch) {
+                continue;
+            }
+            let command = if nack {
+                Command::Nack(id)
+            } else {
+                Command::Ack(id)
+            };
+            ws.feed(Frame::Text(Utf8Bytes::from(command.encode())))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        ws.flush().await.map_err(|e| e.to_string())?;
+        self.publish_in_flight();
+        Ok(())
+    }
+
     async fn control(&mut self, ws: &mut Ws, ctl: Ctl) -> Result<Option<End>, String> {
         let frame = match ctl {
-            Ctl::Ack(id, epoch) | Ctl::Nack(id, epoch) if self.kind == Kind::Reader => {
-                let _ = (id, epoch);
-                return Ok(None);
-            }
-            Ctl::Ack(id, epoch) => {
-                if !self.settle_counts(epoch) {
-                    return Ok(None);
-                }
-                Command::Ack(id).encode()
-            }
-            Ctl::Nack(id, epoch) => {
-                if !self.settle_counts(epoch) {
-                    return Ok(None);
-                }
-                Command::Nack(id).encode()
-            }
             Ctl::EndOfTopic(reply) => {
                 self.waiters.push_back(reply);
                 Command::IsEndOfTopic.encode()
@@ -715,9 +822,13 @@ impl Task {
                 let _ = reply.send(sent.map_err(|_| Error::Disconnected));
                 return Ok(Some(End::Closed(None)));
             }
-            Ctl::Close(ack) => return Ok(Some(End::Closed(Some(ack)))),
+            Ctl::Close(ack) => {
+                // Settlements made before the close go out first.
+                self.write_settlements(ws).await?;
+                return Ok(Some(End::Closed(Some(ack))));
+            }
         };
-        ws.feed(Frame::Text(Utf8Bytes::from(frame)))
+        ws.send(Frame::Text(Utf8Bytes::from(frame)))
             .await
             .map_err(|e| e.to_string())?;
         Ok(None)
@@ -755,7 +866,7 @@ impl Task {
                 }
                 self.last_id = Some(m.message_id.clone());
                 let acker = (self.kind != Kind::Reader).then(|| Acker {
-                    ctl: self.ctl_tx.clone(),
+                    settlements: self.settlements.clone(),
                     epoch: self.epoch,
                 });
                 Ok(Message::new(self.topic.clone(), m, acker))

@@ -321,18 +321,28 @@ pub struct ReceivedMessage {
     pub redelivery_count: u32,
 }
 
+/// Every frame a consumer or reader socket carries, read in one pass: a message, or the
+/// answer to `isEndOfTopic` (the only frame with `endOfTopic`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MessageFrame {
-    message_id: String,
-    payload: String,
+struct InboundFrame {
+    end_of_topic: Option<Flag>,
+    message_id: Option<String>,
+    payload: Option<String>,
     #[serde(default)]
     properties: BTreeMap<String, String>,
-    publish_time: String,
+    publish_time: Option<String>,
     #[serde(default)]
     redelivery_count: u32,
     event_time: Option<String>,
     key: Option<String>,
+}
+
+fn required<T>(field: &'static str, value: Option<T>) -> Result<T, DecodeError> {
+    value.ok_or_else(|| DecodeError::Field {
+        field,
+        reason: "missing".into(),
+    })
 }
 
 /// What arrives on a consumer or reader socket.
@@ -354,10 +364,9 @@ enum Flag {
 impl ConsumerFrame {
     /// Parse a frame from a consumer or reader socket.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(DecodeError::json)?;
-        if let Some(flag) = value.get("endOfTopic") {
+        let frame: InboundFrame = serde_json::from_str(text).map_err(DecodeError::json)?;
+        if let Some(flag) = frame.end_of_topic {
             // The server sends a JSON boolean; its docs show a string. Accept both.
-            let flag: Flag = serde_json::from_value(flag.clone()).map_err(DecodeError::json)?;
             return match flag {
                 Flag::Bool(b) => Ok(Self::EndOfTopic(b)),
                 Flag::Text(t) => t
@@ -369,18 +378,17 @@ impl ConsumerFrame {
                     }),
             };
         }
-        let frame: MessageFrame = serde_json::from_value(value).map_err(DecodeError::json)?;
         let payload = BASE64
-            .decode(frame.payload.as_bytes())
+            .decode(required("payload", frame.payload)?.as_bytes())
             .map_err(|e| DecodeError::Field {
                 field: "payload",
                 reason: format!("not base64: {e}"),
             })?;
         Ok(Self::Message(ReceivedMessage {
-            message_id: MessageId(frame.message_id),
+            message_id: MessageId(required("messageId", frame.message_id)?),
             payload: payload.into(),
             properties: frame.properties,
-            publish_time: parse_time("publishTime", &frame.publish_time)?,
+            publish_time: parse_time("publishTime", &required("publishTime", frame.publish_time)?)?,
             event_time: frame
                 .event_time
                 .map(|t| parse_time("eventTime", &t))
