@@ -1,8 +1,10 @@
 //! The Headwaters main job: messages over many keys through the ordered dispatcher, with
 //! process status recorded in SQLite, a progress bar, and a summary that checks per-key order.
 //!
-//! With `AMQP_URL` set, a second stage sends the same kind of stream through RabbitMQ (the
-//! Headwaters producer and ordered consumer) and checks it the same way.
+//! A second stage sends the same kind of stream through Pulsar's WebSocket API — the embedded
+//! emulator from headwaters-testkit, with every connection dropped midway — into two ordered
+//! Key_Shared consumers, and checks it the same way. With `AMQP_URL` set, a third stage does
+//! the same through RabbitMQ (the Headwaters producer and ordered consumer).
 //!
 //! Run it with `cargo xtask demo` (or `cargo run --release -p headwaters --example pipeline --
 //! --messages 1000000 --keys 10000`). Exits non-zero if any per-key order violation or lost
@@ -68,6 +70,9 @@ struct OrderChecker {
     status: ProcessStatus,
     violations: Arc<AtomicU64>,
     failed_once: Mutex<HashSet<u64>>,
+    /// Counted, not violations, when the producer may resend (at-least-once): a message
+    /// already processed arriving again without a redelivery flag.
+    duplicates: Option<Arc<AtomicU64>>,
 }
 
 #[derive(Debug)]
@@ -114,8 +119,15 @@ impl Handler for OrderChecker {
         if global % 997 == 0 && self.failed_once.lock().unwrap().insert(global) {
             return Err(InjectedFailure(global));
         }
-        if seq <= *last && m.headers.get("redelivered").is_some() {
+        let redelivered = m.headers.get("redelivered").is_some()
+            || m.headers.get("pulsar.redelivery_count").is_some();
+        if seq <= *last && redelivered {
             // A redelivery of something already processed (at-least-once): skip it.
+            return Ok(Outcome::ack());
+        }
+        if let (true, Some(duplicates)) = (seq <= *last, &self.duplicates) {
+            // A producer resend of something already processed: skip it.
+            duplicates.fetch_add(1, Relaxed);
             return Ok(Outcome::ack());
         }
         if seq != *last + 1 {
@@ -244,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
         status: status.clone(),
         violations: Arc::clone(&violations),
         failed_once: Mutex::new(HashSet::new()),
+        duplicates: None,
     };
     let config = Config::default().with_retry(RetryPolicy {
         backoff_base: Duration::from_millis(1),
@@ -343,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
             "FAILED: {violations} order violations, {incomplete} incomplete keys, {unacked} unacked"
         );
     }
+    pulsar_stage(args.messages.min(50_000), args.keys.min(1_000), &db).await?;
     match std::env::var("AMQP_URL") {
         Ok(url) => amqp_stage(&url, args.messages.min(50_000), args.keys.min(1_000), &db).await?,
         Err(_) => println!(
@@ -371,6 +385,7 @@ async fn amqp_stage(
         status: status.clone(),
         violations: Arc::clone(&violations),
         failed_once: Mutex::new(HashSet::new()),
+        duplicates: None,
     };
     let consumer = Consumer::start(config.clone(), checker, Config::default()).await?;
     let producer = Producer::connect(config).await?;
@@ -413,6 +428,103 @@ async fn amqp_stage(
     );
     if violations > 0 {
         bail!("FAILED: {violations} order violations in the AMQP stage");
+    }
+    Ok(())
+}
+
+/// The same ordered, checked processing, fed from Pulsar's WebSocket API: the embedded
+/// emulator, a pipelined producer, and two Key_Shared consumers each dispatching through the
+/// ordered dispatcher. Midway the emulator drops every connection; the clients reconnect,
+/// pending sends are resent and unacked messages redelivered.
+async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow::Result<()> {
+    use headwaters::pulsar::{
+        ClientConfig, Consumer, ConsumerOptions, ConsumerParams, OutgoingMessage, Producer,
+        ProducerOptions, SubscriptionType, Topic, run_ordered,
+    };
+    use headwaters_testkit::pulsar::PulsarEmulator;
+
+    let emulator = PulsarEmulator::start().await?;
+    let config = ClientConfig::new(&emulator.url())?
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(200));
+    let topic = Topic::persistent("public", "default", "demo")?;
+    let status = ProcessStatus::open(SqliteStore::open(db).await?, WriteBehind::default()).await?;
+    let violations = Arc::new(AtomicU64::new(0));
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let mut params = ConsumerParams::default();
+    params.subscription_type = Some(SubscriptionType::KeyShared);
+    let mut handles = Vec::new();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let consumer = Consumer::subscribe(
+            &config,
+            topic.clone(),
+            "demo",
+            ConsumerOptions::default().with_params(params.clone()),
+        )
+        .await?;
+        handles.push(consumer.handle());
+        let checker = OrderChecker {
+            status: status.clone(),
+            violations: Arc::clone(&violations),
+            failed_once: Mutex::new(HashSet::new()),
+            duplicates: Some(Arc::clone(&duplicates)),
+        };
+        runs.push(tokio::spawn(run_ordered(
+            consumer,
+            checker,
+            Config::default(),
+            Duration::from_secs(10),
+        )));
+    }
+    let producer = Producer::connect(&config, topic.clone(), ProducerOptions::default()).await?;
+    let per_key = messages / keys;
+    let total = per_key * keys;
+    let started = Instant::now();
+    let mut receipts = Vec::with_capacity(total as usize);
+    for global in 0..total {
+        if global == total / 2 {
+            emulator.drop_connections();
+        }
+        let (key, message) = message(global, keys, false);
+        let outgoing = OutgoingMessage::new(message.payload).with_key(format!("pulsar-{key}"));
+        receipts.push(producer.enqueue(outgoing).await?);
+    }
+    for receipt in receipts {
+        receipt.await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(0..keys).all(|k| {
+        status
+            .last_processed(&format!("pulsar-key-{k}"))
+            .is_some_and(|t| t.as_micros() as u64 == per_key)
+    }) {
+        if Instant::now() > deadline {
+            bail!("pulsar stage: not every message was processed within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let reconnects: u64 = handles.iter().map(|h| h.reconnects()).sum();
+    producer.close().await;
+    for h in &handles {
+        h.close().await;
+    }
+    for run in runs {
+        run.await??;
+    }
+    status.close().await?;
+    let stored = emulator.messages(&topic.to_string()).len();
+    let violations = violations.load(Relaxed);
+    let duplicates = duplicates.load(Relaxed);
+    println!(
+        "pulsar stage:      {total} messages over {keys} keys through the Pulsar WebSocket emulator in {elapsed:.2?} ({:.0} msgs/s); connections dropped once: consumer reconnects {reconnects}, stored {stored} (resent after the drop: {}), duplicates skipped {duplicates}; order violations: {violations}",
+        total as f64 / elapsed.as_secs_f64(),
+        stored as u64 - total
+    );
+    if violations > 0 || reconnects == 0 {
+        bail!(
+            "FAILED: {violations} order violations in the Pulsar stage ({reconnects} reconnects)"
+        );
     }
     Ok(())
 }

@@ -14,6 +14,9 @@
 //!   per-key ordered [`Dispatcher`](ordering::Dispatcher).
 //! * [`status`] — last-processed timestamps per entity with SQLite/PostgreSQL storage.
 //! * [`amqp`] — Mississippi on lapin: sharded producer with confirms, ordered consumer.
+//! * [`pulsar`] — Stargate on tokio-tungstenite: the Pulsar WebSocket API's producer,
+//!   consumer and reader with flow control, reconnection, TLS and JWT, handler and per-key
+//!   ordered processing.
 //! * [`flusher`] — erlmld's flusher and batch processor: batch records into a sink,
 //!   checkpoint only the contiguous flushed prefix, restart one shard at a time.
 //!
@@ -25,6 +28,7 @@
 //! | `status`   | yes     | [`status`]          | `headwaters-process-status`  |
 //! | `flusher`  | yes     | [`flusher`]         | `headwaters-batch-flusher`   |
 //! | `amqp`     | yes     | [`amqp`]            | `headwaters-amqp-consumer`   |
+//! | `pulsar`   | yes     | [`pulsar`]          | `headwaters-pulsar-ws`       |
 //!
 //! # Example
 //!
@@ -80,6 +84,11 @@ pub use headwaters_ordering_core as ordering;
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 #[doc(inline)]
 pub use headwaters_amqp_consumer as amqp;
+
+#[cfg(feature = "pulsar")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pulsar")))]
+#[doc(inline)]
+pub use headwaters_pulsar_ws as pulsar;
 
 #[cfg(feature = "flusher")]
 #[cfg_attr(docsrs, doc(cfg(feature = "flusher")))]

@@ -93,6 +93,7 @@ pub struct StoredMessage {
     /// Its properties.
     pub properties: BTreeMap<String, String>,
     payload_b64: String,
+    key_hash: u32,
     publish_time: String,
     event_time: Option<String>,
     deliver_at: Option<Instant>,
@@ -351,6 +352,7 @@ impl Broker {
         }
         let entry = log.entries.len() as u64;
         log.entries.push(StoredMessage {
+            key_hash: key_hash(frame.key.as_deref().unwrap_or("")),
             key: frame.key,
             payload_b64: BASE64.encode(&payload),
             payload,
@@ -447,6 +449,9 @@ impl Broker {
             return true;
         };
         let topic = c.spec.topic.clone();
+        // In pull mode an ack or nack frees no delivery slot, so only permits can let more
+        // messages out (nacked ones come back through the timer).
+        let frees_room = !c.spec.pull;
         match cmd.kind.as_deref() {
             Some("permit") => {
                 let Some(n) = cmd.permit_messages else {
@@ -454,7 +459,9 @@ impl Broker {
                 };
                 if c.spec.pull {
                     c.permits += n;
+                    self.dispatch(&topic);
                 }
+                return true;
             }
             Some("unsubscribe") => return self.unsubscribe(conn),
             Some("isEndOfTopic") => {
@@ -482,7 +489,9 @@ impl Broker {
                 }
             }
         }
-        self.dispatch(&topic);
+        if frees_room {
+            self.dispatch(&topic);
+        }
         true
     }
 
@@ -735,6 +744,10 @@ impl Broker {
     }
 }
 
+/// How many messages of blocked keys a Key_Shared dispatch passes over looking for
+/// messages of keys whose consumer has room (the broker's look-ahead limit).
+const KEY_SHARED_LOOKAHEAD: usize = 1000;
+
 fn dispatch_sub(
     sub: &mut Sub,
     entries: &[StoredMessage],
@@ -746,41 +759,52 @@ fn dispatch_sub(
         return;
     }
     let mut delivered_now = Vec::new();
-    let n = sub.consumers.len();
-    let mut by_hash = sub.consumers.clone();
-    by_hash.sort_unstable();
+    // Consumers in dispatch order (Key_Shared: a stable order for the key hash), with
+    // whether each has room, kept up to date as messages go out.
+    let mut order = sub.consumers.clone();
+    if sub.kind == SubKind::KeyShared {
+        order.sort_unstable();
+    }
+    let n = order.len();
+    let mut room: Vec<bool> = order.iter().map(|c| consumers[c].has_room()).collect();
+    let mut with_room = room.iter().filter(|r| **r).count();
+    let mut skipped = 0;
     for &entry in &sub.ready {
+        if with_room == 0 {
+            break;
+        }
         let m = &entries[entry as usize];
         if sub.kind.honours_delay() && m.deliver_at.is_some_and(|at| at > now) {
             continue;
         }
-        let target = match sub.kind {
+        let slot = match sub.kind {
             SubKind::Exclusive | SubKind::Failover => {
-                let c = sub.consumers[0];
-                if !consumers[&c].has_room() {
+                if !room[0] {
                     break;
                 }
-                c
+                0
             }
             SubKind::Shared => {
-                let found = (0..n)
-                    .map(|i| sub.consumers[(sub.next_shared + i) % n])
-                    .find(|c| consumers[c].has_room());
-                let Some(c) = found else { break };
-                sub.next_shared = (sub.next_shared + 1) % n;
-                c
+                let Some(i) = (0..n).map(|i| (sub.next_shared + i) % n).find(|i| room[*i]) else {
+                    break;
+                };
+                sub.next_shared = (i + 1) % n;
+                i
             }
             SubKind::KeyShared => {
-                if sub.consumers.iter().all(|c| !consumers[c].has_room()) {
-                    break;
-                }
-                let c = by_hash[(key_hash(m.key.as_deref().unwrap_or("")) % n as u32) as usize];
-                if !consumers[&c].has_room() {
+                let i = (m.key_hash % n as u32) as usize;
+                if !room[i] {
+                    // The broker looks ahead past a blocked key only so far.
+                    skipped += 1;
+                    if skipped >= KEY_SHARED_LOOKAHEAD {
+                        break;
+                    }
                     continue;
                 }
-                c
+                i
             }
         };
+        let target = order[slot];
         let consumer = consumers.get_mut(&target).expect("registered");
         if consumer.spec.pull {
             consumer.permits -= 1;
@@ -796,6 +820,10 @@ fn dispatch_sub(
                 deadline: consumer.spec.ack_timeout.map(|t| now + t),
             },
         );
+        if !consumer.has_room() {
+            room[slot] = false;
+            with_room -= 1;
+        }
         delivered_now.push(entry);
     }
     for e in delivered_now {
