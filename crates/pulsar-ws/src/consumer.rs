@@ -286,9 +286,15 @@ impl ConsumerHandle {
     }
 }
 
-/// The receiving half shared by [`Consumer`] and [`Reader`].
+type Item = Result<Message, Error>;
+
+/// The receiving half shared by [`Consumer`] and [`Reader`]. The connection task hands
+/// over everything one wake-up read as one batch; `buffered` counts the messages handed over
+/// and not yet taken, which is the room flow control works with.
 struct Inbox {
-    rx: mpsc::Receiver<Result<Message, Error>>,
+    rx: mpsc::UnboundedReceiver<Vec<Item>>,
+    local: VecDeque<Item>,
+    buffered: Arc<AtomicU64>,
     taken: Arc<Notify>,
     /// Messages taken since the connection task was last told.
     untold: u32,
@@ -298,18 +304,26 @@ struct Inbox {
 }
 
 impl Inbox {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
-        let item = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = item {
-            // The task grants permits (or frees reader slots) for the room taken; waking it
-            // for every message would cost more than the messages.
-            self.untold += 1;
-            if self.untold >= self.tell_every || self.rx.is_empty() {
-                self.untold = 0;
-                self.taken.notify_one();
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let item = loop {
+            if let Some(item) = self.local.pop_front() {
+                break item;
             }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.local.extend(batch),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        self.buffered.fetch_sub(1, Ordering::Relaxed);
+        // The task grants permits (or frees reader slots) for the room taken; waking it for
+        // every message would cost more than the messages.
+        self.untold += 1;
+        if self.untold >= self.tell_every || self.local.is_empty() {
+            self.untold = 0;
+            self.taken.notify_one();
         }
-        item
+        Poll::Ready(Some(item))
     }
 }
 
@@ -506,7 +520,8 @@ async fn start(
         Query::Reader(p) => p.query()?,
     };
     let ws = config.connect(&path, &first_query).await?;
-    let (out, rx) = mpsc::channel(2 * queue as usize);
+    let (out, rx) = mpsc::unbounded_channel();
+    let buffered = Arc::new(AtomicU64::new(0));
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let taken = Arc::new(Notify::new());
     let counters = Arc::new(Counters::default());
@@ -526,6 +541,8 @@ async fn start(
         queue: i64::from(queue),
         ctl: ctl_rx,
         out,
+        buffered: buffered.clone(),
+        batch: Vec::new(),
         taken: taken.clone(),
         counters,
         topic,
@@ -541,6 +558,8 @@ async fn start(
     tokio::spawn(task.run(ws));
     Ok(Inbox {
         rx,
+        local: VecDeque::new(),
+        buffered,
         taken,
         untold: 0,
         tell_every: (queue / 4).max(1),
@@ -555,7 +574,11 @@ struct Task {
     kind: Kind,
     queue: i64,
     ctl: mpsc::UnboundedReceiver<Ctl>,
-    out: mpsc::Sender<Result<Message, Error>>,
+    out: mpsc::UnboundedSender<Vec<Item>>,
+    /// Messages handed to the application and not yet taken.
+    buffered: Arc<AtomicU64>,
+    /// What the current round read.
+    batch: Vec<Item>,
     taken: Arc<Notify>,
     counters: Arc<Counters>,
     topic: Arc<Topic>,
@@ -613,7 +636,8 @@ impl Task {
                         Err(e) => {
                             tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws: giving up");
                             self.fail_waiters(&e);
-                            let _ = self.out.send(Err(e)).await;
+                            self.buffered.fetch_add(1, Ordering::Relaxed);
+                            let _ = self.out.send(vec![Err(e)]);
                             return;
                         }
                     }
@@ -636,6 +660,10 @@ impl Task {
                     return;
                 }
                 End::Lost(reason) => {
+                    // What the last round read still goes to the application.
+                    if !self.hand_over() {
+                        return;
+                    }
                     tracing::warn!(endpoint = %self.path, %reason, "pulsar-ws: connection lost, reconnecting");
                     self.fail_waiters(&Error::Disconnected);
                     self.epoch += 1;
@@ -663,7 +691,7 @@ impl Task {
 
     /// Messages sitting in the stream's buffer.
     fn buffered(&self) -> i64 {
-        (self.out.max_capacity() - self.out.capacity()) as i64
+        self.buffered.load(Ordering::Relaxed) as i64
     }
 
     /// Pull: grant permits for the room the buffer has. Reader: free the slots of messages
@@ -748,11 +776,7 @@ impl Task {
                     for round in 1..=conn::DRAIN {
                         match conn::text_of(frame) {
                             Err(reason) => return End::Lost(reason),
-                            Ok(Some(text)) => {
-                                if !self.deliver(&text).await {
-                                    return End::Dropped;
-                                }
-                            }
+                            Ok(Some(text)) => self.deliver(&text),
                             Ok(None) => {}
                         }
                         // Take what is already buffered, but never more than a round's worth:
@@ -761,6 +785,9 @@ impl Task {
                             Some(f) => frame = f,
                             None => break,
                         }
+                    }
+                    if !self.hand_over() {
+                        return End::Dropped;
                     }
                     self.publish_in_flight();
                 }
@@ -849,14 +876,14 @@ impl Task {
         true
     }
 
-    /// Handle a frame; `false` when the application dropped the stream.
-    async fn deliver(&mut self, text: &str) -> bool {
+    /// Handle a frame: messages (and decode errors) join the round's batch.
+    fn deliver(&mut self, text: &str) {
         let item = match ConsumerFrame::decode(text) {
             Ok(ConsumerFrame::EndOfTopic(flag)) => {
                 if let Some(w) = self.waiters.pop_front() {
                     let _ = w.send(Ok(flag));
                 }
-                return true;
+                return;
             }
             Ok(ConsumerFrame::Message(m)) => {
                 match self.kind {
@@ -864,7 +891,10 @@ impl Task {
                     Kind::Pull => self.outstanding -= 1,
                     Kind::Reader => self.unfreed += 1,
                 }
-                self.last_id = Some(m.message_id.clone());
+                if self.kind == Kind::Reader {
+                    // Where a reconnected reader resumes.
+                    self.last_id = Some(m.message_id.clone());
+                }
                 let acker = (self.kind != Kind::Reader).then(|| Acker {
                     settlements: self.settlements.clone(),
                     epoch: self.epoch,
@@ -874,10 +904,17 @@ impl Task {
             // Reported, not fatal: the stream goes on.
             Err(e) => Err(Error::Decode(e)),
         };
-        match self.out.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(item)) => self.out.send(item).await.is_ok(),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        self.batch.push(item);
+    }
+
+    /// Hand the round's batch to the application; `false` when it dropped the stream.
+    fn hand_over(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
         }
+        let batch = std::mem::take(&mut self.batch);
+        self.buffered
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.out.send(batch).is_ok()
     }
 }

@@ -16,18 +16,19 @@ use time::format_description::well_known::Rfc3339;
 use crate::DecodeError;
 
 /// A message id: base64 of the broker's `MessageIdData`. Opaque; compare and send it back.
+/// Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(String);
+pub struct MessageId(std::sync::Arc<str>);
 
 impl MessageId {
     /// From the base64 text the server sent.
     pub fn new(base64: impl Into<String>) -> Self {
-        Self(base64.into())
+        Self(base64.into().into())
     }
 
     /// From raw `MessageIdData` bytes.
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        Self(BASE64.encode(bytes))
+        Self(BASE64.encode(bytes).into())
     }
 
     /// The base64 text.
@@ -278,7 +279,7 @@ impl Receipt {
                 field: "messageId",
                 reason: "missing on a successful receipt".into(),
             })?;
-            Ok(MessageId(id))
+            Ok(MessageId(id.into()))
         } else if let Some(n) = frame.result.strip_prefix("send-error:") {
             let n = n.parse().map_err(|_| DecodeError::Field {
                 field: "result",
@@ -385,7 +386,7 @@ impl ConsumerFrame {
                 reason: format!("not base64: {e}"),
             })?;
         Ok(Self::Message(ReceivedMessage {
-            message_id: MessageId(required("messageId", frame.message_id)?),
+            message_id: MessageId(required("messageId", frame.message_id)?.into()),
             payload: payload.into(),
             properties: frame.properties,
             publish_time: parse_time("publishTime", &required("publishTime", frame.publish_time)?)?,

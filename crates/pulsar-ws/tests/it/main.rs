@@ -1,0 +1,3 @@
+//! Integration tests of the Pulsar WebSocket client.
+
+mod emulator;
