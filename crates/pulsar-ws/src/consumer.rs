@@ -166,22 +166,54 @@ impl Message {
         }
     }
 
+    /// A handle that settles this message later, without keeping the message.
+    pub fn ack_handle(&self) -> AckHandle {
+        AckHandle {
+            id: self.message_id.clone(),
+            acker: self.acker.clone(),
+        }
+    }
+
     /// Acknowledge it (consumers; a no-op for reader messages, which need none).
+    pub fn ack(&self) {
+        self.ack_handle().ack();
+    }
+
+    /// Ask for redelivery after the subscription's `negativeAckRedeliveryDelay`.
+    pub fn nack(&self) {
+        self.ack_handle().nack();
+    }
+}
+
+/// Settles one message: what [`Message::ack_handle`] returns.
+#[derive(Debug, Clone)]
+pub struct AckHandle {
+    id: MessageId,
+    acker: Option<Acker>,
+}
+
+impl AckHandle {
+    /// The message's id.
+    pub fn message_id(&self) -> &MessageId {
+        &self.id
+    }
+
+    /// Acknowledge the message (a no-op for reader messages).
     pub fn ack(&self) {
         if let Some(a) = &self.acker {
             a.settlements.push(Settle {
-                id: self.message_id.clone(),
+                id: self.id.clone(),
                 nack: false,
                 epoch: a.epoch,
             });
         }
     }
 
-    /// Ask for redelivery after the subscription's `negativeAckRedeliveryDelay`.
+    /// Negatively acknowledge the message.
     pub fn nack(&self) {
         if let Some(a) = &self.acker {
             a.settlements.push(Settle {
-                id: self.message_id.clone(),
+                id: self.id.clone(),
                 nack: true,
                 epoch: a.epoch,
             });

@@ -26,6 +26,9 @@
 //!   [`TokenProvider`] asked on every (re)connect; tokens are never logged.
 //! * [`Client`] — owns producers, consumers and readers and finds them by Stargate's
 //!   registry keys.
+//! * `PulsarSource` (feature `batch`) — Pulsar topics as `headwaters-batch-flusher`
+//!   sources: a subscription acked only for flushed records, or a reader resuming from the
+//!   checkpoint store.
 //!
 //! # Example
 //!
@@ -73,6 +76,8 @@ pub mod params;
 pub mod proto;
 pub mod topic;
 
+#[cfg(feature = "batch")]
+mod batch;
 #[cfg(feature = "client")]
 mod client;
 #[cfg(feature = "client")]
@@ -86,12 +91,17 @@ mod handler;
 #[cfg(feature = "client")]
 mod producer;
 
+#[cfg(feature = "batch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
+pub use batch::{PulsarAck, PulsarSource, SourceMode};
 #[cfg(feature = "client")]
 pub use client::{Client, Component, RegistryKey, produce, produce_with};
 #[cfg(feature = "client")]
 pub use conn::{ClientConfig, DEFAULT_MAX_FRAME, TokenPlacement, TokenProvider};
 #[cfg(feature = "client")]
-pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, Message, Reader, ReaderOptions};
+pub use consumer::{
+    AckHandle, Consumer, ConsumerHandle, ConsumerOptions, Message, Reader, ReaderOptions,
+};
 #[cfg(feature = "client")]
 pub use error::Error;
 #[cfg(feature = "client")]

@@ -37,6 +37,21 @@ impl MessageId {
     }
 }
 
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Any text: ids are opaque (a bad one is refused by the server when used).
+impl std::str::FromStr for MessageId {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
 /// A time as the server writes it: an instant and the UTC offset it was written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ZonedTime {

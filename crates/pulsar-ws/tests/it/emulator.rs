@@ -53,7 +53,7 @@ fn text(m: &Message) -> String {
     String::from_utf8(m.payload.to_vec()).unwrap()
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..500 {
         if check() {
             return;
