@@ -56,8 +56,10 @@ impl PulsarSource {
 
     /// A durable Failover subscription `name` on every shard's topic.
     pub fn subscription(config: ClientConfig, tenant: &str, namespace: &str, name: &str) -> Self {
-        let mut params = ConsumerParams::default();
-        params.subscription_type = Some(SubscriptionType::Failover);
+        let params = ConsumerParams {
+            subscription_type: Some(SubscriptionType::Failover),
+            ..ConsumerParams::default()
+        };
         Self::new(
             config,
             tenant,
@@ -123,8 +125,10 @@ impl Source for PulsarSource {
                 Ok(records(consumer))
             }
             SourceMode::Reader => {
-                let mut params = ReaderParams::default();
-                params.start = Some(from.map_or(ReaderStart::Earliest, ReaderStart::At));
+                let params = ReaderParams {
+                    start: Some(from.map_or(ReaderStart::Earliest, ReaderStart::At)),
+                    ..ReaderParams::default()
+                };
                 let reader = Reader::open(
                     &self.config,
                     topic,
