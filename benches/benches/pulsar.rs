@@ -6,10 +6,11 @@
 //! * consume: a pull-mode `Consumer` (queue 1,000) acking each message vs a raw socket
 //!   granting permits in halves of 1,000 and acking each message, flushing every 64 frames.
 //!
-//! Both sides use TCP_NODELAY. Prints msgs/s and the ratio (goal: ≥ 0.8× raw).
+//! Both sides use TCP_NODELAY. Two set-ups: everything on one 2-worker runtime (clients
+//! and emulator contend for the cores), and isolated (clients on a single-threaded runtime,
+//! the emulator on a thread of its own). Prints msgs/s and the ratio (goal: ≥ 0.8× raw).
 //! `cargo bench` runs 50,000 100-byte messages per case, five rounds alternating ours and
-//! raw, and compares medians (the emulator shares the two cores with both clients, so single
-//! runs are noisy); `cargo test --benches` runs 2,000 once (a smoke run).
+//! raw, and compares medians; `cargo test --benches` runs 2,000 once (a smoke run).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,45 +163,85 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Run every case `rounds` times, alternating ours and raw, and print the medians.
+async fn suite(label: &str, url: &str, n: u64, rounds: usize) {
+    let config = ClientConfig::new(url).unwrap();
+    let topic = |name: String| Topic::persistent("public", "default", &name).unwrap();
+    // Warm up both paths once.
+    ours_produce(&config, topic(format!("{label}-warm")), n / 10).await;
+    raw_produce(url, &topic(format!("{label}-warm")), n / 10).await;
+    let (mut ours_p, mut raw_p, mut ours_c, mut raw_c) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let ours = topic(format!("{label}-ours-{round}"));
+        let raw = topic(format!("{label}-raw-{round}"));
+        ours_p.push(ours_produce(&config, ours.clone(), n).await);
+        raw_p.push(raw_produce(url, &raw, n).await);
+        // Each topic now holds n messages; drain them.
+        ours_c.push(ours_consume(&config, ours, n).await);
+        raw_c.push(raw_consume(url, &raw, n).await);
+    }
+    println!("{label}, median of {rounds}:");
+    for (what, ours, raw) in [
+        ("produce", median(ours_p), median(raw_p)),
+        ("consume", median(ours_c), median(raw_c)),
+    ] {
+        println!(
+            "  {what}: headwaters {:>9.0} msgs/s   raw tokio-tungstenite {:>9.0} msgs/s   ratio {:.2}x",
+            rate(n, ours),
+            rate(n, raw),
+            raw.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    // The emulator shares the machine with both clients, so single runs are noisy: each
-    // case runs `rounds` times, alternating ours and raw, and the medians are compared.
+    // Single runs are noisy on a shared 2-core machine: each case runs `rounds` times,
+    // alternating ours and raw, and the medians are compared.
     let (n, rounds): (u64, usize) = if full { (50_000, 5) } else { (2_000, 1) };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    println!("pulsar-ws on loopback, {n} x 100-byte messages, window {WINDOW}");
+
+    // 1. Everything on one multi-threaded runtime: the clients and the emulator contend for
+    //    the two cores, so a client's extra thread hand-offs cost the emulator time too.
+    let shared = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
+    shared.block_on(async {
         let emulator = PulsarEmulator::start().await.unwrap();
-        let url = emulator.url();
-        let config = ClientConfig::new(&url).unwrap();
-        let topic = |name: String| Topic::persistent("public", "default", &name).unwrap();
-        // Warm up both paths once.
-        ours_produce(&config, topic("warm".into()), n / 10).await;
-        raw_produce(&url, &topic("warm".into()), n / 10).await;
-        let (mut ours_p, mut raw_p, mut ours_c, mut raw_c) = (vec![], vec![], vec![], vec![]);
-        for round in 0..rounds {
-            let (ours, raw) = (topic(format!("ours-{round}")), topic(format!("raw-{round}")));
-            ours_p.push(ours_produce(&config, ours.clone(), n).await);
-            raw_p.push(raw_produce(&url, &raw, n).await);
-            // Each topic now holds n messages; drain them.
-            ours_c.push(ours_consume(&config, ours, n).await);
-            raw_c.push(raw_consume(&url, &raw, n).await);
-        }
-        println!(
-            "pulsar-ws on loopback, {n} x 100-byte messages, window {WINDOW}, in-process emulator, median of {rounds}"
-        );
-        for (what, ours, raw) in [
-            ("produce", median(ours_p), median(raw_p)),
-            ("consume", median(ours_c), median(raw_c)),
-        ] {
-            println!(
-                "  {what}: headwaters {:>9.0} msgs/s   raw tokio-tungstenite {:>9.0} msgs/s   ratio {:.2}x",
-                rate(n, ours),
-                rate(n, raw),
-                raw.as_secs_f64() / ours.as_secs_f64()
-            );
-        }
+        suite(
+            "shared runtime (2 workers, emulator in it)",
+            &emulator.url(),
+            n,
+            rounds,
+        )
+        .await;
     });
+    drop(shared);
+
+    // 2. The emulator on a thread and runtime of its own, the clients on a single-threaded
+    //    runtime: one core each. The single-threaded emulator then limits both clients.
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let emulator_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        emulator_runtime.block_on(async {
+            let emulator = PulsarEmulator::start().await.unwrap();
+            url_tx.send(emulator.url()).unwrap();
+            emulator.serve_forever().await;
+        });
+    });
+    let url = url_rx.recv().unwrap();
+    let isolated = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    isolated.block_on(suite(
+        "isolated (clients on a 1-thread runtime, emulator on its own thread)",
+        &url,
+        n,
+        rounds,
+    ));
 }
