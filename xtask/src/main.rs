@@ -6,6 +6,7 @@
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
 //! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the server tests (those marked ignored for plain `cargo test`), checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
+//! | `codegen [--check]`     | prost code from `proto/` into the crates (protox: no `protoc` needed) |
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
 //! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
@@ -32,6 +33,9 @@ fn main() -> Result<()> {
         Some("bench") => bench(rest),
         Some("emulators") => emulators::pulsar_python_check(),
         Some("fuzz") => fuzz(rest),
+        Some("codegen") => run(cargo()
+            .args(["run", "-q", "-p", "xtask-codegen", "--locked", "--"])
+            .args(rest)),
         Some("ci") => ci(),
         Some("help" | "-h" | "--help") | None => {
             println!("{}", USAGE);
@@ -50,6 +54,7 @@ usage: cargo xtask <command>
                  check the emulators with third-party clients (Python websockets), smoke-run the benchmarks
   bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp (default: all);
                  ARGS go to criterion (e.g. a filter, --measurement-time 3)
+  codegen [--check]  regenerate the prost code from proto/ (or check it is up to date)
   fuzz [SECONDS] run every fuzz target for SECONDS each (default 60; installs cargo-fuzz if missing)
   emulators      only the third-party checks of the emulators (part of `integration`)
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
@@ -187,7 +192,7 @@ fn bench(args: &[String]) -> Result<()> {
 }
 
 /// The targets under `fuzz/fuzz_targets`.
-const FUZZ_TARGETS: [&str; 1] = ["pulsar_ws_frames"];
+const FUZZ_TARGETS: [&str; 2] = ["pulsar_ws_frames", "eventstore_frames"];
 
 fn fuzz(args: &[String]) -> Result<()> {
     let seconds: u64 = match args.first() {
@@ -239,6 +244,16 @@ fn ci() -> Result<()> {
     ]))?;
     step("test");
     test()?;
+    step("generated code is up to date");
+    run(cargo().args([
+        "run",
+        "-q",
+        "-p",
+        "xtask-codegen",
+        "--locked",
+        "--",
+        "--check",
+    ]))?;
     step("fuzz targets compile");
     run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--locked"]))?;
     step("docs");

@@ -1,0 +1,46 @@
+//! EventStoreDB's legacy TCP client protocol for Rust — this release: the IO-free core.
+//!
+//! The TCP API is the one EventStoreDB 3.x–23.10 serve natively (and 24.x+ through the TCP
+//! plugin), and the one Elixir's Extreme speaks. This crate holds what every part of a client
+//! (and the emulator in `headwaters-testkit`) needs before any socket is opened:
+//!
+//! * [`frame`] — the frame codec: little-endian length prefix (18 bytes to 64 MiB), command,
+//!   flags, 16-byte correlation id, optional credentials, payload; a streaming
+//!   [`FrameDecoder`] that returns typed errors instead of panicking on any input.
+//! * [`command`] — the one-byte command codes.
+//! * [`guid`] — .NET GUID byte order for event ids.
+//! * The protobuf messages of `EventStore.Client.Messages`, transcribed in `proto/` and
+//!   generated with `cargo xtask codegen` (checked in; no `protoc` needed to build). They stay
+//!   crate-private: decoding is tolerant of proto3 servers omitting default values, and the
+//!   public API will be hand-written domain types.
+//!
+//! The async client (operations, catch-up / volatile / persistent subscriptions, cluster
+//! discovery) comes next.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use headwaters_eventstore_tcp::{Command, Credentials, Frame, FrameDecoder};
+//!
+//! let frame = Frame::new(Command::Ping, [0; 16], Vec::new())
+//!     .with_credentials(Credentials::new("admin", "changeit").unwrap());
+//! let mut wire = BytesMut::new();
+//! frame.encode(&mut wire).unwrap();
+//!
+//! let mut decoder = FrameDecoder::new();
+//! decoder.extend(&wire[..10]);
+//! assert_eq!(decoder.next_frame().unwrap(), None); // needs more bytes
+//! decoder.extend(&wire[10..]);
+//! assert_eq!(decoder.next_frame().unwrap(), Some(frame));
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+pub mod command;
+pub mod frame;
+pub mod guid;
+mod wire;
+
+pub use command::Command;
+pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
