@@ -666,6 +666,48 @@ async fn keepalive_pings_hold_an_idle_connection_open() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_is_detected_by_the_pong_timeout_and_left_for_a_new_connection() {
+    let (e, config) = emulator().await;
+    let config = config
+        .with_keepalive(Duration::from_millis(100), Duration::from_millis(200))
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    // Shared: the stalled server still holds the old consumer, which would refuse a second
+    // Exclusive one with 409 until it notices.
+    let mut consumer = Consumer::subscribe(
+        &config,
+        topic("stall"),
+        "s",
+        consumer_options(SubscriptionType::Shared),
+    )
+    .await
+    .unwrap();
+    let producer = Producer::connect(&config, topic("stall"), ProducerOptions::default())
+        .await
+        .unwrap();
+    e.freeze(true);
+    let started = std::time::Instant::now();
+    eventually("the consumer gave up on the silent socket", || {
+        consumer.handle().reconnects() >= 1
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "detected after {:?} (ping every 100 ms, pong timeout 200 ms)",
+        started.elapsed()
+    );
+    e.freeze(false);
+    let id = timeout(WAIT, producer.send("after the stall"))
+        .await
+        .expect("the producer recovered")
+        .unwrap();
+    let m = next(&mut consumer).await;
+    assert_eq!(
+        (m.message_id.clone(), text(&m).as_str()),
+        (id, "after the stall")
+    );
+}
+
 struct Counter(Arc<Mutex<Vec<String>>>);
 
 impl MessageHandler for Counter {

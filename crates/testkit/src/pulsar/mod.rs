@@ -113,6 +113,7 @@ struct Shared {
     broker: Mutex<Broker>,
     config: EmulatorConfig,
     receipt_delay_ms: AtomicU64,
+    frozen: watch::Sender<bool>,
     next_conn: AtomicU64,
     kill: watch::Sender<u64>,
     open: AtomicU64,
@@ -160,6 +161,7 @@ impl PulsarEmulator {
             broker: Mutex::new(Broker::new(config.auto_create_topics, offset)),
             config,
             receipt_delay_ms: AtomicU64::new(0),
+            frozen: watch::channel(false).0,
             next_conn: AtomicU64::new(1),
             kill: watch::channel(0).0,
             open: AtomicU64::new(0),
@@ -203,6 +205,12 @@ impl PulsarEmulator {
     /// Drop every open socket without a close frame, as a proxy restart does.
     pub fn drop_connections(&self) {
         self.shared.kill.send_modify(|n| *n += 1);
+    }
+
+    /// Stop (or resume) reading every socket: frames, pings included, go unanswered, as
+    /// with a stalled proxy. New connections are still accepted.
+    pub fn freeze(&self, frozen: bool) {
+        self.shared.frozen.send_replace(frozen);
     }
 
     /// Hold every receipt back for `delay` (zero turns it off).
@@ -328,6 +336,7 @@ where
     drop(tx);
     shared.open.fetch_add(1, Ordering::Relaxed);
     let mut kill = shared.kill.subscribe();
+    let mut frozen = shared.frozen.subscribe();
     let idle = shared.config.idle_timeout;
     let mut last_inbound = tokio::time::Instant::now();
     loop {
@@ -343,7 +352,10 @@ where
                     break;
                 }
             }
-            frame = ws.next() => {
+            _ = frozen.changed() => {
+                last_inbound = tokio::time::Instant::now();
+            }
+            frame = ws.next(), if !*frozen.borrow() => {
                 last_inbound = tokio::time::Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
