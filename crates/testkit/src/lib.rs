@@ -1,10 +1,9 @@
 //! In-process emulators for the servers Headwaters talks to but that cannot be installed on a
-//! test machine, built to behave as the real servers' source says (see the project's
-//! `reference/` studies), so that clients — ours and third-party ones — can be tested
-//! against them on `127.0.0.1`.
+//! test machine, written to behave as the real servers' source says, so that clients — ours
+//! and third-party ones — can be tested against them on `127.0.0.1`.
 //!
-//! * [`pulsar`] (feature `pulsar`, on by default): the Pulsar WebSocket API v2.
-//! * [`tls`] (feature `tls`): `wss://` for the emulators and throwaway certificates for tests.
+//! * `pulsar` (feature `pulsar`, on by default): the Pulsar WebSocket API v2.
+//! * `tls` (feature `tls`): `wss://` for the emulators and throwaway certificates for tests.
 //!
 //! The `headwaters-emulator` binary runs them standalone:
 //! `headwaters-emulator pulsar --listen 127.0.0.1:8080`.

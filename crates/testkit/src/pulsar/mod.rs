@@ -1,6 +1,5 @@
 //! An in-process Pulsar WebSocket API v2 server that behaves as Pulsar's own handlers do
-//! (`ProducerHandler`, `ConsumerHandler`, `ReaderHandler`; see the project's
-//! `reference/pulsar-ws.md` §1): the endpoint paths, the query parameters and their
+//! (`ProducerHandler`, `ConsumerHandler`, `ReaderHandler`, `AbstractWebSocketHandler`): the endpoint paths, the query parameters and their
 //! validation, HTTP statuses on refused upgrades, receipts with every field, durable
 //! subscriptions of all four types, ack / negative ack / ack timeout / dead-letter topic,
 //! push windows and pull permits, reader start positions and the reader's
