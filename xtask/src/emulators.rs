@@ -1,5 +1,6 @@
 //! The emulators checked by clients we did not write: `headwaters-emulator` runs as a
-//! process and an independent script talks to it (Python `websockets` for Pulsar).
+//! process and an independent client talks to it (Python `websockets` for Pulsar,
+//! `node-eventstore-client` for EventStore).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -89,4 +90,41 @@ pub(crate) fn pulsar_python_check() -> Result<()> {
     run(Command::new(python)
         .arg(root().join("ci").join("pulsar_ws_check.py"))
         .args([&url, token]))
+}
+
+/// The npm packages of the EventStore check, pinned.
+const NODE_PACKAGES: [&str; 2] = ["node-eventstore-client@23.10.1", "protobufjs@7"];
+
+/// Install `node-eventstore-client` (with `protobufjs@7` beside it, which it needs) under
+/// `target/`, once.
+fn node_modules() -> Result<PathBuf> {
+    let dir = target_dir().join("node-eventstore-client");
+    let modules = dir.join("node_modules");
+    if modules.join("node-eventstore-client").exists() && modules.join("protobufjs").exists() {
+        return Ok(modules);
+    }
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        bail!(
+            "Node.js is needed for the node-eventstore-client check: install it (Debian: `apt-get install nodejs npm`)"
+        );
+    }
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .args(NODE_PACKAGES))?;
+    Ok(modules)
+}
+
+/// The EventStore emulator against `ci/eventstore_node_check.js`.
+pub(crate) fn eventstore_node_check() -> Result<()> {
+    let modules = node_modules()?;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let (_emulator, _url) = start(&["eventstore", "--listen", &listen])?;
+    run(Command::new("node")
+        .env("NODE_PATH", &modules)
+        .arg(root().join("ci").join("eventstore_node_check.js"))
+        .arg(&listen))
 }

@@ -31,7 +31,10 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("integration") => integration(),
         Some("bench") => bench(rest),
-        Some("emulators") => emulators::pulsar_python_check(),
+        Some("emulators") => {
+            emulators::pulsar_python_check()?;
+            emulators::eventstore_node_check()
+        }
         Some("fuzz") => fuzz(rest),
         Some("codegen") => run(cargo()
             .args(["run", "-q", "-p", "xtask-codegen", "--locked", "--"])
@@ -51,12 +54,13 @@ usage: cargo xtask <command>
   demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
   test           unit, doc and emulator tests, then `integration` (the README's test command)
   integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL), run the server tests,
-                 check the emulators with third-party clients (Python websockets), smoke-run the benchmarks
+                 check the emulators with third-party clients (Python websockets, node-eventstore-client),
+                 smoke-run the benchmarks
   bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp (default: all);
                  ARGS go to criterion (e.g. a filter, --measurement-time 3)
   codegen [--check]  regenerate the prost code from proto/ (or check it is up to date)
   fuzz [SECONDS] run every fuzz target for SECONDS each (default 60; installs cargo-fuzz if missing)
-  emulators      only the third-party checks of the emulators (part of `integration`)
+  emulators      only the third-party checks of the emulators (Python websockets, node-eventstore-client)
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
 fn root() -> PathBuf {
@@ -148,6 +152,7 @@ fn integration() -> Result<()> {
         }
         // The emulators, checked by clients we did not write.
         emulators::pulsar_python_check()?;
+        emulators::eventstore_node_check()?;
         // Every benchmark once, briefly (a smoke run), against the real servers.
         let mut benches = cargo();
         benches

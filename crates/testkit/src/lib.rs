@@ -3,16 +3,22 @@
 //! and third-party ones — can be tested against them on `127.0.0.1`.
 //!
 //! * `pulsar` (feature `pulsar`, on by default): the Pulsar WebSocket API v2.
+//! * `eventstore` (feature `eventstore`, on by default): EventStoreDB's legacy TCP API.
 //! * `tls` (feature `tls`): `wss://` for the emulators and throwaway certificates for tests.
 //!
 //! The `headwaters-emulator` binary runs them standalone:
-//! `headwaters-emulator pulsar --listen 127.0.0.1:8080`.
+//! `headwaters-emulator pulsar --listen 127.0.0.1:8080`,
+//! `headwaters-emulator eventstore --listen 127.0.0.1:1113`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 #[cfg(feature = "pulsar")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pulsar")))]
 pub mod pulsar;
+
+#[cfg(feature = "eventstore")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eventstore")))]
+pub mod eventstore;
 
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]

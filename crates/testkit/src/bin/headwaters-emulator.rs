@@ -1,9 +1,10 @@
-//! Run an emulator standalone: `headwaters-emulator pulsar --listen 127.0.0.1:8080 [--token T]`.
+//! Run an emulator standalone: `headwaters-emulator pulsar --listen 127.0.0.1:8080 [--token T]`
+//! or `headwaters-emulator eventstore --listen 127.0.0.1:1113`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: headwaters-emulator pulsar [--listen 127.0.0.1:8080] [--token TOKEN]";
+const USAGE: &str = "usage: headwaters-emulator pulsar [--listen 127.0.0.1:8080] [--token TOKEN]\n       headwaters-emulator eventstore [--listen 127.0.0.1:1113]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,7 +25,13 @@ async fn run(args: &[String]) -> Result<(), String> {
     let Some((which, rest)) = args.split_first() else {
         return Err("which emulator?".into());
     };
-    let mut listen: SocketAddr = "127.0.0.1:8080".parse().expect("default address");
+    // The real servers' ports: Pulsar's web service 8080, EventStore's TCP API 1113.
+    let default = if which == "eventstore" {
+        "127.0.0.1:1113"
+    } else {
+        "127.0.0.1:8080"
+    };
+    let mut listen: SocketAddr = default.parse().expect("default address");
     let mut token = None;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
@@ -58,6 +65,25 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        other => Err(format!("unknown emulator {other:?} (built with: pulsar)")),
+        #[cfg(feature = "eventstore")]
+        "eventstore" => {
+            use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator};
+            if token.is_some() {
+                return Err(
+                    "--token is for the pulsar emulator (EventStore uses admin / changeit)".into(),
+                );
+            }
+            let emulator = EventStoreEmulator::start_with(EventStoreConfig::default(), listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            // Scripts wait for this line.
+            println!("eventstore emulator listening on tcp://{}", emulator.addr());
+            tokio::select! {
+                () = emulator.serve_forever() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown emulator {other:?} (pulsar or eventstore)")),
     }
 }
