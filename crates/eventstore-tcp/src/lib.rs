@@ -1,4 +1,4 @@
-//! EventStoreDB's legacy TCP client protocol for Rust — this release: the IO-free core.
+//! EventStoreDB's legacy TCP client protocol for Rust.
 //!
 //! The TCP API is the one EventStoreDB 3.x–23.10 serve natively (and 24.x+ through the TCP
 //! plugin), and the one Elixir's Extreme speaks. This crate holds what every part of a client
@@ -9,13 +9,23 @@
 //!   [`FrameDecoder`] that returns typed errors instead of panicking on any input.
 //! * [`command`] — the one-byte command codes.
 //! * [`guid`] — .NET GUID byte order for event ids.
+//! * [`types`] — what applications write and read: [`EventData`], [`ExpectedVersion`],
+//!   [`ResolvedEvent`], [`Position`], slices.
 //! * The protobuf messages of `EventStore.Client.Messages`, transcribed in `proto/` and
 //!   generated with `cargo xtask codegen` (checked in; no `protoc` needed to build). They stay
 //!   crate-private: decoding is tolerant of proto3 servers omitting default values, and the
 //!   public API will be hand-written domain types.
 //!
-//! The async client (operations, catch-up / volatile / persistent subscriptions, cluster
-//! discovery) comes next.
+//! The async client (feature `client`, on by default): [`Connection`] with the handshake
+//! (`Authenticate` with default credentials, `IdentifyClient` version 1), heartbeats both
+//! ways (750 ms / 1500 ms by default), pipelined operations matched by correlation id,
+//! retries after a timeout and on `NotHandled(NotReady | TooBusy)`, typed errors for the
+//! rest, and reconnection with backoff (optionally limited, Extreme's `max_attempts`) that
+//! resends what was in flight. Operations: append with an expected version, read one event,
+//! read a stream or `$all` forward and backward, soft and hard delete.
+//!
+//! Not yet: subscriptions (volatile, catch-up, persistent), transactions, stream metadata,
+//! cluster discovery, TLS.
 //!
 //! # Example
 //!
@@ -40,7 +50,25 @@
 pub mod command;
 pub mod frame;
 pub mod guid;
+pub mod types;
 mod wire;
 
+#[cfg(feature = "client")]
+mod connection;
+#[cfg(feature = "client")]
+mod error;
+#[cfg(feature = "client")]
+mod ops;
+
 pub use command::Command;
+#[cfg(feature = "client")]
+pub use connection::{Connection, Settings};
+#[cfg(feature = "client")]
+pub use error::Error;
 pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
+#[cfg(feature = "client")]
+pub use ops::{EventRead, MAX_READ_COUNT};
+pub use types::{
+    AllSlice, EventData, ExpectedVersion, Position, ReadDirection, RecordedEvent, ResolvedEvent,
+    StreamSlice, WriteResult,
+};

@@ -206,6 +206,11 @@ impl EventStoreEmulator {
         self.shared.lock().0.all_len()
     }
 
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.shared.next_conn.load(Ordering::Relaxed) - 1
+    }
+
     /// Open connections.
     pub fn open_connections(&self) -> u32 {
         self.shared.open.load(Ordering::Relaxed)

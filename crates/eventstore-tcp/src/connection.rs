@@ -1,0 +1,595 @@
+//! The connection: handshake, heartbeats, correlation, retries and reconnection —
+//! [`Settings`], [`Connection`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::command::Command;
+use crate::error::Error;
+use crate::frame::{Credentials, Frame, FrameDecoder};
+use crate::wire;
+
+/// Connection settings (Extreme's configuration, with the .NET client's defaults).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub(crate) addr: String,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) connection_name: String,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) operation_retries: u32,
+    pub(crate) max_reconnect_attempts: Option<u32>,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+impl Settings {
+    /// A node at `host:port` (the TCP API's port, 1113 by default).
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            credentials: None,
+            connection_name: "Headwaters".into(),
+            heartbeat_interval: Duration::from_millis(750),
+            heartbeat_timeout: Duration::from_millis(1500),
+            connect_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(7),
+            operation_retries: 10,
+            max_reconnect_attempts: None,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+
+    /// Default credentials: sent with `Authenticate` on every (re)connect.
+    pub fn with_credentials(
+        mut self,
+        login: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Result<Self, Error> {
+        self.credentials = Some(Credentials::new(login, password)?);
+        Ok(self)
+    }
+
+    /// The name the server logs for this connection (`IdentifyClient`).
+    pub fn with_connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Client heartbeats: a request after `interval` of silence, the connection is dead
+    /// after `timeout` more (defaults 750 ms / 1500 ms).
+    pub fn with_heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat_interval = interval.max(Duration::from_millis(10));
+        self.heartbeat_timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long an operation waits for its answer before it is sent again (default 7 s),
+    /// and how often it is sent in all (default 10 retries).
+    pub fn with_operation_timeout(mut self, timeout: Duration, retries: u32) -> Self {
+        self.operation_timeout = timeout;
+        self.operation_retries = retries;
+        self
+    }
+
+    /// Give up after this many failed reconnection attempts in a row (Extreme's
+    /// `max_attempts`); unlimited by default.
+    pub fn with_max_reconnect_attempts(mut self, attempts: u32) -> Self {
+        self.max_reconnect_attempts = Some(attempts);
+        self
+    }
+
+    /// Reconnect backoff: from `min`, doubling to `max`, with 50–100 % jitter.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min.max(Duration::from_millis(1));
+        self.backoff_max = max.max(self.backoff_min);
+        self
+    }
+}
+
+/// One request on its way.
+struct Op {
+    command: Command,
+    payload: Bytes,
+    credentials: Option<Credentials>,
+    reply: oneshot::Sender<Result<Frame, Error>>,
+}
+
+struct Pending {
+    frame: Bytes,
+    reply: oneshot::Sender<Result<Frame, Error>>,
+    sent: Instant,
+    attempts: u32,
+}
+
+/// A connection to one node. Cheap to clone; every clone shares the socket. Operations are
+/// pipelined and matched to replies by correlation id; they are retried after a timeout,
+/// on `NotHandled(NotReady | TooBusy)` and after a reconnect.
+#[derive(Clone)]
+pub struct Connection {
+    tx: mpsc::UnboundedSender<Op>,
+    settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.settings.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handshaken socket.
+struct Link {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+fn correlation() -> [u8; 16] {
+    *Uuid::new_v4().as_bytes()
+}
+
+async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> Result<(), Error> {
+    let bytes = frame.to_bytes()?;
+    stream
+        .write_all(&bytes)
+        .await
+        .map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// Read the reply to `correlation` during the handshake, answering heartbeats.
+async fn await_reply(link: &mut Link, correlation: [u8; 16]) -> Result<Frame, String> {
+    loop {
+        while let Some(frame) = link.decoder.next_frame().map_err(|e| e.to_string())? {
+            if frame.command == Command::HeartbeatRequest {
+                let pong = Frame::new(Command::HeartbeatResponse, frame.correlation, Bytes::new());
+                write_frame(&mut link.stream, &pong)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else if frame.correlation == correlation {
+                return Ok(frame);
+            }
+        }
+        let n = link
+            .stream
+            .read_buf(link.decoder.buffer())
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the server closed the connection".into());
+        }
+    }
+}
+
+/// TCP connect, then `Authenticate` (with default credentials) and `IdentifyClient`.
+async fn handshake(settings: &Settings) -> Result<Link, Error> {
+    let connect_err = |reason: String| Error::Connect {
+        addr: settings.addr.clone(),
+        reason,
+    };
+    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&settings.addr))
+        .await
+        .map_err(|_| {
+            connect_err(format!(
+                "no connection within {:?}",
+                settings.connect_timeout
+            ))
+        })?
+        .map_err(|e| connect_err(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let mut link = Link {
+        stream,
+        decoder: FrameDecoder::new(),
+    };
+    let steps = async {
+        if let Some(credentials) = &settings.credentials {
+            let c = correlation();
+            let auth = Frame::new(Command::Authenticate, c, Bytes::new())
+                .with_credentials(credentials.clone());
+            write_frame(&mut link.stream, &auth).await?;
+            let reply = await_reply(&mut link, c).await.map_err(connect_err)?;
+            match reply.command {
+                Command::Authenticated => {}
+                Command::NotAuthenticated => {
+                    return Err(Error::NotAuthenticated(
+                        String::from_utf8_lossy(&reply.payload).into_owned(),
+                    ));
+                }
+                other => {
+                    return Err(connect_err(format!("unexpected {other:?} to Authenticate")));
+                }
+            }
+        }
+        let c = correlation();
+        let identify = wire::IdentifyClient {
+            version: 1,
+            connection_name: Some(settings.connection_name.clone()),
+        };
+        write_frame(
+            &mut link.stream,
+            &Frame::new(Command::IdentifyClient, c, identify.encode_to_vec()),
+        )
+        .await?;
+        let reply = await_reply(&mut link, c).await.map_err(connect_err)?;
+        if reply.command != Command::ClientIdentified {
+            return Err(connect_err(format!(
+                "unexpected {:?} to IdentifyClient",
+                reply.command
+            )));
+        }
+        Ok(())
+    };
+    tokio::time::timeout(settings.operation_timeout, steps)
+        .await
+        .map_err(|_| connect_err("no answer to the handshake".into()))??;
+    Ok(link)
+}
+
+impl Connection {
+    /// Connect and handshake; the first connection's errors (unreachable, refused
+    /// credentials) are returned here.
+    pub async fn connect(settings: Settings) -> Result<Self, Error> {
+        let link = handshake(&settings).await?;
+        let settings = Arc::new(settings);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            settings: settings.clone(),
+            rx,
+            pending: HashMap::new(),
+        };
+        tokio::spawn(driver.run(link));
+        Ok(Self { tx, settings })
+    }
+
+    /// Send a request and wait for its reply frame (retries included).
+    pub(crate) async fn request(
+        &self,
+        command: Command,
+        payload: Vec<u8>,
+        credentials: Option<Credentials>,
+    ) -> Result<Frame, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op {
+                command,
+                payload: payload.into(),
+                credentials,
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Round trip to the server (`Ping` → `Pong`).
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let started = std::time::Instant::now();
+        let reply = self.request(Command::Ping, Vec::new(), None).await?;
+        if reply.command != Command::Pong {
+            return Err(Error::Decode(format!(
+                "{:?} in answer to Ping",
+                reply.command
+            )));
+        }
+        Ok(started.elapsed())
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+struct Driver {
+    settings: Arc<Settings>,
+    rx: mpsc::UnboundedReceiver<Op>,
+    pending: HashMap<[u8; 16], Pending>,
+}
+
+enum End {
+    /// Every handle is gone.
+    Closed,
+    /// The socket broke.
+    Lost(String),
+}
+
+/// Exponential backoff with 50–100 % jitter.
+struct Backoff {
+    next: Duration,
+    settings: Arc<Settings>,
+    seed: u64,
+    failures: u32,
+}
+
+impl Backoff {
+    fn new(settings: Arc<Settings>) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1;
+        Self {
+            next: settings.backoff_min,
+            settings,
+            seed,
+            failures: 0,
+        }
+    }
+
+    fn step(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.failures += 1;
+        let base = self.next;
+        self.next = (self.next * 2).min(self.settings.backoff_max);
+        base * ((self.seed % 500) as u32 + 500) / 1000
+    }
+}
+
+impl Driver {
+    async fn run(mut self, first: Link) {
+        let mut link = Some(first);
+        let mut backoff = Backoff::new(self.settings.clone());
+        loop {
+            let mut current = match link.take() {
+                Some(l) => l,
+                None => match handshake(&self.settings).await {
+                    Ok(l) => {
+                        backoff = Backoff::new(self.settings.clone());
+                        l
+                    }
+                    Err(e @ Error::NotAuthenticated(_)) => return self.give_up(e),
+                    Err(e) => {
+                        if self
+                            .settings
+                            .max_reconnect_attempts
+                            .is_some_and(|max| backoff.failures >= max)
+                        {
+                            return self.give_up(e);
+                        }
+                        let wait = backoff.step();
+                        tracing::warn!(addr = %self.settings.addr, error = %e, ?wait, "eventstore: reconnecting");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                },
+            };
+            match self.session(&mut current).await {
+                End::Closed => return,
+                End::Lost(reason) => {
+                    tracing::warn!(addr = %self.settings.addr, %reason, pending = self.pending.len(), "eventstore: connection lost");
+                }
+            }
+        }
+    }
+
+    fn give_up(mut self, error: Error) {
+        tracing::error!(addr = %self.settings.addr, %error, "eventstore: giving up");
+        self.rx.close();
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+        while let Ok(op) = self.rx.try_recv() {
+            let _ = op.reply.send(Err(error.clone()));
+        }
+    }
+
+    async fn session(&mut self, link: &mut Link) -> End {
+        // Operations in flight when the last connection broke go out again.
+        let mut out = BytesMut::new();
+        for p in self.pending.values_mut() {
+            out.extend_from_slice(&p.frame);
+            p.sent = Instant::now();
+        }
+        if !out.is_empty() && link.stream.write_all(&out).await.is_err() {
+            return End::Lost("write failed".into());
+        }
+        let interval = self.settings.heartbeat_interval;
+        let timeout = self.settings.heartbeat_timeout;
+        let mut last_heard = Instant::now();
+        let mut heartbeat_sent: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(50).min(interval));
+        loop {
+            tokio::select! {
+                op = self.rx.recv() => {
+                    let Some(op) = op else { return End::Closed };
+                    let mut out = BytesMut::new();
+                    let mut next = Some(op);
+                    while let Some(op) = next.take() {
+                        self.start(op, &mut out);
+                        next = self.rx.try_recv().ok();
+                    }
+                    if link.stream.write_all(&out).await.is_err() {
+                        return End::Lost("write failed".into());
+                    }
+                }
+                n = link.stream.read_buf(link.decoder.buffer()) => {
+                    match n {
+                        Ok(0) => return End::Lost("closed by the server".into()),
+                        Err(e) => return End::Lost(e.to_string()),
+                        Ok(_) => {}
+                    }
+                    last_heard = Instant::now();
+                    heartbeat_sent = None;
+                    let mut out = BytesMut::new();
+                    loop {
+                        match link.decoder.next_frame() {
+                            Ok(Some(frame)) => {
+                                if let Err(reason) = self.received(frame, &mut out) {
+                                    return End::Lost(reason);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => return End::Lost(e.to_string()),
+                        }
+                    }
+                    if !out.is_empty() && link.stream.write_all(&out).await.is_err() {
+                        return End::Lost("write failed".into());
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if let Some(sent) = heartbeat_sent {
+                        if now >= sent + timeout {
+                            return End::Lost(format!("no heartbeat answer within {timeout:?}"));
+                        }
+                    } else if now >= last_heard + interval {
+                        let request = Frame::new(Command::HeartbeatRequest, correlation(), Bytes::new());
+                        let Ok(bytes) = request.to_bytes() else { continue };
+                        if link.stream.write_all(&bytes).await.is_err() {
+                            return End::Lost("write failed".into());
+                        }
+                        heartbeat_sent = Some(now);
+                    }
+                    let mut out = BytesMut::new();
+                    self.expire(now, &mut out);
+                    if !out.is_empty() && link.stream.write_all(&out).await.is_err() {
+                        return End::Lost("write failed".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encode an operation, remember it, queue its bytes.
+    fn start(&mut self, op: Op, out: &mut BytesMut) {
+        let c = correlation();
+        let mut frame = Frame::new(op.command, c, op.payload);
+        if let Some(creds) = op.credentials.or_else(|| self.settings.credentials.clone()) {
+            frame = frame.with_credentials(creds);
+        }
+        match frame.to_bytes() {
+            Ok(bytes) => {
+                out.extend_from_slice(&bytes);
+                self.pending.insert(
+                    c,
+                    Pending {
+                        frame: bytes,
+                        reply: op.reply,
+                        sent: Instant::now(),
+                        attempts: 1,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = op.reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// Retry or fail operations whose answer is overdue.
+    fn expire(&mut self, now: Instant, out: &mut BytesMut) {
+        let timeout = self.settings.operation_timeout;
+        let overdue: Vec<[u8; 16]> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.sent + timeout)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in overdue {
+            let Some(mut p) = self.pending.remove(&c) else {
+                continue;
+            };
+            if p.attempts > self.settings.operation_retries {
+                let _ = p.reply.send(Err(Error::Timeout(timeout)));
+                continue;
+            }
+            p.attempts += 1;
+            p.sent = now;
+            out.extend_from_slice(&p.frame);
+            self.pending.insert(c, p);
+        }
+    }
+
+    /// Route a frame from the server. `Err` when the connection must be dropped.
+    fn received(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), String> {
+        match frame.command {
+            Command::HeartbeatRequest => {
+                let answer =
+                    Frame::new(Command::HeartbeatResponse, frame.correlation, Bytes::new());
+                if let Ok(bytes) = answer.to_bytes() {
+                    out.extend_from_slice(&bytes);
+                }
+                return Ok(());
+            }
+            Command::HeartbeatResponse => return Ok(()),
+            Command::BadRequest if frame.correlation == [0; 16] => {
+                return Err(format!(
+                    "the server refused the connection: {}",
+                    String::from_utf8_lossy(&frame.payload)
+                ));
+            }
+            _ => {}
+        }
+        let Some(mut p) = self.pending.remove(&frame.correlation) else {
+            tracing::debug!(command = ?frame.command, "eventstore: a reply for no pending operation");
+            return Ok(());
+        };
+        if frame.command == Command::NotHandled {
+            let reason = wire::NotHandled::decode(frame.payload.clone())
+                .map(|n| n.reason())
+                .unwrap_or(wire::not_handled::NotHandledReason::NotReady);
+            use wire::not_handled::NotHandledReason as R;
+            let retry = match reason {
+                R::NotReady | R::TooBusy => Some(if reason == R::NotReady {
+                    "NotReady"
+                } else {
+                    "TooBusy"
+                }),
+                R::IsReadOnly => {
+                    let _ = p.reply.send(Err(Error::ReadOnly));
+                    return Ok(());
+                }
+                R::NotMaster => {
+                    let _ = p.reply.send(Err(Error::NotLeader(leader(&frame.payload))));
+                    return Ok(());
+                }
+            };
+            if p.attempts > self.settings.operation_retries {
+                let _ = p
+                    .reply
+                    .send(Err(Error::NotHandled(retry.unwrap_or("NotHandled"))));
+                return Ok(());
+            }
+            p.attempts += 1;
+            p.sent = Instant::now();
+            out.extend_from_slice(&p.frame);
+            self.pending.insert(frame.correlation, p);
+            return Ok(());
+        }
+        let result = match frame.command {
+            Command::NotAuthenticated => Err(Error::NotAuthenticated(
+                String::from_utf8_lossy(&frame.payload).into_owned(),
+            )),
+            Command::BadRequest => Err(Error::BadRequest(
+                String::from_utf8_lossy(&frame.payload).into_owned(),
+            )),
+            _ => Ok(frame),
+        };
+        let _ = p.reply.send(result);
+        Ok(())
+    }
+}
+
+/// The leader's address from a `NotHandled(NotMaster)` reply.
+fn leader(payload: &Bytes) -> String {
+    wire::NotHandled::decode(payload.clone())
+        .ok()
+        .and_then(|n| n.additional_info)
+        .and_then(|info| wire::not_handled::MasterInfo::decode(&info[..]).ok())
+        .map_or_else(
+            || "unknown".into(),
+            |m| format!("{}:{}", m.external_tcp_address, m.external_tcp_port),
+        )
+}

@@ -1,0 +1,67 @@
+//! The client's error type.
+
+use std::time::Duration;
+
+use crate::frame::{CredentialsError, FrameError};
+
+/// What went wrong, with what to do about it in the message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad settings.
+    #[error("invalid settings: {0}")]
+    Config(String),
+    /// Credentials that cannot be sent.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The server could not be reached (or the connection broke and retries are exhausted).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the credentials.
+    #[error("not authenticated: {0} — check the login and password")]
+    NotAuthenticated(String),
+    /// The server did not understand a request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The server (a read-only replica) refused a write.
+    #[error("the node is read-only; connect to the leader for writes")]
+    ReadOnly,
+    /// The node is not the leader and the request needs one.
+    #[error("the node is not the leader (leader at {0})")]
+    NotLeader(String),
+    /// The node stayed busy or not ready through every retry.
+    #[error("the server kept answering `{0}` through every retry")]
+    NotHandled(&'static str),
+    /// The stream's version was not the expected one.
+    #[error("wrong expected version (the stream is at {current:?})")]
+    WrongExpectedVersion {
+        /// The stream's actual version, when the server said (4.0+).
+        current: Option<i64>,
+    },
+    /// The stream was hard-deleted.
+    #[error("stream {0:?} is deleted")]
+    StreamDeleted(String),
+    /// The user may not do this.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// Any other failure result from the server.
+    #[error("the server failed the operation: {0}")]
+    Server(String),
+    /// No answer in time, after the configured retries.
+    #[error("no answer within {0:?} (after retries)")]
+    Timeout(Duration),
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    Closed,
+    /// The server sent something that does not decode.
+    #[error("malformed reply: {0}")]
+    Decode(String),
+    /// The byte stream is not valid framing.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}

@@ -1,0 +1,282 @@
+//! Domain types: what applications write and read — [`ExpectedVersion`], [`EventData`],
+//! [`RecordedEvent`], [`ResolvedEvent`], [`Position`], [`StreamSlice`], [`AllSlice`],
+//! [`WriteResult`], [`ReadDirection`].
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::guid;
+use crate::wire;
+
+/// The optimistic-concurrency check of a write or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist (or be empty).
+    NoStream,
+    /// The stream must exist.
+    StreamExists,
+    /// The stream's last event number must be this.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// The wire value.
+    pub const fn wire(self) -> i64 {
+        match self {
+            Self::Any => -2,
+            Self::NoStream => -1,
+            Self::StreamExists => -4,
+            Self::Exact(n) => n as i64,
+        }
+    }
+}
+
+/// An event to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventData {
+    /// Its id (idempotency key); sent in .NET GUID order so the server shows the same id.
+    pub id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// The body.
+    pub data: Bytes,
+    /// Metadata.
+    pub metadata: Bytes,
+    /// Whether `data` is JSON.
+    pub is_json: bool,
+}
+
+impl EventData {
+    /// A JSON event with a fresh id.
+    pub fn json(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            event_type: event_type.into(),
+            data: data.into(),
+            metadata: Bytes::new(),
+            is_json: true,
+        }
+    }
+
+    /// A binary event with a fresh id.
+    pub fn binary(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        Self {
+            is_json: false,
+            ..Self::json(event_type, data)
+        }
+    }
+
+    /// The same event with this id.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// The same event with metadata.
+    pub fn with_metadata(mut self, metadata: impl Into<Bytes>) -> Self {
+        self.metadata = metadata.into();
+        self
+    }
+
+    pub(crate) fn to_wire(&self) -> wire::NewEvent {
+        wire::NewEvent {
+            event_id: guid::to_dotnet_bytes(self.id).to_vec(),
+            event_type: self.event_type.clone(),
+            data_content_type: i32::from(self.is_json),
+            metadata_content_type: 0,
+            data: self.data.to_vec(),
+            metadata: Some(self.metadata.to_vec()),
+        }
+    }
+}
+
+/// A position in `$all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Commit position.
+    pub commit: i64,
+    /// Prepare position.
+    pub prepare: i64,
+}
+
+impl Position {
+    /// The beginning of `$all`.
+    pub const START: Self = Self {
+        commit: 0,
+        prepare: 0,
+    };
+    /// The end of `$all`.
+    pub const END: Self = Self {
+        commit: -1,
+        prepare: -1,
+    };
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordedEvent {
+    /// Its stream.
+    pub stream_id: String,
+    /// Its number in the stream.
+    pub event_number: u64,
+    /// Its id (read from .NET GUID order).
+    pub id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// The body.
+    pub data: Bytes,
+    /// Metadata.
+    pub metadata: Bytes,
+    /// Whether the body is JSON.
+    pub is_json: bool,
+    /// When it was written, in Unix milliseconds, if the server said.
+    pub created_epoch_ms: Option<i64>,
+    /// The raw 16 id bytes as the server sent them (persistent-subscription acks echo them).
+    pub id_bytes: [u8; 16],
+}
+
+impl RecordedEvent {
+    pub(crate) fn from_wire(r: wire::EventRecord) -> Self {
+        let mut id_bytes = [0u8; 16];
+        if r.event_id.len() == 16 {
+            id_bytes.copy_from_slice(&r.event_id);
+        }
+        Self {
+            stream_id: r.event_stream_id,
+            event_number: u64::try_from(r.event_number).unwrap_or(0),
+            id: guid::from_dotnet_bytes(id_bytes),
+            event_type: r.event_type,
+            data: r.data.into(),
+            metadata: r.metadata.unwrap_or_default().into(),
+            is_json: r.data_content_type == 1,
+            created_epoch_ms: r.created_epoch,
+            id_bytes,
+        }
+    }
+}
+
+/// An event with the link that pointed at it, if it was reached through one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResolvedEvent {
+    /// The event (absent when a link points at a deleted event).
+    pub event: Option<RecordedEvent>,
+    /// The `$>` link record, when resolved through one.
+    pub link: Option<RecordedEvent>,
+    /// Its `$all` position, when read from `$all` or a subscription.
+    pub position: Option<Position>,
+}
+
+impl ResolvedEvent {
+    /// The record that was read: the link if there is one, else the event.
+    pub fn original(&self) -> Option<&RecordedEvent> {
+        self.link.as_ref().or(self.event.as_ref())
+    }
+
+    /// The original record's event number.
+    pub fn original_event_number(&self) -> Option<u64> {
+        self.original().map(|e| e.event_number)
+    }
+
+    pub(crate) fn from_indexed(e: wire::ResolvedIndexedEvent) -> Self {
+        Self {
+            event: e.event.map(RecordedEvent::from_wire),
+            link: e.link.map(RecordedEvent::from_wire),
+            position: None,
+        }
+    }
+
+    pub(crate) fn from_all(e: wire::ResolvedEvent) -> Self {
+        Self {
+            event: e.event.map(RecordedEvent::from_wire),
+            link: e.link.map(RecordedEvent::from_wire),
+            position: Some(Position {
+                commit: e.commit_position,
+                prepare: e.prepare_position,
+            }),
+        }
+    }
+}
+
+/// Which way to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadDirection {
+    /// Oldest first.
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// The outcome of a successful write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteResult {
+    /// The stream's last event number after the write (the next expected version).
+    pub next_expected_version: i64,
+    /// The `$all` position of the write, if the server said.
+    pub position: Option<Position>,
+}
+
+/// A page of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSlice {
+    /// The events, in the read direction.
+    pub events: Vec<ResolvedEvent>,
+    /// Where the next page starts.
+    pub next_event_number: i64,
+    /// The stream's last event number.
+    pub last_event_number: i64,
+    /// Whether this page reached the end (forward) or the start (backward).
+    pub is_end_of_stream: bool,
+}
+
+/// A page of `$all`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AllSlice {
+    /// The events, in the read direction.
+    pub events: Vec<ResolvedEvent>,
+    /// Where the next page starts.
+    pub next_position: Position,
+    /// Whether the page came back short of the requested count (nothing more to read now).
+    pub is_end: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_versions_have_the_servers_values() {
+        assert_eq!(ExpectedVersion::Any.wire(), -2);
+        assert_eq!(ExpectedVersion::NoStream.wire(), -1);
+        assert_eq!(ExpectedVersion::StreamExists.wire(), -4);
+        assert_eq!(ExpectedVersion::Exact(7).wire(), 7);
+    }
+
+    #[test]
+    fn event_ids_travel_in_dotnet_order_and_come_back_the_same() {
+        let e = EventData::json("t", "{}");
+        let w = e.to_wire();
+        assert_eq!(w.event_id, guid::to_dotnet_bytes(e.id));
+        let back = RecordedEvent::from_wire(wire::EventRecord {
+            event_stream_id: "s".into(),
+            event_number: 3,
+            event_id: w.event_id.clone(),
+            event_type: w.event_type,
+            data_content_type: w.data_content_type,
+            metadata_content_type: 0,
+            data: w.data,
+            metadata: None,
+            created: None,
+            created_epoch: Some(5),
+        });
+        assert_eq!(back.id, e.id);
+        assert!(back.is_json);
+        assert_eq!(back.event_number, 3);
+    }
+}

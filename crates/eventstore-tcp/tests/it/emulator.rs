@@ -1,0 +1,275 @@
+//! The client against the in-process EventStore emulator (headwaters-testkit).
+
+use std::time::Duration;
+
+use headwaters_eventstore_tcp::{
+    Connection, Error, EventData, EventRead, ExpectedVersion, Position, ReadDirection, Settings,
+};
+use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator, NotHandledReason};
+
+async fn setup() -> (EventStoreEmulator, Connection) {
+    let e = EventStoreEmulator::start().await.unwrap();
+    let c = Connection::connect(settings(&e)).await.unwrap();
+    (e, c)
+}
+
+fn settings(e: &EventStoreEmulator) -> Settings {
+    Settings::new(e.addr().to_string())
+        .with_credentials("admin", "changeit")
+        .unwrap()
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+fn events(range: std::ops::Range<u32>) -> Vec<EventData> {
+    range
+        .map(|i| EventData::json("counted", format!("{{\"n\":{i}}}")))
+        .collect()
+}
+
+fn numbers(events: &[headwaters_eventstore_tcp::ResolvedEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e.original_event_number().unwrap())
+        .collect()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_read_and_delete_follow_the_servers_rules() {
+    let (e, c) = setup().await;
+    let w = c
+        .append_to_stream("orders", ExpectedVersion::NoStream, &events(0..3))
+        .await
+        .unwrap();
+    assert_eq!(w.next_expected_version, 2);
+    assert!(w.position.is_some());
+    let err = c
+        .append_to_stream("orders", ExpectedVersion::NoStream, &events(3..4))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongExpectedVersion { current: Some(2) }),
+        "{err}"
+    );
+    c.append_to_stream("orders", ExpectedVersion::Exact(2), &events(3..5))
+        .await
+        .unwrap();
+    c.append_to_stream("orders", ExpectedVersion::StreamExists, &events(5..6))
+        .await
+        .unwrap();
+
+    let forward = c
+        .read_stream("orders", 0, 4, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&forward.events), [0, 1, 2, 3]);
+    assert_eq!(
+        (forward.next_event_number, forward.is_end_of_stream),
+        (4, false)
+    );
+    let first = forward.events[0].event.as_ref().unwrap();
+    assert_eq!(&first.data[..], b"{\"n\":0}");
+    assert!(first.is_json);
+    let sent = events(0..1);
+    let backward = c
+        .read_stream("orders", -1, 2, ReadDirection::Backward, false)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&backward.events), [5, 4]);
+
+    // Event ids go out in .NET order and come back as the same UUID.
+    let marked = sent[0].clone();
+    c.append_to_stream("ids", ExpectedVersion::Any, std::slice::from_ref(&marked))
+        .await
+        .unwrap();
+    let EventRead::Found(read) = c.read_event("ids", 0, false).await.unwrap() else {
+        panic!("event 0 of ids");
+    };
+    assert_eq!(read.event.unwrap().id, marked.id);
+    assert_eq!(
+        c.read_event("ids", 7, false).await.unwrap(),
+        EventRead::NotFound
+    );
+    assert_eq!(
+        c.read_event("nope", 0, false).await.unwrap(),
+        EventRead::NoStream
+    );
+
+    let all = c
+        .read_all(Position::START, 100, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert_eq!(all.events.len(), 7);
+    assert!(all.is_end);
+    let page = c
+        .read_all(Position::START, 3, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    let rest = c
+        .read_all(page.next_position, 100, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.len() + rest.events.len(),
+        7,
+        "pages neither overlap nor skip"
+    );
+    let last = c
+        .read_all(Position::END, 1, ReadDirection::Backward, false)
+        .await
+        .unwrap();
+    assert_eq!(last.events[0].original().unwrap().stream_id, "ids");
+
+    let missing = c
+        .read_stream("nope", 0, 10, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert!(missing.events.is_empty() && missing.is_end_of_stream);
+    assert!(matches!(
+        c.read_stream("orders", 0, 5000, ReadDirection::Forward, false)
+            .await,
+        Err(Error::Config(_))
+    ));
+
+    c.delete_stream("orders", ExpectedVersion::Exact(5), true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.read_stream("orders", 0, 10, ReadDirection::Forward, false)
+            .await,
+        Err(Error::StreamDeleted(_))
+    ));
+    assert!(matches!(
+        c.append_to_stream("orders", ExpectedVersion::Any, &events(0..1))
+            .await,
+        Err(Error::StreamDeleted(_))
+    ));
+    assert_eq!(e.stream("orders").len(), 6);
+    assert!(c.ping().await.unwrap() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_a_typed_error_at_connect() {
+    let e = EventStoreEmulator::start().await.unwrap();
+    let wrong = Settings::new(e.addr().to_string())
+        .with_credentials("admin", "wrong")
+        .unwrap();
+    let err = Connection::connect(wrong).await.unwrap_err();
+    assert!(matches!(err, Error::NotAuthenticated(_)), "{err}");
+    assert!(
+        !format!("{err:?}").contains("wrong"),
+        "no password in errors"
+    );
+    let unreachable = Settings::new("127.0.0.1:1");
+    assert!(matches!(
+        Connection::connect(unreachable).await,
+        Err(Error::Connect { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_an_idle_connection_and_a_stall_is_detected() {
+    let e = EventStoreEmulator::start_with(
+        EventStoreConfig::default()
+            .with_heartbeats(Duration::from_millis(100), Duration::from_millis(100)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let c = Connection::connect(
+        settings(&e).with_heartbeat(Duration::from_millis(100), Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        e.accepted(),
+        1,
+        "heartbeats answered both ways: no reconnect"
+    );
+    c.append_to_stream("hb", ExpectedVersion::Any, &events(0..1))
+        .await
+        .unwrap();
+
+    e.stop_heartbeats(true);
+    eventually(
+        "the client noticed the silent server and reconnected",
+        || e.accepted() >= 2,
+    )
+    .await;
+    e.stop_heartbeats(false);
+    c.append_to_stream("hb", ExpectedVersion::Any, &events(1..2))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_handled_is_retried_or_reported() {
+    let (e, c) = setup().await;
+    e.not_handled(2, NotHandledReason::TooBusy);
+    c.append_to_stream("busy", ExpectedVersion::Any, &events(0..1))
+        .await
+        .expect("retried through TooBusy");
+    assert_eq!(e.stream("busy").len(), 1);
+    e.not_handled(1, NotHandledReason::IsReadOnly);
+    let err = c
+        .append_to_stream("busy", ExpectedVersion::Any, &events(1..2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ReadOnly), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_survive_a_dropped_connection() {
+    let (e, c) = setup().await;
+    let mut writes = Vec::new();
+    for i in 0..200 {
+        let c = c.clone();
+        writes.push(tokio::spawn(async move {
+            c.append_to_stream("pipelined", ExpectedVersion::Any, &events(i..i + 1))
+                .await
+        }));
+        if i == 100 {
+            e.drop_connections();
+        }
+    }
+    for w in writes {
+        w.await
+            .unwrap()
+            .expect("every append succeeds after the reconnect");
+    }
+    let stored: std::collections::BTreeSet<Vec<u8>> = e
+        .stream("pipelined")
+        .into_iter()
+        .map(|(_, _, d)| d)
+        .collect();
+    assert_eq!(
+        stored.len(),
+        200,
+        "every event stored (a resend may store one twice)"
+    );
+    assert!(e.accepted() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_answers_time_out_after_the_retries() {
+    let (e, _) = setup().await;
+    let c = Connection::connect(settings(&e).with_operation_timeout(Duration::from_millis(100), 1))
+        .await
+        .unwrap();
+    e.delay_replies(Duration::from_millis(1000));
+    let err = c
+        .read_stream("slow", 0, 1, ReadDirection::Forward, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the EventStore TCP client.
+
+mod emulator;
