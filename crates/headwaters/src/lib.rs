@@ -17,6 +17,8 @@
 //! * [`pulsar`] — Stargate on tokio-tungstenite: the Pulsar WebSocket API's producer,
 //!   consumer and reader with flow control, reconnection, TLS and JWT, handler and per-key
 //!   ordered processing.
+//! * [`eventstore`] — Extreme's EventStoreDB TCP client: appends with expected versions,
+//!   reads of streams and `$all`, deletes, with heartbeats, retries and reconnection.
 //! * [`flusher`] — erlmld's flusher and batch processor: batch records into a sink,
 //!   checkpoint only the contiguous flushed prefix, restart one shard at a time.
 //!
@@ -29,6 +31,7 @@
 //! | `flusher`  | yes     | [`flusher`]         | `headwaters-batch-flusher`   |
 //! | `amqp`     | yes     | [`amqp`]            | `headwaters-amqp-consumer`   |
 //! | `pulsar`   | yes     | [`pulsar`]          | `headwaters-pulsar-ws`       |
+//! | `eventstore` | yes   | [`eventstore`]      | `headwaters-eventstore-tcp`  |
 //!
 //! # Example
 //!
@@ -89,6 +92,11 @@ pub use headwaters_amqp_consumer as amqp;
 #[cfg_attr(docsrs, doc(cfg(feature = "pulsar")))]
 #[doc(inline)]
 pub use headwaters_pulsar_ws as pulsar;
+
+#[cfg(feature = "eventstore")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eventstore")))]
+#[doc(inline)]
+pub use headwaters_eventstore_tcp as eventstore;
 
 #[cfg(feature = "flusher")]
 #[cfg_attr(docsrs, doc(cfg(feature = "flusher")))]
