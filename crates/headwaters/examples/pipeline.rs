@@ -3,8 +3,11 @@
 //!
 //! A second stage sends the same kind of stream through Pulsar's WebSocket API — the embedded
 //! emulator from headwaters-testkit, with every connection dropped midway — into two ordered
-//! Key_Shared consumers, and checks it the same way. With `AMQP_URL` set, a third stage does
-//! the same through RabbitMQ (the Headwaters producer and ordered consumer).
+//! Key_Shared consumers, and checks it the same way. A third stage moves Pulsar messages into
+//! EventStore (both embedded emulators) through the batch processor, in appends of up to
+//! 1,000 events, acked at Pulsar only once written, and checks every event arrived. With
+//! `AMQP_URL` set, a last stage sends the stream through RabbitMQ (the Headwaters producer
+//! and ordered consumer).
 //!
 //! Run it with `cargo xtask demo` (or `cargo run --release -p headwaters --example pipeline --
 //! --messages 1000000 --keys 10000`). Exits non-zero if any per-key order violation or lost
@@ -18,6 +21,9 @@
 //! makes the handler fail once, so the dispatcher retries it with a fresh handler. The handler
 //! skips redelivered messages it already processed and counts any other out-of-order message
 //! as a violation.
+
+#[path = "support/pulsar_to_eventstore.rs"]
+mod pulsar_to_eventstore;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -357,6 +363,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     pulsar_stage(args.messages.min(50_000), args.keys.min(1_000), &db).await?;
+    flusher_stage(args.messages.min(40_000)).await?;
     match std::env::var("AMQP_URL") {
         Ok(url) => amqp_stage(&url, args.messages.min(50_000), args.keys.min(1_000), &db).await?,
         Err(_) => println!(
@@ -525,6 +532,46 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
         bail!(
             "FAILED: {violations} order violations in the Pulsar stage ({reconnects} reconnects)"
         );
+    }
+    Ok(())
+}
+
+/// Pulsar → batch processor → EventStore, on the embedded emulators.
+async fn flusher_stage(messages: u64) -> anyhow::Result<()> {
+    use headwaters::eventstore::{Connection, Settings};
+    use headwaters::pulsar::ClientConfig;
+    use headwaters_testkit::eventstore::EventStoreEmulator;
+    use headwaters_testkit::pulsar::PulsarEmulator;
+
+    let pulsar = PulsarEmulator::start().await?;
+    let eventstore = EventStoreEmulator::start().await?;
+    let connection = Connection::connect(
+        Settings::new(eventstore.addr().to_string()).with_credentials("admin", "changeit")?,
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let topics = ["flush-a".to_owned(), "flush-b".to_owned()];
+    let per_topic = (messages / 2).max(1);
+    let elapsed = pulsar_to_eventstore::run(
+        &ClientConfig::new(&pulsar.url())?,
+        connection,
+        &topics,
+        per_topic,
+        &dir.path().join("checkpoints.sqlite"),
+    )
+    .await?;
+    let total = per_topic * 2;
+    let written: usize = topics
+        .iter()
+        .map(|t| eventstore.stream(&format!("pulsar-{t}")).len())
+        .sum();
+    println!(
+        "flusher stage:     {total} Pulsar messages batched into EventStore appends of up to {} in {elapsed:.2?} ({:.0} msgs/s); events written: {written}",
+        pulsar_to_eventstore::BATCH,
+        total as f64 / elapsed.as_secs_f64()
+    );
+    if (written as u64) < total {
+        bail!("FAILED: only {written} of {total} events reached EventStore");
     }
     Ok(())
 }
