@@ -22,9 +22,10 @@ use tokio::task::JoinHandle;
 use crate::Error;
 use crate::acks::{AckOp, AckWindow};
 use crate::config::{AmqpConfig, target};
-use crate::link::{Backoff, connect, declare};
+use crate::link::{connect, declare};
 use crate::producer::SHARDING_KEY_HEADER;
 use crate::shard::queue_name;
+use headwaters_ordering_core::Backoff;
 
 /// Settles one delivery through its channel's ack coalescer.
 #[derive(Debug)]

@@ -1,6 +1,4 @@
-//! Connecting, declaring the topology once per connection, and reconnect backoff.
-
-use std::time::{Duration, SystemTime};
+//! Connecting and declaring the topology once per connection.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
@@ -78,44 +76,4 @@ pub(crate) async fn declare(
         }
     }
     Ok(())
-}
-
-/// Exponential backoff with jitter (50–100 % of the step), without a random-number crate.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            | 1;
-        Self {
-            next: min,
-            min,
-            max,
-            seed,
-        }
-    }
-
-    /// The next delay.
-    pub(crate) fn step(&mut self) -> Duration {
-        // xorshift64
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let jitter = (self.seed % 500) as u32 + 500; // per mille
-        base * jitter / 1000
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
-    }
 }

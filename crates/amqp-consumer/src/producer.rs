@@ -11,8 +11,9 @@ use tokio::sync::{Mutex, watch};
 
 use crate::Error;
 use crate::config::AmqpConfig;
-use crate::link::{Backoff, connect, declare};
+use crate::link::{connect, declare};
 use crate::shard::{queue_name, shard_index};
+use headwaters_ordering_core::Backoff;
 
 /// The header that carries the sharding key (its bytes, as a long string).
 pub const SHARDING_KEY_HEADER: &str = "sharding_key";

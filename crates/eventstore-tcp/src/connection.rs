@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use headwaters_ordering_core::Backoff;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -304,49 +305,16 @@ enum End {
     Lost(String),
 }
 
-/// Exponential backoff with 50–100 % jitter.
-struct Backoff {
-    next: Duration,
-    settings: Arc<Settings>,
-    seed: u64,
-    failures: u32,
-}
-
-impl Backoff {
-    fn new(settings: Arc<Settings>) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            | 1;
-        Self {
-            next: settings.backoff_min,
-            settings,
-            seed,
-            failures: 0,
-        }
-    }
-
-    fn step(&mut self) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        self.failures += 1;
-        let base = self.next;
-        self.next = (self.next * 2).min(self.settings.backoff_max);
-        base * ((self.seed % 500) as u32 + 500) / 1000
-    }
-}
-
 impl Driver {
     async fn run(mut self, first: Link) {
         let mut link = Some(first);
-        let mut backoff = Backoff::new(self.settings.clone());
+        let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max);
         loop {
             let mut current = match link.take() {
                 Some(l) => l,
                 None => match handshake(&self.settings).await {
                     Ok(l) => {
-                        backoff = Backoff::new(self.settings.clone());
+                        backoff.reset();
                         l
                     }
                     Err(e @ Error::NotAuthenticated(_)) => return self.give_up(e),
@@ -354,7 +322,7 @@ impl Driver {
                         if self
                             .settings
                             .max_reconnect_attempts
-                            .is_some_and(|max| backoff.failures >= max)
+                            .is_some_and(|max| backoff.failures() >= max)
                         {
                             return self.give_up(e);
                         }

@@ -94,6 +94,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod handler;
 pub mod message;
 pub mod settle;
@@ -102,6 +103,7 @@ pub mod tracker;
 #[cfg(feature = "dispatcher")]
 mod dispatcher;
 
+pub use backoff::Backoff;
 #[cfg(feature = "dispatcher")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dispatcher")))]
 pub use dispatcher::{

@@ -4,9 +4,10 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use headwaters_ordering_core::Backoff;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
@@ -83,8 +84,8 @@ pub struct ClientConfig {
     pub(crate) ping_interval: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) connect_timeout: Duration,
-    pub(crate) backoff_min: Duration,
-    pub(crate) backoff_max: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
     pub(crate) max_reconnect_attempts: Option<u32>,
     pub(crate) max_frame: usize,
 }
@@ -224,6 +225,11 @@ impl ClientConfig {
         self
     }
 
+    /// A fresh reconnection backoff.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_min, self.backoff_max)
+    }
+
     /// `ws://host:port`.
     pub fn base_url(&self) -> String {
         let scheme = if self.secure { "wss" } else { "ws" };
@@ -347,47 +353,6 @@ impl ClientConfig {
     }
 }
 
-/// Exponential backoff with 50–100 % jitter.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-    seed: u64,
-    pub(crate) failures: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(config: &ClientConfig) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            | 1;
-        Self {
-            next: config.backoff_min,
-            min: config.backoff_min,
-            max: config.backoff_max,
-            seed,
-            failures: 0,
-        }
-    }
-
-    pub(crate) fn step(&mut self) -> Duration {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        self.failures += 1;
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base * ((self.seed % 500) as u32 + 500) / 1000
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
-        self.failures = 0;
-    }
-}
-
 /// Connect, retrying transient failures with backoff. Permanent refusals (400, 401, 403,
 /// 404), a failing token provider or the attempt limit end it.
 pub(crate) async fn reconnect(
@@ -405,7 +370,7 @@ pub(crate) async fn reconnect(
             Err(e) if e.is_transient() => {
                 if config
                     .max_reconnect_attempts
-                    .is_some_and(|max| backoff.failures >= max)
+                    .is_some_and(|max| backoff.failures() >= max)
                 {
                     return Err(e);
                 }

@@ -24,7 +24,7 @@ use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
-use crate::conn::{self, Backoff, ClientConfig, Keepalive, Ws};
+use crate::conn::{self, ClientConfig, Keepalive, Ws};
 use crate::error::Error;
 use crate::params::{ConsumerParams, MAX_RECEIVER_QUEUE_SIZE, ReaderParams, ReaderStart};
 use crate::proto::{Command, ConsumerFrame, MessageId, ReceivedMessage, ZonedTime};
@@ -651,7 +651,7 @@ impl Task {
 
     async fn run(mut self, first: Ws) {
         let mut ws = Some(first);
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = self.config.backoff();
         loop {
             let mut socket = match ws.take() {
                 Some(s) => s,

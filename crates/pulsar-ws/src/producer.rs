@@ -13,7 +13,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
-use crate::conn::{self, Backoff, ClientConfig, Keepalive, Ws};
+use crate::conn::{self, ClientConfig, Keepalive, Ws};
 use crate::error::Error;
 use crate::params::ProducerParams;
 use crate::proto::{MessageId, OutgoingMessage, Receipt};
@@ -342,7 +342,7 @@ enum End {
 impl Task {
     async fn run(mut self, first: Ws) {
         let mut ws = Some(first);
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = self.config.backoff();
         loop {
             let mut socket = match ws.take() {
                 Some(s) => s,
