@@ -232,6 +232,42 @@ fn fuzz(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo package --workspace` verifies each crate against the others through a local
+/// registry under `target/package`, which cargo unpacks into `$CARGO_HOME/registry/src` and
+/// never unpacks again for the same path and version. A second run on the same checkout
+/// would then verify against the sources of the first; our crates are not published, so
+/// every unpacked copy of them is such a leftover and is removed.
+fn forget_unpacked_workspace_crates() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(home) = home else { return };
+    for kind in ["src", "cache"] {
+        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+            continue;
+        };
+        for registry in registries.flatten() {
+            let Ok(entries) = std::fs::read_dir(registry.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("headwaters-")
+                {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            }
+        }
+    }
+}
+
 fn ci() -> Result<()> {
     let started = Instant::now();
     let step = |name: &str| println!("\n==> {name} ({:.0?} so far)", started.elapsed());
@@ -278,12 +314,15 @@ fn ci() -> Result<()> {
         ])
         .args(["--messages", "200000", "--keys", "2000"]))?;
     step("cargo package");
+    forget_unpacked_workspace_crates();
     run(cargo().args([
         "package",
         "--workspace",
         "--locked",
         "--exclude",
         "xtask",
+        "--exclude",
+        "xtask-codegen",
         "--exclude",
         "headwaters-benches",
     ]))?;
