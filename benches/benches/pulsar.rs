@@ -201,28 +201,33 @@ fn main() {
     let (n, rounds): (u64, usize) = if full { (50_000, 5) } else { (2_000, 1) };
     println!("pulsar-ws on loopback, {n} x 100-byte messages, window {WINDOW}");
 
+    // PULSAR_BENCH_ISOLATED_ONLY=1 skips the first set-up (for profiling the second).
+    let only_isolated = std::env::var_os("PULSAR_BENCH_ISOLATED_ONLY").is_some();
     // 1. Everything on one multi-threaded runtime: the clients and the emulator contend for
     //    the two cores, so a client's extra thread hand-offs cost the emulator time too.
     let shared = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    shared.block_on(async {
-        let emulator = PulsarEmulator::start().await.unwrap();
-        suite(
-            "shared runtime (2 workers, emulator in it)",
-            &emulator.url(),
-            n,
-            rounds,
-        )
-        .await;
-    });
+    if !only_isolated {
+        shared.block_on(async {
+            let emulator = PulsarEmulator::start().await.unwrap();
+            suite(
+                "shared runtime (2 workers, emulator in it)",
+                &emulator.url(),
+                n,
+                rounds,
+            )
+            .await;
+        });
+    }
     drop(shared);
 
     // 2. The emulator on a thread and runtime of its own, the clients on a single-threaded
     //    runtime: one core each. The single-threaded emulator then limits both clients.
     let (url_tx, url_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let emulator_thread = std::thread::Builder::new().name("emulator".into());
+    let _ = emulator_thread.spawn(move || {
         let emulator_runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -2,8 +2,9 @@
 //! [`Consumer`], [`Reader`], [`ConsumerHandle`], [`ConsumerOptions`], [`ReaderOptions`].
 //!
 //! **Flow control.** A consumer runs in *pull mode* unless told otherwise: it grants the
-//! server permits only for room in its own buffer (`receiverQueueSize` messages), so a slow
-//! application slows the broker down instead of filling memory. In *push mode* the server
+//! server permits only for room in its own buffer — at most `receiverQueueSize` messages
+//! granted and on their way plus as many read and not yet taken — so a slow application
+//! slows the broker down instead of filling memory, and a fast one never waits for a grant. In *push mode* the server
 //! keeps at most `receiverQueueSize` unacknowledged messages on the socket; every message
 //! must then be acked or nacked or the stream stalls. Readers free their server slot when the
 //! application takes a message from the stream.
@@ -731,7 +732,12 @@ impl Task {
     async fn replenish(&mut self, ws: &mut Ws) -> Result<(), String> {
         match self.kind {
             Kind::Pull => {
-                let free = self.queue - self.buffered() - self.outstanding;
+                // Up to `receiverQueueSize` messages granted and on their way, plus as many
+                // again read and waiting for the application: the application never waits
+                // for a grant's round trip while it works through what it has, and a slow
+                // application still holds the broker back.
+                let free = 2 * self.queue - self.buffered() - self.outstanding;
+                let free = free.min(self.queue - self.outstanding);
                 if free > 0 && (free >= self.queue / 2 || self.outstanding == 0) {
                     self.outstanding += free;
                     let permit = Command::Permit(free as u32).encode();
@@ -770,6 +776,20 @@ impl Task {
         let ack_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(ack_timer);
         let mut ack_timer_armed = false;
+        // The notifications are waited on by futures that live across loop turns and are
+        // renewed only when they fire: registering a waiter on every turn would cost more
+        // than the messages.
+        let (settled, taken, out) = (
+            self.settlements.clone(),
+            self.taken.clone(),
+            self.out.clone(),
+        );
+        let settled_wake = settled.wake.notified();
+        tokio::pin!(settled_wake);
+        let taken_wake = taken.notified();
+        tokio::pin!(taken_wake);
+        let dropped = out.closed();
+        tokio::pin!(dropped);
         loop {
             tokio::select! {
                 ctl = self.ctl.recv() => {
@@ -781,7 +801,8 @@ impl Task {
                         Err(e) => return End::Lost(e),
                     }
                 }
-                () = self.settlements.wake.notified() => {
+                () = &mut settled_wake => {
+                    settled_wake.set(settled.wake.notified());
                     if self.settlements.len() >= ACK_BATCH || self.ack_flush_delay.is_zero() {
                         if let Err(e) = self.write_settlements(ws).await {
                             return End::Lost(e);
@@ -797,7 +818,8 @@ impl Task {
                         return End::Lost(e);
                     }
                 }
-                () = self.taken.notified() => {
+                () = &mut taken_wake => {
+                    taken_wake.set(taken.notified());
                     if let Err(e) = self.replenish(ws).await {
                         return End::Lost(e);
                     }
@@ -821,6 +843,13 @@ impl Task {
                     if !self.hand_over() {
                         return End::Dropped;
                     }
+                    // Grant again as soon as half the window has arrived, without waiting
+                    // for the application to take it (the buffer bound still holds).
+                    if self.kind == Kind::Pull
+                        && let Err(e) = self.replenish(ws).await
+                    {
+                        return End::Lost(e);
+                    }
                     self.publish_in_flight();
                 }
                 () = &mut timer => {
@@ -835,7 +864,7 @@ impl Task {
                     }
                     timer.as_mut().reset(keepalive.wake_at());
                 }
-                () = self.out.closed() => return End::Dropped,
+                () = &mut dropped => return End::Dropped,
             }
         }
     }
