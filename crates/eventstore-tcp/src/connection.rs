@@ -100,17 +100,52 @@ impl Settings {
     }
 }
 
+/// What a subscription's correlation id carries to its owner.
+#[derive(Debug)]
+pub(crate) enum Routed {
+    /// A frame with the subscription's correlation id.
+    Frame(Frame),
+    /// The connection was lost; the subscription is being re-established.
+    Lost,
+}
+
+/// Where the answer to a request goes.
+enum Reply {
+    /// One reply frame.
+    Once(oneshot::Sender<Result<Frame, Error>>),
+    /// Every frame with this correlation id, until `SubscriptionDropped` (subscriptions).
+    Stream(mpsc::UnboundedSender<Routed>),
+    /// None expected (unsubscribe, acks).
+    Nothing,
+}
+
+impl Reply {
+    fn fail(self, error: Error) {
+        match self {
+            Self::Once(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            Self::Stream(tx) => {
+                let _ = tx.send(Routed::Lost);
+            }
+            Self::Nothing => {}
+        }
+    }
+}
+
 /// One request on its way.
 struct Op {
     command: Command,
     payload: Bytes,
     credentials: Option<Credentials>,
-    reply: oneshot::Sender<Result<Frame, Error>>,
+    reply: Reply,
+    /// Reuse this correlation id (unsubscribe names its subscription's).
+    correlation: Option<[u8; 16]>,
 }
 
 struct Pending {
     frame: Bytes,
-    reply: oneshot::Sender<Result<Frame, Error>>,
+    reply: Reply,
     sent: Instant,
     attempts: u32,
 }
@@ -267,10 +302,50 @@ impl Connection {
                 command,
                 payload: payload.into(),
                 credentials,
-                reply,
+                reply: Reply::Once(reply),
+                correlation: None,
             })
             .map_err(|_| Error::Closed)?;
         rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Start a subscription: every frame with its correlation id goes to the returned
+    /// receiver, across reconnects (a `Routed::Lost` marks each).
+    pub(crate) fn subscribe_raw(
+        &self,
+        command: Command,
+        payload: Vec<u8>,
+    ) -> Result<([u8; 16], mpsc::UnboundedReceiver<Routed>), Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let c = correlation();
+        self.tx
+            .send(Op {
+                command,
+                payload: payload.into(),
+                credentials: None,
+                reply: Reply::Stream(tx),
+                correlation: Some(c),
+            })
+            .map_err(|_| Error::Closed)?;
+        Ok((c, rx))
+    }
+
+    /// Send a frame that expects no answer of its own.
+    pub(crate) fn send_only(
+        &self,
+        command: Command,
+        correlation: [u8; 16],
+        payload: Vec<u8>,
+    ) -> Result<(), Error> {
+        self.tx
+            .send(Op {
+                command,
+                payload: payload.into(),
+                credentials: None,
+                reply: Reply::Nothing,
+                correlation: Some(correlation),
+            })
+            .map_err(|_| Error::Closed)
     }
 
     /// Round trip to the server (`Ping` → `Pong`).
@@ -346,17 +421,21 @@ impl Driver {
         tracing::error!(addr = %self.settings.addr, %error, "eventstore: giving up");
         self.rx.close();
         for (_, p) in self.pending.drain() {
-            let _ = p.reply.send(Err(error.clone()));
+            p.reply.fail(error.clone());
         }
         while let Ok(op) = self.rx.try_recv() {
-            let _ = op.reply.send(Err(error.clone()));
+            op.reply.fail(error.clone());
         }
     }
 
     async fn session(&mut self, link: &mut Link) -> End {
-        // Operations in flight when the last connection broke go out again.
+        // Operations in flight when the last connection broke go out again; subscriptions
+        // hear that they were cut, then subscribe again.
         let mut out = BytesMut::new();
         for p in self.pending.values_mut() {
+            if let Reply::Stream(tx) = &p.reply {
+                let _ = tx.send(Routed::Lost);
+            }
             out.extend_from_slice(&p.frame);
             p.sent = Instant::now();
         }
@@ -432,7 +511,7 @@ impl Driver {
 
     /// Encode an operation, remember it, queue its bytes.
     fn start(&mut self, op: Op, out: &mut BytesMut) {
-        let c = correlation();
+        let c = op.correlation.unwrap_or_else(correlation);
         let mut frame = Frame::new(op.command, c, op.payload);
         if let Some(creds) = op.credentials.or_else(|| self.settings.credentials.clone()) {
             frame = frame.with_credentials(creds);
@@ -440,6 +519,9 @@ impl Driver {
         match frame.to_bytes() {
             Ok(bytes) => {
                 out.extend_from_slice(&bytes);
+                if matches!(op.reply, Reply::Nothing) {
+                    return;
+                }
                 self.pending.insert(
                     c,
                     Pending {
@@ -450,9 +532,7 @@ impl Driver {
                     },
                 );
             }
-            Err(e) => {
-                let _ = op.reply.send(Err(e.into()));
-            }
+            Err(e) => op.reply.fail(e.into()),
         }
     }
 
@@ -462,7 +542,8 @@ impl Driver {
         let overdue: Vec<[u8; 16]> = self
             .pending
             .iter()
-            .filter(|(_, p)| now >= p.sent + timeout)
+            // A subscription waits for its events as long as it lives.
+            .filter(|(_, p)| !matches!(p.reply, Reply::Stream(_)) && now >= p.sent + timeout)
             .map(|(c, _)| *c)
             .collect();
         for c in overdue {
@@ -470,7 +551,7 @@ impl Driver {
                 continue;
             };
             if p.attempts > self.settings.operation_retries {
-                let _ = p.reply.send(Err(Error::Timeout(timeout)));
+                p.reply.fail(Error::Timeout(timeout));
                 continue;
             }
             p.attempts += 1;
@@ -500,6 +581,22 @@ impl Driver {
             }
             _ => {}
         }
+        if let Some(Pending {
+            reply: Reply::Stream(tx),
+            ..
+        }) = self.pending.get(&frame.correlation)
+            && frame.command != Command::NotHandled
+        {
+            let ends = matches!(
+                frame.command,
+                Command::SubscriptionDropped | Command::NotAuthenticated | Command::BadRequest
+            );
+            let c = frame.correlation;
+            if tx.send(Routed::Frame(frame)).is_err() || ends {
+                self.pending.remove(&c);
+            }
+            return Ok(());
+        }
         let Some(mut p) = self.pending.remove(&frame.correlation) else {
             tracing::debug!(command = ?frame.command, "eventstore: a reply for no pending operation");
             return Ok(());
@@ -516,18 +613,17 @@ impl Driver {
                     "TooBusy"
                 }),
                 R::IsReadOnly => {
-                    let _ = p.reply.send(Err(Error::ReadOnly));
+                    p.reply.fail(Error::ReadOnly);
                     return Ok(());
                 }
                 R::NotMaster => {
-                    let _ = p.reply.send(Err(Error::NotLeader(leader(&frame.payload))));
+                    p.reply.fail(Error::NotLeader(leader(&frame.payload)));
                     return Ok(());
                 }
             };
             if p.attempts > self.settings.operation_retries {
-                let _ = p
-                    .reply
-                    .send(Err(Error::NotHandled(retry.unwrap_or("NotHandled"))));
+                p.reply
+                    .fail(Error::NotHandled(retry.unwrap_or("NotHandled")));
                 return Ok(());
             }
             p.attempts += 1;
@@ -545,7 +641,9 @@ impl Driver {
             )),
             _ => Ok(frame),
         };
-        let _ = p.reply.send(result);
+        if let Reply::Once(tx) = p.reply {
+            let _ = tx.send(result);
+        }
         Ok(())
     }
 }

@@ -22,10 +22,15 @@
 //! retries after a timeout and on `NotHandled(NotReady | TooBusy)`, typed errors for the
 //! rest, and reconnection with backoff (optionally limited, Extreme's `max_attempts`) that
 //! resends what was in flight. Operations: append with an expected version, read one event,
-//! read a stream or `$all` forward and backward, soft and hard delete.
+//! read a stream or `$all` forward and backward, soft and hard delete. Subscriptions:
+//! volatile ([`Connection::subscribe_to`], a stream or `$all`, re-subscribed after a
+//! reconnect with an explicit `Dropped(ConnectionLost)`) and catch-up
+//! ([`Connection::subscribe_to_stream_from`]: history in pages, then live, with no gap and
+//! no duplicate at the switch or after a reconnect; hard deletes end it with
+//! `Dropped(StreamDeleted)`).
 //!
-//! Not yet: subscriptions (volatile, catch-up, persistent), transactions, stream metadata,
-//! cluster discovery, TLS.
+//! Not yet: persistent subscriptions, catch-up on `$all`, the backpressure and fanout
+//! listeners, transactions, stream metadata, cluster discovery, TLS.
 //!
 //! # Example
 //!
@@ -59,6 +64,8 @@ mod connection;
 mod error;
 #[cfg(feature = "client")]
 mod ops;
+#[cfg(feature = "client")]
+mod subscription;
 
 pub use command::Command;
 #[cfg(feature = "client")]
@@ -68,6 +75,8 @@ pub use error::Error;
 pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
 #[cfg(feature = "client")]
 pub use ops::{EventRead, MAX_READ_COUNT};
+#[cfg(feature = "client")]
+pub use subscription::{CatchUp, CatchUpEvent, DropReason, Subscription, SubscriptionEvent};
 pub use types::{
     AllSlice, EventData, ExpectedVersion, Position, ReadDirection, RecordedEvent, ResolvedEvent,
     StreamSlice, WriteResult,

@@ -273,3 +273,133 @@ async fn slow_answers_time_out_after_the_retries() {
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err}");
 }
+
+async fn next_event(
+    s: &mut headwaters_eventstore_tcp::Subscription,
+) -> Option<headwaters_eventstore_tcp::SubscriptionEvent> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("an event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_subscriptions_see_live_events_and_unsubscribe() {
+    use headwaters_eventstore_tcp::{DropReason, SubscriptionEvent};
+
+    let (_e, c) = setup().await;
+    c.append_to_stream("live", ExpectedVersion::Any, &events(0..2))
+        .await
+        .unwrap();
+    let mut sub = c.subscribe_to(Some("live"), false).await.unwrap();
+    let mut all = c.subscribe_to(None, false).await.unwrap();
+    assert!(matches!(
+        next_event(&mut sub).await,
+        Some(SubscriptionEvent::Confirmed {
+            last_event_number: Some(1),
+            ..
+        })
+    ));
+    assert!(matches!(
+        next_event(&mut all).await,
+        Some(SubscriptionEvent::Confirmed {
+            last_event_number: None,
+            ..
+        })
+    ));
+    c.append_to_stream("live", ExpectedVersion::Any, &events(2..4))
+        .await
+        .unwrap();
+    c.append_to_stream("other", ExpectedVersion::Any, &events(0..1))
+        .await
+        .unwrap();
+    for expected in [2, 3] {
+        let Some(SubscriptionEvent::Event(e)) = next_event(&mut sub).await else {
+            panic!("a live event");
+        };
+        assert_eq!(e.original_event_number(), Some(expected));
+        assert!(e.position.is_some());
+    }
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let Some(SubscriptionEvent::Event(e)) = next_event(&mut all).await else {
+            panic!("a live $all event");
+        };
+        streams.push(e.original().unwrap().stream_id.clone());
+    }
+    assert_eq!(streams, ["live", "live", "other"]);
+    sub.unsubscribe().unwrap();
+    assert_eq!(
+        next_event(&mut sub).await,
+        Some(SubscriptionEvent::Dropped(DropReason::Unsubscribed))
+    );
+    assert_eq!(next_event(&mut sub).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_switches_to_live_without_gap_or_duplicate_even_across_reconnects() {
+    use futures_util::StreamExt;
+    use headwaters_eventstore_tcp::{CatchUpEvent, DropReason};
+
+    let (e, c) = setup().await;
+    c.append_to_stream("cu", ExpectedVersion::Any, &events(0..10))
+        .await
+        .unwrap();
+    let mut catch_up = c.subscribe_to_stream_from("cu", None, 3);
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 10..200 {
+                c.append_to_stream("cu", ExpectedVersion::Any, &events(i..i + 1))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let mut caught_up = 0;
+    let mut lost = 0;
+    let mut dropped_once = false;
+    while seen.len() < 200 {
+        let item = tokio::time::timeout(Duration::from_secs(10), catch_up.next())
+            .await
+            .expect("progress")
+            .expect("open");
+        match item {
+            CatchUpEvent::Event(ev) => seen.push(ev.original_event_number().unwrap()),
+            CatchUpEvent::CaughtUp => caught_up += 1,
+            CatchUpEvent::Dropped(DropReason::ConnectionLost) => lost += 1,
+            other => panic!("unexpected: {other:?}"),
+        }
+        if seen.len() == 60 && !dropped_once {
+            dropped_once = true;
+            e.drop_connections();
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(
+        seen,
+        (0..200).collect::<Vec<u64>>(),
+        "every event once, in order"
+    );
+    assert!(caught_up >= 2, "caught up before and after the reconnect");
+    assert!(lost >= 1, "the drop was reported");
+
+    // From a checkpoint: the events after it.
+    let mut from_five = c.subscribe_to_stream_from("cu", Some(194), 100);
+    let mut rest = Vec::new();
+    while let Some(CatchUpEvent::Event(ev)) = from_five.next().await {
+        rest.push(ev.original_event_number().unwrap());
+    }
+    assert_eq!(rest, [195, 196, 197, 198, 199]);
+
+    // A hard delete ends a catch-up subscription explicitly.
+    c.delete_stream("cu", ExpectedVersion::Any, true)
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), from_five.next())
+        .await
+        .expect("the drop in time");
+    assert_eq!(end, Some(CatchUpEvent::Dropped(DropReason::StreamDeleted)));
+}

@@ -504,11 +504,40 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         },
         0x8A => match wire::DeleteStream::decode(p.payload) {
             Ok(m) => {
-                let done = shared.lock().0.delete(
-                    &m.event_stream_id,
-                    m.expected_version,
-                    m.hard_delete.unwrap_or(false),
-                );
+                let hard = m.hard_delete.unwrap_or(false);
+                let mut guard = shared.lock();
+                let (store, subs) = &mut *guard;
+                let done = store.delete(&m.event_stream_id, m.expected_version, hard);
+                if hard && done.result == wire::OperationResult::Success as i32 {
+                    // The tombstone: live subscribers of the stream see `$streamDeleted`.
+                    let position = store.all_len() as i64 * 128;
+                    let tombstone = wire::StreamEventAppeared {
+                        event: wire::ResolvedEvent {
+                            event: Some(wire::EventRecord {
+                                event_stream_id: m.event_stream_id.clone(),
+                                event_number: i64::MAX,
+                                event_id: vec![0; 16],
+                                event_type: "$streamDeleted".into(),
+                                data_content_type: 0,
+                                metadata_content_type: 0,
+                                data: Vec::new(),
+                                metadata: None,
+                                created: None,
+                                created_epoch: Some(now_ms()),
+                            }),
+                            link: None,
+                            commit_position: position,
+                            prepare_position: position,
+                        },
+                    }
+                    .encode_to_vec();
+                    for s in subs
+                        .iter()
+                        .filter(|s| s.stream.as_deref() == Some(m.event_stream_id.as_str()))
+                    {
+                        let _ = s.tx.send(frame(0xC2, s.correlation, &tombstone));
+                    }
+                }
                 frame(0x8B, c, &done.encode_to_vec())
             }
             Err(_) => bad("DeleteStream"),
