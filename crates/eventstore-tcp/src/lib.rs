@@ -29,6 +29,9 @@
 //! no duplicate at the switch or after a reconnect; hard deletes end it with
 //! `Dropped(StreamDeleted)`).
 //!
+//! With feature `batch`, `EventStoreSource` feeds `headwaters-batch-flusher` from streams
+//! (catch-up from the stored event number).
+//!
 //! Not yet: persistent subscriptions, catch-up on `$all`, the backpressure and fanout
 //! listeners, transactions, stream metadata, cluster discovery, TLS.
 //!
@@ -58,6 +61,8 @@ pub mod guid;
 pub mod types;
 mod wire;
 
+#[cfg(feature = "batch")]
+mod batch;
 #[cfg(feature = "client")]
 mod connection;
 #[cfg(feature = "client")]
@@ -67,6 +72,9 @@ mod ops;
 #[cfg(feature = "client")]
 mod subscription;
 
+#[cfg(feature = "batch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
+pub use batch::EventStoreSource;
 pub use command::Command;
 #[cfg(feature = "client")]
 pub use connection::{Connection, Settings};

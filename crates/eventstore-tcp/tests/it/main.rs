@@ -1,3 +1,4 @@
 //! Integration tests of the EventStore TCP client.
 
+mod batch_source;
 mod emulator;
