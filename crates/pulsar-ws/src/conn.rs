@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use headwaters_ordering_core::Backoff;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -452,3 +453,36 @@ pub(crate) fn text_of(
 
 /// Frames handled per wake-up before other work gets a turn.
 pub(crate) const DRAIN: usize = 256;
+
+/// Handle `first` and whatever the socket already holds, at most [`DRAIN`] frames: each JSON
+/// frame goes to `on_text`. `Err` when the connection is gone.
+pub(crate) fn read_round(
+    ws: &mut Ws,
+    first: Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>,
+    mut on_text: impl FnMut(&str),
+) -> Result<(), String> {
+    let mut frame = first;
+    for round in 1..=DRAIN {
+        if let Some(text) = text_of(frame)? {
+            on_text(&text);
+        }
+        // A frame fetched is a frame handled: never fetch past the round.
+        match (round < DRAIN).then(|| ws.next().now_or_never()).flatten() {
+            Some(f) => frame = f,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// The keepalive timer fired: ping if it is time, fail if the last ping went unanswered.
+pub(crate) async fn keepalive_fired(keepalive: &mut Keepalive, ws: &mut Ws) -> Result<(), String> {
+    match keepalive.fire() {
+        Ok(true) => ws
+            .send(Frame::Ping(Default::default()))
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(false) => Ok(()),
+        Err(t) => Err(format!("no answer to a ping within {t:?}")),
+    }
+}

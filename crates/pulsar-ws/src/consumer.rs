@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
@@ -826,19 +826,8 @@ impl Task {
                 }
                 frame = ws.next() => {
                     keepalive.heard();
-                    let mut frame = frame;
-                    for round in 1..=conn::DRAIN {
-                        match conn::text_of(frame) {
-                            Err(reason) => return End::Lost(reason),
-                            Ok(Some(text)) => self.deliver(&text),
-                            Ok(None) => {}
-                        }
-                        // Take what is already buffered, but never more than a round's worth:
-                        // a frame fetched is a frame handled.
-                        match (round < conn::DRAIN).then(|| ws.next().now_or_never()).flatten() {
-                            Some(f) => frame = f,
-                            None => break,
-                        }
+                    if let Err(reason) = conn::read_round(ws, frame, |text| self.deliver(text)) {
+                        return End::Lost(reason);
                     }
                     if !self.hand_over() {
                         return End::Dropped;
@@ -853,14 +842,8 @@ impl Task {
                     self.publish_in_flight();
                 }
                 () = &mut timer => {
-                    match keepalive.fire() {
-                        Ok(true) => {
-                            if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
-                                return End::Lost(e.to_string());
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
+                    if let Err(reason) = conn::keepalive_fired(&mut keepalive, ws).await {
+                        return End::Lost(reason);
                     }
                     timer.as_mut().reset(keepalive.wake_at());
                 }

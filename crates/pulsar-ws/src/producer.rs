@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
@@ -445,30 +445,13 @@ impl Task {
                 },
                 frame = ws.next() => {
                     keepalive.heard();
-                    let mut frame = frame;
-                    for round in 1..=conn::DRAIN {
-                        match conn::text_of(frame) {
-                            Err(reason) => return End::Lost(reason),
-                            Ok(Some(text)) => self.receipt(&text),
-                            Ok(None) => {}
-                        }
-                        // Take what is already buffered, but never more than a round's worth:
-                        // a frame fetched is a frame handled.
-                        match (round < conn::DRAIN).then(|| ws.next().now_or_never()).flatten() {
-                            Some(f) => frame = f,
-                            None => break,
-                        }
+                    if let Err(reason) = conn::read_round(ws, frame, |text| self.receipt(text)) {
+                        return End::Lost(reason);
                     }
                 }
                 () = &mut timer => {
-                    match keepalive.fire() {
-                        Ok(true) => {
-                            if let Err(e) = ws.send(Frame::Ping(Default::default())).await {
-                                return End::Lost(e.to_string());
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(t) => return End::Lost(format!("no answer to a ping within {t:?}")),
+                    if let Err(reason) = conn::keepalive_fired(&mut keepalive, ws).await {
+                        return End::Lost(reason);
                     }
                     timer.as_mut().reset(keepalive.wake_at());
                 }
