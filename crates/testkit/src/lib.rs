@@ -23,3 +23,15 @@ pub mod eventstore;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
+
+/// Wait until `check` holds, polling every 10 ms for up to 5 s; panics naming `what`
+/// otherwise. For tests that watch an emulator's state change.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

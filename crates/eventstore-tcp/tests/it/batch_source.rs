@@ -13,6 +13,7 @@ use headwaters_eventstore_tcp::{
     Connection, EventData, EventStoreSource, ExpectedVersion, ResolvedEvent, Settings,
 };
 use headwaters_testkit::eventstore::EventStoreEmulator;
+use headwaters_testkit::eventually;
 
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<(String, u64)>>>);
@@ -69,16 +70,6 @@ async fn append(c: &Connection, stream: &str, n: u32) {
     c.append_to_stream(stream, ExpectedVersion::Any, &events)
         .await
         .unwrap();
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

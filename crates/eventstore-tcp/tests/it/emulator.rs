@@ -6,6 +6,7 @@ use headwaters_eventstore_tcp::{
     Connection, Error, EventData, EventRead, ExpectedVersion, Position, ReadDirection, Settings,
 };
 use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator, NotHandledReason};
+use headwaters_testkit::eventually;
 
 async fn setup() -> (EventStoreEmulator, Connection) {
     let e = EventStoreEmulator::start().await.unwrap();
@@ -31,16 +32,6 @@ fn numbers(events: &[headwaters_eventstore_tcp::ResolvedEvent]) -> Vec<u64> {
         .iter()
         .map(|e| e.original_event_number().unwrap())
         .collect()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

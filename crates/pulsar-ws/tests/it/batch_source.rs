@@ -15,7 +15,7 @@ use headwaters_batch_flusher::{
 use headwaters_pulsar_ws::{ClientConfig, Message, Producer, ProducerOptions, PulsarSource, Topic};
 use headwaters_testkit::pulsar::PulsarEmulator;
 
-use crate::emulator::eventually;
+use headwaters_testkit::eventually;
 
 #[derive(Clone, Default)]
 struct Sink {

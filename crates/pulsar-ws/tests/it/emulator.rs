@@ -14,6 +14,7 @@ use headwaters_pulsar_ws::{
     ReaderOptions, ReaderParams, ReaderStart, RegistryKey, SendErrorCode, SubscriptionType,
     TokenPlacement, Topic,
 };
+use headwaters_testkit::eventually;
 use headwaters_testkit::pulsar::{EmulatorConfig, PulsarEmulator};
 use tokio::time::timeout;
 
@@ -51,16 +52,6 @@ async fn next(
 
 fn text(m: &Message) -> String {
     String::from_utf8(m.payload.to_vec()).unwrap()
-}
-
-pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
