@@ -27,12 +27,12 @@
 //! reconnect with an explicit `Dropped(ConnectionLost)`) and catch-up
 //! ([`Connection::subscribe_to_stream_from`]: history in pages, then live, with no gap and
 //! no duplicate at the switch or after a reconnect; hard deletes end it with
-//! `Dropped(StreamDeleted)`).
+//! `Dropped(StreamDeleted)`), also on `$all` by position ([`Connection::subscribe_to_all_from`]).
 //!
 //! With feature `batch`, `EventStoreSource` feeds `headwaters-batch-flusher` from streams
 //! (catch-up from the stored event number).
 //!
-//! Not yet: persistent subscriptions, catch-up on `$all`, the backpressure and fanout
+//! Not yet: persistent subscriptions, the backpressure and fanout
 //! listeners, transactions, stream metadata, cluster discovery, TLS.
 //!
 //! # Example

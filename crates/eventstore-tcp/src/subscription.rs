@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::command::Command;
 use crate::connection::{Connection, Routed};
 use crate::error::Error;
-use crate::types::{ReadDirection, ResolvedEvent};
+use crate::types::{Position, ReadDirection, ResolvedEvent};
 use crate::wire;
 
 /// Why a subscription stopped (or, for [`DropReason::ConnectionLost`], was cut and is being
@@ -101,6 +101,26 @@ impl Connection {
             self.clone(),
             stream.to_owned(),
             last_processed.map_or(0, |n| n as i64 + 1),
+            page_size.clamp(1, crate::ops::MAX_READ_COUNT),
+            tx,
+        ));
+        CatchUp { rx, task }
+    }
+}
+
+impl Connection {
+    /// A catch-up subscription to `$all`: every event after the position `last_processed`
+    /// (`None` = from the start), in pages of `page_size`, then live — no gap and no
+    /// duplicate at the switch or after a reconnect (events are compared by position).
+    pub fn subscribe_to_all_from(
+        &self,
+        last_processed: Option<Position>,
+        page_size: u32,
+    ) -> CatchUp {
+        let (tx, rx) = mpsc::channel(page_size.clamp(1, 4096) as usize * 2);
+        let task = tokio::spawn(catch_up_all(
+            self.clone(),
+            last_processed,
             page_size.clamp(1, crate::ops::MAX_READ_COUNT),
             tx,
         ));
@@ -307,6 +327,91 @@ async fn catch_up(
                 }
                 Some(SubscriptionEvent::Dropped(reason)) => {
                     let _ = tx.send(stop(reason)).await;
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// [`catch_up`] for `$all`: positions instead of event numbers.
+async fn catch_up_all(
+    connection: Connection,
+    mut last: Option<Position>,
+    page: u32,
+    tx: mpsc::Sender<CatchUpEvent>,
+) {
+    use futures_util::StreamExt;
+    let fresh = |e: &ResolvedEvent, last: Option<Position>| match (e.position, last) {
+        (Some(p), Some(l)) => p > l,
+        _ => true,
+    };
+    loop {
+        let mut live = match connection.subscribe_to(None, false).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx
+                    .send(CatchUpEvent::Dropped(DropReason::Refused(e.to_string())))
+                    .await;
+                return;
+            }
+        };
+        let mut from = last.unwrap_or(Position::START);
+        loop {
+            let slice = match connection
+                .read_all(from, page, ReadDirection::Forward, false)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx
+                        .send(CatchUpEvent::Dropped(DropReason::Refused(e.to_string())))
+                        .await;
+                    return;
+                }
+            };
+            for e in slice.events {
+                if !fresh(&e, last) {
+                    continue;
+                }
+                last = e.position.or(last);
+                if tx.send(CatchUpEvent::Event(Box::new(e))).await.is_err() {
+                    return;
+                }
+            }
+            if slice.is_end || slice.next_position == from {
+                break;
+            }
+            from = slice.next_position;
+        }
+        if tx.send(CatchUpEvent::CaughtUp).await.is_err() {
+            return;
+        }
+        loop {
+            match live.next().await {
+                Some(SubscriptionEvent::Event(e)) => {
+                    if !fresh(&e, last) {
+                        continue;
+                    }
+                    last = e.position.or(last);
+                    if tx.send(CatchUpEvent::Event(e)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(SubscriptionEvent::Confirmed { .. }) => {}
+                Some(SubscriptionEvent::Dropped(DropReason::ConnectionLost)) => {
+                    if tx
+                        .send(CatchUpEvent::Dropped(DropReason::ConnectionLost))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    break;
+                }
+                Some(SubscriptionEvent::Dropped(reason)) => {
+                    let _ = tx.send(CatchUpEvent::Dropped(reason)).await;
                     return;
                 }
                 None => return,

@@ -394,3 +394,60 @@ async fn catch_up_switches_to_live_without_gap_or_duplicate_even_across_reconnec
         .expect("the drop in time");
     assert_eq!(end, Some(CatchUpEvent::Dropped(DropReason::StreamDeleted)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_catch_up_delivers_every_event_once_by_position_across_reconnects() {
+    use futures_util::StreamExt;
+    use headwaters_eventstore_tcp::{CatchUpEvent, DropReason};
+
+    let (e, c) = setup().await;
+    for s in ["x", "y"] {
+        c.append_to_stream(s, ExpectedVersion::Any, &events(0..20))
+            .await
+            .unwrap();
+    }
+    let mut catch_up = c.subscribe_to_all_from(None, 7);
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let stream = if i % 2 == 0 { "x" } else { "y" };
+                c.append_to_stream(stream, ExpectedVersion::Any, &events(i..i + 1))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut positions = Vec::new();
+    let mut dropped = false;
+    while positions.len() < 100 {
+        let item = tokio::time::timeout(Duration::from_secs(10), catch_up.next())
+            .await
+            .expect("progress")
+            .expect("open");
+        match item {
+            CatchUpEvent::Event(ev) => positions.push(ev.position.unwrap()),
+            CatchUpEvent::CaughtUp | CatchUpEvent::Dropped(DropReason::ConnectionLost) => {}
+            other => panic!("unexpected: {other:?}"),
+        }
+        if positions.len() == 50 && !dropped {
+            dropped = true;
+            e.drop_connections();
+        }
+    }
+    writer.await.unwrap();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing positions: no duplicate, in order"
+    );
+    assert_eq!(positions.len(), e.all_len(), "no gap: every event of $all");
+
+    // From a checkpoint position: only what comes after it.
+    let mut after = c.subscribe_to_all_from(Some(positions[94]), 50);
+    let mut rest = Vec::new();
+    while let Some(CatchUpEvent::Event(ev)) = after.next().await {
+        rest.push(ev.position.unwrap());
+    }
+    assert_eq!(rest, positions[95..]);
+}
