@@ -56,7 +56,7 @@ usage: cargo xtask <command>
   integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL), run the server tests,
                  check the emulators with third-party clients (Python websockets, node-eventstore-client),
                  smoke-run the benchmarks
-  bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp (default: all);
+  bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp | pulsar | pulsar_codec | eventstore (default: all);
                  ARGS go to criterion (e.g. a filter, --measurement-time 3)
   codegen [--check]  regenerate the prost code from proto/ (or check it is up to date)
   fuzz [SECONDS] run every fuzz target for SECONDS each (default 60; installs cargo-fuzz if missing)
@@ -169,7 +169,15 @@ fn integration() -> Result<()> {
 }
 
 /// The bench targets of `benches/`.
-const BENCHES: [&str; 4] = ["ordering", "status", "flusher", "amqp"];
+const BENCHES: [&str; 7] = [
+    "ordering",
+    "status",
+    "flusher",
+    "amqp",
+    "pulsar",
+    "pulsar_codec",
+    "eventstore",
+];
 
 fn bench(args: &[String]) -> Result<()> {
     let pg = Postgres::from_env_or_start()?;
