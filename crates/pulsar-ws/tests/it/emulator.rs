@@ -34,6 +34,13 @@ async fn emulator() -> (PulsarEmulator, ClientConfig) {
     (e, c)
 }
 
+/// A producer with default options on `public/default/{name}`.
+async fn connect_producer(config: &ClientConfig, name: &str) -> Producer {
+    Producer::connect(config, topic(name), ProducerOptions::default())
+        .await
+        .unwrap()
+}
+
 fn consumer_options(kind: SubscriptionType) -> ConsumerOptions {
     let mut p = ConsumerParams::default();
     p.subscription_type = Some(kind);
@@ -66,9 +73,7 @@ async fn round_trip_keeps_every_field_and_offsets() {
     let mut consumer = Consumer::subscribe(&config, topic("rt"), "s", ConsumerOptions::default())
         .await
         .unwrap();
-    let producer = Producer::connect(&config, topic("rt"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "rt").await;
     let event_time = headwaters_ordering_core::Timestamp::from_millis(1_700_000_000_123);
     let sent = OutgoingMessage::new(vec![0u8, 159, 146, 150])
         .with_key("user-1")
@@ -166,9 +171,7 @@ async fn exclusive_refuses_a_second_consumer_with_409_and_failover_takes_over() 
     .await
     .unwrap();
     a.close().await;
-    let producer = Producer::connect(&config, topic("fo"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "fo").await;
     producer.send("after failover").await.unwrap();
     assert_eq!(text(&next(&mut b).await), "after failover");
 }
@@ -253,9 +256,7 @@ async fn nacks_redeliver_with_counts_until_the_dead_letter_topic() {
     )
     .await
     .unwrap();
-    let producer = Producer::connect(&config, topic("nack"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "nack").await;
     producer.send("poison").await.unwrap();
     let mut counts = Vec::new();
     for _ in 0..3 {
@@ -290,9 +291,7 @@ async fn pull_mode_backpressure_reaches_the_broker_and_push_mode_stalls_without_
     )
     .await
     .unwrap();
-    let producer = Producer::connect(&config, topic("bp"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "bp").await;
     for i in 0..100 {
         let _receipt = producer.enqueue(format!("{i}")).await.unwrap();
     }
@@ -328,9 +327,7 @@ async fn pull_mode_backpressure_reaches_the_broker_and_push_mode_stalls_without_
     )
     .await
     .unwrap();
-    let producer = Producer::connect(&config, topic("bp2"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "bp2").await;
     for i in 0..10 {
         producer.send(format!("{i}")).await.unwrap();
     }
@@ -352,9 +349,7 @@ async fn pull_mode_backpressure_reaches_the_broker_and_push_mode_stalls_without_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_start_where_asked_and_see_the_end_of_a_terminated_topic() {
     let (e, config) = emulator().await;
-    let producer = Producer::connect(&config, topic("rd"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "rd").await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(producer.send(format!("{i}")).await.unwrap());
@@ -399,9 +394,7 @@ async fn reconnects_after_the_emulator_drops_every_connection_without_losing_sen
     let mut consumer = Consumer::subscribe(&config, topic("rc"), "s", ConsumerOptions::default())
         .await
         .unwrap();
-    let producer = Producer::connect(&config, topic("rc"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "rc").await;
     let mut mid_run_delay = true;
     let mut receipts = Vec::new();
     for i in 0..2000 {
@@ -514,9 +507,7 @@ async fn auth_failures_are_typed_and_tokens_work_in_header_or_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_errors_are_typed_and_refused_parameters_are_400() {
     let (e, config) = emulator().await;
-    let producer = Producer::connect(&config, topic("err"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "err").await;
     e.fail_next_sends(1);
     let err = producer.send("a").await.unwrap_err();
     assert!(
@@ -675,9 +666,7 @@ async fn a_stalled_server_is_detected_by_the_pong_timeout_and_left_for_a_new_con
     )
     .await
     .unwrap();
-    let producer = Producer::connect(&config, topic("stall"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "stall").await;
     e.freeze(true);
     let started = std::time::Instant::now();
     eventually("the consumer gave up on the silent socket", || {
@@ -730,9 +719,7 @@ async fn handler_processors_ack_everything() {
         Counter(seen.clone()),
         4,
     ));
-    let producer = Producer::connect(&config, topic("hd"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "hd").await;
     for i in 0..500 {
         let _receipt = producer.enqueue(format!("{i}")).await.unwrap();
     }
@@ -801,9 +788,7 @@ async fn ordered_mode_keeps_per_key_order_over_a_key_shared_group() {
             Duration::from_secs(5),
         )));
     }
-    let producer = Producer::connect(&config, topic("ord"), ProducerOptions::default())
-        .await
-        .unwrap();
+    let producer = connect_producer(&config, "ord").await;
     for i in 0..1000u32 {
         let _receipt = producer
             .enqueue((format!("key-{}", i % 25), i.to_string()))
