@@ -16,9 +16,11 @@
 //! # Ok(()) }
 //! ```
 
+mod persistent;
 mod store;
 mod wire;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -32,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use persistent::{ConnectError, ConsumerKey, GroupSettings, Groups, Nak, Parked};
 use store::Store;
 
 /// The framer's limit.
@@ -81,16 +84,37 @@ pub enum NotHandledReason {
     IsReadOnly,
 }
 
+/// A volatile subscription.
 struct Subscription {
     conn: u64,
     correlation: [u8; 16],
     /// `None` for `$all`.
     stream: Option<String>,
+    resolve_link_tos: bool,
     tx: mpsc::UnboundedSender<Vec<u8>>,
 }
 
+/// A transaction between `TransactionStart` and `TransactionCommit`.
+struct Transaction {
+    stream: String,
+    expected: i64,
+    events: Vec<wire::NewEvent>,
+}
+
+/// Everything behind the one lock.
+#[derive(Default)]
+struct State {
+    store: Store,
+    subs: Vec<Subscription>,
+    groups: Groups,
+    /// Where each persistent-subscription consumer's frames go.
+    consumers: HashMap<ConsumerKey, mpsc::UnboundedSender<Vec<u8>>>,
+    transactions: HashMap<i64, Transaction>,
+    next_transaction: i64,
+}
+
 struct Shared {
-    store: Mutex<(Store, Vec<Subscription>)>,
+    store: Mutex<State>,
     config: EventStoreConfig,
     kill: watch::Sender<u64>,
     heartbeats_stopped: AtomicBool,
@@ -101,7 +125,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, (Store, Vec<Subscription>)> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -136,7 +160,7 @@ impl EventStoreEmulator {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            store: Mutex::new((Store::default(), Vec::new())),
+            store: Mutex::new(State::default()),
             config,
             kill: watch::channel(0).0,
             heartbeats_stopped: AtomicBool::new(false),
@@ -148,6 +172,22 @@ impl EventStoreEmulator {
         let accept = tokio::spawn({
             let shared = shared.clone();
             async move {
+                // Persistent subscriptions retry messages nobody answered in time.
+                let timer = tokio::spawn({
+                    let weak = Arc::downgrade(&shared);
+                    async move {
+                        let mut tick = tokio::time::interval(Duration::from_millis(100));
+                        loop {
+                            tick.tick().await;
+                            let Some(shared) = weak.upgrade() else { return };
+                            let mut state = shared.lock();
+                            let mut parked = Vec::new();
+                            state.groups.expire(now_ms(), &mut parked);
+                            settle(&mut state, parked);
+                        }
+                    }
+                });
+                let _timer = AbortOnDrop(timer);
                 loop {
                     if let Ok((stream, _)) = listener.accept().await {
                         let _ = stream.set_nodelay(true);
@@ -198,12 +238,12 @@ impl EventStoreEmulator {
 
     /// A stream's events as (event number, type, data).
     pub fn stream(&self, stream: &str) -> Vec<(i64, String, Vec<u8>)> {
-        self.shared.lock().0.stream_events(stream)
+        self.shared.lock().store.stream_events(stream)
     }
 
     /// Records in `$all`.
     pub fn all_len(&self) -> usize {
-        self.shared.lock().0.all_len()
+        self.shared.lock().store.all_len()
     }
 
     /// Connections accepted so far.
@@ -226,6 +266,14 @@ impl Drop for EventStoreEmulator {
     fn drop(&mut self) {
         self.accept.abort();
         self.drop_connections();
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -375,8 +423,23 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     writing.abort();
 }
 
+/// A connection closed: its volatile subscriptions end, its persistent-subscription
+/// consumers leave their groups (their messages in flight go to the others).
 fn drop_subscriptions(shared: &Shared, conn: u64) {
-    shared.lock().1.retain(|s| s.conn != conn);
+    let mut state = shared.lock();
+    state.subs.retain(|s| s.conn != conn);
+    let gone: Vec<ConsumerKey> = state
+        .consumers
+        .keys()
+        .filter(|k| k.0 == conn)
+        .copied()
+        .collect();
+    let mut parked = Vec::new();
+    for key in gone {
+        state.consumers.remove(&key);
+        state.groups.disconnect(key, &mut parked);
+    }
+    settle(&mut state, parked);
 }
 
 fn authenticate(shared: &Shared, credentials: &Option<(String, String)>) -> bool {
@@ -470,73 +533,99 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         }
     }
     let bad = |what: &str| frame(0xF0, c, format!("Invalid {what} message").as_bytes());
+    let key: ConsumerKey = (conn, c);
     let out = match p.command {
         0x82 => match wire::WriteEvents::decode(p.payload) {
             Ok(m) => {
-                let mut guard = shared.lock();
-                let (store, subs) = &mut *guard;
-                let (done, written) =
-                    store.write(&m.event_stream_id, m.expected_version, m.events, now_ms());
-                // Live subscribers hear about the new events in log order.
-                for (index, event) in
-                    store.resolved_from(written.first().copied().unwrap_or(usize::MAX))
-                {
-                    if !written.contains(&index) {
-                        continue;
-                    }
-                    for s in subs.iter() {
-                        let matches = s
-                            .stream
-                            .as_ref()
-                            .is_none_or(|name| *name == m.event_stream_id);
-                        if matches {
-                            let appeared = wire::StreamEventAppeared {
-                                event: event.clone(),
-                            };
-                            let _ =
-                                s.tx.send(frame(0xC2, s.correlation, &appeared.encode_to_vec()));
-                        }
-                    }
-                }
+                let mut state = shared.lock();
+                let done = append(&mut state, &m.event_stream_id, m.expected_version, m.events);
                 frame(0x83, c, &done.encode_to_vec())
             }
             Err(_) => bad("WriteEvents"),
         },
+        0x84 => match wire::TransactionStart::decode(p.payload) {
+            Ok(m) => {
+                let mut state = shared.lock();
+                state.next_transaction += 1;
+                let id = state.next_transaction;
+                state.transactions.insert(
+                    id,
+                    Transaction {
+                        stream: m.event_stream_id,
+                        expected: m.expected_version,
+                        events: Vec::new(),
+                    },
+                );
+                let done = wire::TransactionStartCompleted {
+                    transaction_id: id,
+                    result: wire::OperationResult::Success as i32,
+                    message: None,
+                };
+                frame(0x85, c, &done.encode_to_vec())
+            }
+            Err(_) => bad("TransactionStart"),
+        },
+        0x86 => match wire::TransactionWrite::decode(p.payload) {
+            Ok(m) => {
+                let mut state = shared.lock();
+                let result = match state.transactions.get_mut(&m.transaction_id) {
+                    Some(t) => {
+                        t.events.extend(m.events);
+                        wire::OperationResult::Success
+                    }
+                    None => wire::OperationResult::InvalidTransaction,
+                };
+                let done = wire::TransactionWriteCompleted {
+                    transaction_id: m.transaction_id,
+                    result: result as i32,
+                    message: (result != wire::OperationResult::Success)
+                        .then(|| "Invalid transaction.".to_owned()),
+                };
+                frame(0x87, c, &done.encode_to_vec())
+            }
+            Err(_) => bad("TransactionWrite"),
+        },
+        0x88 => match wire::TransactionCommit::decode(p.payload) {
+            Ok(m) => {
+                let mut state = shared.lock();
+                let done = match state.transactions.remove(&m.transaction_id) {
+                    Some(t) => {
+                        let w = append(&mut state, &t.stream, t.expected, t.events);
+                        wire::TransactionCommitCompleted {
+                            transaction_id: m.transaction_id,
+                            result: w.result,
+                            message: w.message,
+                            first_event_number: w.first_event_number,
+                            last_event_number: w.last_event_number,
+                            prepare_position: w.prepare_position,
+                            commit_position: w.commit_position,
+                        }
+                    }
+                    None => wire::TransactionCommitCompleted {
+                        transaction_id: m.transaction_id,
+                        result: wire::OperationResult::InvalidTransaction as i32,
+                        message: Some("Invalid transaction.".into()),
+                        first_event_number: -1,
+                        last_event_number: -1,
+                        prepare_position: None,
+                        commit_position: None,
+                    },
+                };
+                frame(0x89, c, &done.encode_to_vec())
+            }
+            Err(_) => bad("TransactionCommit"),
+        },
         0x8A => match wire::DeleteStream::decode(p.payload) {
             Ok(m) => {
                 let hard = m.hard_delete.unwrap_or(false);
-                let mut guard = shared.lock();
-                let (store, subs) = &mut *guard;
-                let done = store.delete(&m.event_stream_id, m.expected_version, hard);
+                let mut state = shared.lock();
+                let (done, written) =
+                    state
+                        .store
+                        .delete(&m.event_stream_id, m.expected_version, hard, now_ms());
+                notify(&state, &written);
                 if hard && done.result == wire::OperationResult::Success as i32 {
-                    // The tombstone: live subscribers of the stream see `$streamDeleted`.
-                    let position = store.all_len() as i64 * 128;
-                    let tombstone = wire::StreamEventAppeared {
-                        event: wire::ResolvedEvent {
-                            event: Some(wire::EventRecord {
-                                event_stream_id: m.event_stream_id.clone(),
-                                event_number: i64::MAX,
-                                event_id: vec![0; 16],
-                                event_type: "$streamDeleted".into(),
-                                data_content_type: 0,
-                                metadata_content_type: 0,
-                                data: Vec::new(),
-                                metadata: None,
-                                created: None,
-                                created_epoch: Some(now_ms()),
-                            }),
-                            link: None,
-                            commit_position: position,
-                            prepare_position: position,
-                        },
-                    }
-                    .encode_to_vec();
-                    for s in subs
-                        .iter()
-                        .filter(|s| s.stream.as_deref() == Some(m.event_stream_id.as_str()))
-                    {
-                        let _ = s.tx.send(frame(0xC2, s.correlation, &tombstone));
-                    }
+                    tombstone(&state, &m.event_stream_id);
                 }
                 frame(0x8B, c, &done.encode_to_vec())
             }
@@ -548,8 +637,8 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
                 c,
                 &shared
                     .lock()
-                    .0
-                    .read_event(&m.event_stream_id, m.event_number)
+                    .store
+                    .read_event(&m.event_stream_id, m.event_number, m.resolve_link_tos)
                     .encode_to_vec(),
             ),
             Err(_) => bad("ReadEvent"),
@@ -557,11 +646,12 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         0xB2 | 0xB4 => match wire::ReadStreamEvents::decode(p.payload) {
             Ok(m) => {
                 let forward = p.command == 0xB2;
-                let done = shared.lock().0.read_stream(
+                let done = shared.lock().store.read_stream(
                     &m.event_stream_id,
                     m.from_event_number,
                     m.max_count,
                     forward,
+                    m.resolve_link_tos,
                 );
                 frame(p.command + 1, c, &done.encode_to_vec())
             }
@@ -570,33 +660,33 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         0xB6 | 0xB8 => match wire::ReadAllEvents::decode(p.payload) {
             Ok(m) => {
                 let forward = p.command == 0xB6;
-                let done = shared
-                    .lock()
-                    .0
-                    .read_all(m.commit_position, m.max_count, forward);
+                let done = shared.lock().store.read_all(
+                    m.commit_position,
+                    m.max_count,
+                    forward,
+                    m.resolve_link_tos,
+                );
                 frame(p.command + 1, c, &done.encode_to_vec())
             }
             Err(_) => bad("ReadAllEvents"),
         },
         0xC0 => match wire::SubscribeToStream::decode(p.payload) {
             Ok(m) => {
-                let mut guard = shared.lock();
-                let (store, subs) = &mut *guard;
+                let mut state = shared.lock();
                 let stream = (!m.event_stream_id.is_empty()).then(|| m.event_stream_id.clone());
-                let last_event_number = stream
-                    .as_ref()
-                    .map(|s| store.stream_indices(s).len() as i64 - 1);
+                let last_event_number = stream.as_ref().map(|s| state.store.stream_next(s) - 1);
                 let confirmation = wire::SubscriptionConfirmation {
-                    last_commit_position: store.all_len() as i64 * 128,
+                    last_commit_position: state.store.all_len() as i64 * 128,
                     last_event_number,
                 };
                 // Registered under the lock, so no write slips between the confirmation's
                 // position and the first pushed event.
                 let _ = tx.send(frame(0xC1, c, &confirmation.encode_to_vec()));
-                subs.push(Subscription {
+                state.subs.push(Subscription {
                     conn,
                     correlation: c,
                     stream,
+                    resolve_link_tos: m.resolve_link_tos,
                     tx: tx.clone(),
                 });
                 return;
@@ -604,17 +694,170 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             Err(_) => bad("SubscribeToStream"),
         },
         0xC3 => {
-            shared
-                .lock()
-                .1
+            let mut state = shared.lock();
+            state
+                .subs
                 .retain(|s| !(s.conn == conn && s.correlation == c));
-            let dropped = wire::SubscriptionDropped {
-                reason: Some(
-                    wire::subscription_dropped::SubscriptionDropReason::Unsubscribed as i32,
-                ),
-            };
-            frame(0xC4, c, &dropped.encode_to_vec())
+            if state.consumers.remove(&key).is_some() {
+                let mut parked = Vec::new();
+                state.groups.disconnect(key, &mut parked);
+                settle(&mut state, parked);
+            }
+            dropped(
+                c,
+                wire::subscription_dropped::SubscriptionDropReason::Unsubscribed,
+            )
         }
+        0xC5 => match wire::ConnectToPersistentSubscription::decode(p.payload) {
+            Ok(m) => {
+                use wire::subscription_dropped::SubscriptionDropReason as R;
+                let mut state = shared.lock();
+                let group = &m.subscription_id;
+                let stream = &m.event_stream_id;
+                match state.groups.connect(
+                    stream,
+                    group,
+                    key,
+                    m.allowed_in_flight_messages.max(1) as usize,
+                ) {
+                    Err(ConnectError::NotFound) => dropped(c, R::NotFound),
+                    Err(ConnectError::MaxSubscribers) => dropped(c, R::SubscriberMaxCountReached),
+                    Ok(()) => {
+                        let confirmation = wire::PersistentSubscriptionConfirmation {
+                            last_commit_position: state.store.all_len() as i64 * 128,
+                            subscription_id: format!("{stream}::{group}"),
+                            last_event_number: Some(state.store.stream_next(stream) - 1),
+                        };
+                        let _ = tx.send(frame(0xC6, c, &confirmation.encode_to_vec()));
+                        state.consumers.insert(key, tx.clone());
+                        settle(&mut state, Vec::new());
+                        return;
+                    }
+                }
+            }
+            Err(_) => bad("ConnectToPersistentSubscription"),
+        },
+        0xCC => {
+            if let Ok(m) = wire::PersistentSubscriptionAckEvents::decode(p.payload) {
+                let mut state = shared.lock();
+                state.groups.ack(key, &m.processed_event_ids);
+                settle(&mut state, Vec::new());
+                return;
+            }
+            bad("PersistentSubscriptionAckEvents")
+        }
+        0xCD => {
+            if let Ok(m) = wire::PersistentSubscriptionNakEvents::decode(p.payload) {
+                let mut state = shared.lock();
+                let mut parked = Vec::new();
+                let action = Nak::from_wire(m.action);
+                state
+                    .groups
+                    .nak(key, &m.processed_event_ids, action, &mut parked);
+                settle(&mut state, parked);
+                return;
+            }
+            bad("PersistentSubscriptionNakEvents")
+        }
+        0xC8 => match wire::CreatePersistentSubscription::decode(p.payload) {
+            Ok(m) => {
+                use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
+                let mut state = shared.lock();
+                let (result, reason) =
+                    if m.event_stream_id.is_empty() || m.event_stream_id == "$all" {
+                        (
+                            R::Fail,
+                            Some(
+                                "Persistent subscriptions to $all are not available over TCP"
+                                    .to_owned(),
+                            ),
+                        )
+                    } else {
+                        let next = state.store.stream_next(&m.event_stream_id);
+                        let settings = group_settings(
+                            m.resolve_link_tos,
+                            m.start_from,
+                            m.message_timeout_milliseconds,
+                            m.max_retry_count,
+                            m.subscriber_max_count,
+                        );
+                        if state.groups.create(
+                            &m.event_stream_id,
+                            &m.subscription_group_name,
+                            settings,
+                            next,
+                        ) {
+                            (R::Success, None)
+                        } else {
+                            (
+                                R::AlreadyExists,
+                                Some(format!(
+                                    "Group '{}' already exists.",
+                                    m.subscription_group_name
+                                )),
+                            )
+                        }
+                    };
+                let done = wire::CreatePersistentSubscriptionCompleted {
+                    result: result as i32,
+                    reason,
+                };
+                frame(0xC9, c, &done.encode_to_vec())
+            }
+            Err(_) => bad("CreatePersistentSubscription"),
+        },
+        0xCE => match wire::UpdatePersistentSubscription::decode(p.payload) {
+            Ok(m) => {
+                use wire::update_persistent_subscription_completed::UpdatePersistentSubscriptionResult as R;
+                let mut state = shared.lock();
+                let settings = group_settings(
+                    m.resolve_link_tos,
+                    m.start_from,
+                    m.message_timeout_milliseconds,
+                    m.max_retry_count,
+                    m.subscriber_max_count,
+                );
+                let result = match state.groups.update(
+                    &m.event_stream_id,
+                    &m.subscription_group_name,
+                    settings,
+                ) {
+                    Some(consumers) => {
+                        drop_consumers(&mut state, consumers);
+                        R::Success
+                    }
+                    None => R::DoesNotExist,
+                };
+                let done = wire::UpdatePersistentSubscriptionCompleted {
+                    result: result as i32,
+                    reason: None,
+                };
+                frame(0xCF, c, &done.encode_to_vec())
+            }
+            Err(_) => bad("UpdatePersistentSubscription"),
+        },
+        0xCA => match wire::DeletePersistentSubscription::decode(p.payload) {
+            Ok(m) => {
+                use wire::delete_persistent_subscription_completed::DeletePersistentSubscriptionResult as R;
+                let mut state = shared.lock();
+                let result = match state
+                    .groups
+                    .delete(&m.event_stream_id, &m.subscription_group_name)
+                {
+                    Some(consumers) => {
+                        drop_consumers(&mut state, consumers);
+                        R::Success
+                    }
+                    None => R::DoesNotExist,
+                };
+                let done = wire::DeletePersistentSubscriptionCompleted {
+                    result: result as i32,
+                    reason: None,
+                };
+                frame(0xCB, c, &done.encode_to_vec())
+            }
+            Err(_) => bad("DeletePersistentSubscription"),
+        },
         other => frame(
             0xF0,
             c,
@@ -622,4 +865,143 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         ),
     };
     reply(shared, tx, out);
+}
+
+fn dropped(c: [u8; 16], reason: wire::subscription_dropped::SubscriptionDropReason) -> Vec<u8> {
+    let body = wire::SubscriptionDropped {
+        reason: Some(reason as i32),
+    };
+    frame(0xC4, c, &body.encode_to_vec())
+}
+
+fn group_settings(
+    resolve_link_tos: bool,
+    start_from: i64,
+    message_timeout_ms: i32,
+    max_retry_count: i32,
+    subscriber_max_count: i32,
+) -> GroupSettings {
+    GroupSettings {
+        resolve_link_tos,
+        start_from,
+        // 0 = the server's default (30 s).
+        message_timeout_ms: if message_timeout_ms > 0 {
+            i64::from(message_timeout_ms)
+        } else {
+            30_000
+        },
+        max_retry_count: max_retry_count.max(0) as u32,
+        max_subscribers: subscriber_max_count.max(0) as usize,
+    }
+}
+
+/// Tell consumers of a deleted (or restarted) group that it is gone.
+fn drop_consumers(state: &mut State, consumers: Vec<ConsumerKey>) {
+    use wire::subscription_dropped::SubscriptionDropReason as R;
+    for key in consumers {
+        if let Some(tx) = state.consumers.remove(&key) {
+            let _ = tx.send(dropped(key.1, R::PersistentSubscriptionDeleted));
+        }
+    }
+}
+
+/// Append to a stream and tell every live subscriber; persistent groups get their share.
+fn append(
+    state: &mut State,
+    stream: &str,
+    expected: i64,
+    events: Vec<wire::NewEvent>,
+) -> wire::WriteEventsCompleted {
+    let (done, written) = state.store.write(stream, expected, events, now_ms());
+    notify(state, &written);
+    settle(state, Vec::new());
+    done
+}
+
+/// Push the records at log indices `written` to the volatile subscriptions that match.
+fn notify(state: &State, written: &[usize]) {
+    for index in written {
+        let mut resolved = [None, None];
+        for s in &state.subs {
+            let (stream, _) = state.store.entry(*index, false);
+            if s.stream.as_deref().is_some_and(|name| name != stream) {
+                continue;
+            }
+            let slot = &mut resolved[usize::from(s.resolve_link_tos)];
+            let bytes = slot.get_or_insert_with(|| {
+                wire::StreamEventAppeared {
+                    event: state.store.entry(*index, s.resolve_link_tos).1,
+                }
+                .encode_to_vec()
+            });
+            let _ = s.tx.send(frame(0xC2, s.correlation, bytes));
+        }
+    }
+}
+
+/// The tombstone of a hard delete: live subscribers of the stream see `$streamDeleted`.
+fn tombstone(state: &State, stream: &str) {
+    let position = state.store.all_len() as i64 * 128;
+    let tombstone = wire::StreamEventAppeared {
+        event: wire::ResolvedEvent {
+            event: Some(wire::EventRecord {
+                event_stream_id: stream.to_owned(),
+                event_number: i64::MAX,
+                event_id: vec![0; 16],
+                event_type: "$streamDeleted".into(),
+                data_content_type: 0,
+                metadata_content_type: 0,
+                data: Vec::new(),
+                metadata: None,
+                created: None,
+                created_epoch: Some(now_ms()),
+            }),
+            link: None,
+            commit_position: position,
+            prepare_position: position,
+        },
+    }
+    .encode_to_vec();
+    for s in state
+        .subs
+        .iter()
+        .filter(|s| s.stream.as_deref() == Some(stream))
+    {
+        let _ = s.tx.send(frame(0xC2, s.correlation, &tombstone));
+    }
+}
+
+/// Park `parked` messages (a link to each in the group's `-parked` stream, as the server
+/// writes them), then hand out what persistent consumers have room for.
+fn settle(state: &mut State, parked: Parked) {
+    for (stream, group, number) in parked {
+        let parked_stream = format!("$persistentsubscription-{stream}::{group}-parked");
+        let seed = state.store.all_len();
+        let (_, written) = state.store.write(
+            &parked_stream,
+            -2,
+            vec![store::link_event(&stream, number, seed)],
+            now_ms(),
+        );
+        notify(state, &written);
+    }
+    let deliveries = {
+        let store = &state.store;
+        state
+            .groups
+            .dispatch(now_ms(), &|stream, from| store.next_event(stream, from))
+    };
+    for d in deliveries {
+        let (Some(tx), Some(index)) = (
+            state.consumers.get(&d.consumer),
+            state.store.index_of(&d.stream, d.number),
+        ) else {
+            continue;
+        };
+        let appeared = wire::PersistentSubscriptionStreamEventAppeared {
+            event: state.store.indexed(index, d.resolve_link_tos),
+            retry_count: Some(d.retry as i32),
+        };
+        let _ = tx.send(frame(0xC7, d.consumer.1, &appeared.encode_to_vec()));
+    }
 }

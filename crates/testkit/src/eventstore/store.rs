@@ -1,5 +1,7 @@
 //! The emulated database: one log (`$all`) and the streams indexed into it, with the
-//! servers' expected-version, read and delete rules. Synchronous and IO-free.
+//! servers' expected-version, read and delete rules, stream metadata (`$$stream`: `$tb`,
+//! `$maxCount`, `$maxAge` hide events from reads; a soft delete writes `$tb`) and link
+//! events (`$>`, resolved on request). Synchronous and IO-free.
 
 use std::collections::HashMap;
 
@@ -35,9 +37,23 @@ pub(crate) struct Record {
 struct Stream {
     /// Log indices of the stream's events, in event-number order.
     events: Vec<usize>,
-    /// Event numbers below this were soft-deleted (`$tb`).
-    truncated_before: i64,
     hard_deleted: bool,
+}
+
+/// What a stream's metadata (the last `$metadata` event of `$$stream`) says about reads.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Limits {
+    /// `$tb`: events numbered below are gone (a soft delete sets it past the last event).
+    truncate_before: i64,
+    /// `$maxCount`: only the newest so many are readable.
+    max_count: Option<usize>,
+    /// `$maxAge` in seconds.
+    max_age_s: Option<i64>,
+}
+
+/// The metadata stream of `stream`.
+pub(crate) fn metadata_stream(stream: &str) -> String {
+    format!("$${stream}")
 }
 
 impl Stream {
@@ -58,6 +74,34 @@ fn position(index: usize) -> i64 {
 }
 
 impl Store {
+    /// The limits `$$stream` sets on `stream`.
+    fn limits(&self, stream: &str) -> Limits {
+        let Some(meta) = self
+            .streams
+            .get(&metadata_stream(stream))
+            .and_then(|s| s.events.last())
+        else {
+            return Limits::default();
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&self.log[*meta].event.data).unwrap_or_default();
+        let int = |key: &str| json.get(key).and_then(serde_json::Value::as_i64);
+        Limits {
+            truncate_before: int("$tb").unwrap_or(0),
+            max_count: int("$maxCount").map(|n| n.max(0) as usize),
+            max_age_s: int("$maxAge"),
+        }
+    }
+
+    /// The current metadata document of `stream` (an empty object when it has none).
+    pub(crate) fn metadata(&self, stream: &str) -> serde_json::Map<String, serde_json::Value> {
+        self.streams
+            .get(&metadata_stream(stream))
+            .and_then(|s| s.events.last())
+            .and_then(|i| serde_json::from_slice(&self.log[*i].event.data).ok())
+            .unwrap_or_default()
+    }
+
     fn record(&self, index: usize) -> EventRecord {
         let r = &self.log[index];
         EventRecord {
@@ -91,27 +135,70 @@ impl Store {
         self.log.len()
     }
 
-    /// Position and record of every `$all` entry from `from` (log index) on.
-    pub(crate) fn resolved_from(&self, from: usize) -> Vec<(usize, ResolvedEvent)> {
-        (from..self.log.len())
-            .map(|i| (i, self.resolved(i)))
-            .collect()
+    /// The `$all` entry at log index `index`, resolved when `resolve`, and its stream.
+    pub(crate) fn entry(&self, index: usize, resolve: bool) -> (&str, ResolvedEvent) {
+        (&self.log[index].stream, self.resolved(index, resolve))
     }
 
-    fn resolved(&self, index: usize) -> ResolvedEvent {
+    fn resolved(&self, index: usize, resolve: bool) -> ResolvedEvent {
+        let indexed = self.indexed(index, resolve);
         ResolvedEvent {
-            event: Some(self.record(index)),
-            link: None,
+            event: indexed.event,
+            link: indexed.link,
             commit_position: position(index),
             prepare_position: position(index),
         }
     }
 
-    /// Records of `stream` from event number `from` on (for subscriptions).
-    pub(crate) fn stream_indices(&self, stream: &str) -> Vec<usize> {
+    /// The record at `index`; a link (`$>`, data `"n@stream"`) is resolved to its target
+    /// when `resolve` (`event` = target, `link` = the link; a dangling link comes back as
+    /// `link` alone, as the servers send it).
+    pub(crate) fn indexed(&self, index: usize, resolve: bool) -> ResolvedIndexedEvent {
+        let record = self.record(index);
+        if !resolve || record.event_type != "$>" {
+            return ResolvedIndexedEvent {
+                event: Some(record),
+                link: None,
+            };
+        }
+        let target = std::str::from_utf8(&record.data)
+            .ok()
+            .and_then(|d| d.split_once('@'))
+            .and_then(|(n, stream)| Some((n.parse::<i64>().ok()?, stream)))
+            .and_then(|(n, stream)| self.index_of(stream, n));
+        ResolvedIndexedEvent {
+            event: target.map(|i| self.record(i)),
+            link: Some(record),
+        }
+    }
+
+    /// The log index of event `number` of `stream`, if readable.
+    pub(crate) fn index_of(&self, stream: &str, number: i64) -> Option<usize> {
+        let state = self.streams.get(stream)?;
+        if state.hard_deleted {
+            return None;
+        }
+        self.visible(stream, state)
+            .find(|i| self.log[*i].number == number)
+    }
+
+    /// The first readable event of `stream` numbered `from` or more, with its id.
+    pub(crate) fn next_event(&self, stream: &str, from: i64) -> Option<(i64, Vec<u8>)> {
+        let state = self.streams.get(stream)?;
+        if state.hard_deleted {
+            return None;
+        }
+        self.visible(stream, state)
+            .map(|i| &self.log[i])
+            .find(|r| r.number >= from)
+            .map(|r| (r.number, r.event.event_id.clone()))
+    }
+
+    /// The next event number of `stream` (0 when it has none).
+    pub(crate) fn stream_next(&self, stream: &str) -> i64 {
         self.streams
             .get(stream)
-            .map_or_else(Vec::new, |s| s.events.clone())
+            .map_or(0, |s| s.last_number(&self.log) + 1)
     }
 
     pub(crate) fn write(
@@ -122,6 +209,7 @@ impl Store {
         now_ms: i64,
     ) -> (WriteEventsCompleted, Vec<usize>) {
         let state = self.streams.entry(stream.to_owned()).or_default();
+        let hard_deleted = state.hard_deleted;
         let fail = |result: OperationResult, current: i64, message: &str| WriteEventsCompleted {
             result: result as i32,
             message: Some(message.to_owned()),
@@ -131,7 +219,7 @@ impl Store {
             commit_position: None,
             current_version: Some(current),
         };
-        if state.hard_deleted {
+        if hard_deleted {
             return (
                 fail(
                     OperationResult::StreamDeleted,
@@ -141,8 +229,8 @@ impl Store {
                 Vec::new(),
             );
         }
-        let current = state.last_number(&self.log);
-        let exists = state.events.len() as i64 > 0 && current >= state.truncated_before;
+        let current = self.streams[stream].last_number(&self.log);
+        let exists = current >= 0 && current >= self.limits(stream).truncate_before;
         let ok = match expected {
             ANY => true,
             NO_STREAM => !exists,
@@ -192,13 +280,16 @@ impl Store {
         )
     }
 
+    /// Delete a stream: hard (a tombstone; the stream can never be written again) or soft
+    /// (`$tb` past the last event in its metadata; writing recreates it). Returns the reply
+    /// and the log indices written (a soft delete's metadata event).
     pub(crate) fn delete(
         &mut self,
         stream: &str,
         expected: i64,
         hard: bool,
-    ) -> DeleteStreamCompleted {
-        let state = self.streams.entry(stream.to_owned()).or_default();
+        now_ms: i64,
+    ) -> (DeleteStreamCompleted, Vec<usize>) {
         let done = |result: OperationResult, message: Option<&str>| DeleteStreamCompleted {
             result: result as i32,
             message: message.map(str::to_owned),
@@ -206,11 +297,15 @@ impl Store {
             commit_position: None,
             current_version: None,
         };
+        let state = self.streams.entry(stream.to_owned()).or_default();
         if state.hard_deleted {
-            return done(OperationResult::StreamDeleted, Some("Stream deleted"));
+            return (
+                done(OperationResult::StreamDeleted, Some("Stream deleted")),
+                Vec::new(),
+            );
         }
         let current = state.last_number(&self.log);
-        let exists = !state.events.is_empty() && current >= state.truncated_before;
+        let exists = current >= 0 && current >= self.limits(stream).truncate_before;
         let ok = match expected {
             ANY => true,
             NO_STREAM => !exists,
@@ -219,28 +314,54 @@ impl Store {
             _ => false,
         };
         if !ok {
-            return done(
-                OperationResult::WrongExpectedVersion,
-                Some("Wrong expected version."),
+            return (
+                done(
+                    OperationResult::WrongExpectedVersion,
+                    Some("Wrong expected version."),
+                ),
+                Vec::new(),
             );
         }
         if hard {
-            state.hard_deleted = true;
-        } else {
-            state.truncated_before = current + 1;
+            self.streams
+                .get_mut(stream)
+                .expect("created above")
+                .hard_deleted = true;
+            return (done(OperationResult::Success, None), Vec::new());
         }
-        done(OperationResult::Success, None)
+        let mut meta = self.metadata(stream);
+        meta.insert("$tb".into(), (current + 1).into());
+        let (_, written) = self.write(
+            &metadata_stream(stream),
+            ANY,
+            vec![metadata_event(&meta, self.log.len())],
+            now_ms,
+        );
+        (done(OperationResult::Success, None), written)
     }
 
-    fn visible<'a>(&'a self, state: &'a Stream) -> impl Iterator<Item = usize> + 'a {
-        state
-            .events
-            .iter()
-            .copied()
-            .filter(move |i| self.log[*i].number >= state.truncated_before)
+    /// The readable events of `stream`, in order: at or past `$tb`, younger than `$maxAge`,
+    /// the newest `$maxCount`.
+    fn visible<'a>(&'a self, stream: &str, state: &'a Stream) -> impl Iterator<Item = usize> + 'a {
+        let limits = self.limits(stream);
+        let oldest_ms = limits
+            .max_age_s
+            .map_or(i64::MIN, |age| now_ms() - age.saturating_mul(1000));
+        let skip = limits
+            .max_count
+            .map_or(0, |max| state.events.len().saturating_sub(max));
+        state.events[skip..].iter().copied().filter(move |i| {
+            let r = &self.log[*i];
+            r.number >= limits.truncate_before && r.created_epoch >= oldest_ms
+        })
     }
 
-    pub(crate) fn read_event(&self, stream: &str, number: i64) -> ReadEventCompleted {
+    pub(crate) fn read_event(
+        &self,
+        stream: &str,
+        number: i64,
+        resolve: bool,
+    ) -> ReadEventCompleted {
         let empty = |result: ReadEventResult| ReadEventCompleted {
             result: result as i32,
             event: Some(ResolvedIndexedEvent::default()),
@@ -252,7 +373,7 @@ impl Store {
         if state.hard_deleted {
             return empty(ReadEventResult::StreamDeleted);
         }
-        let visible: Vec<usize> = self.visible(state).collect();
+        let visible: Vec<usize> = self.visible(stream, state).collect();
         if visible.is_empty() {
             return empty(ReadEventResult::NoStream);
         }
@@ -267,10 +388,7 @@ impl Store {
         match found {
             Some(i) => ReadEventCompleted {
                 result: ReadEventResult::Success as i32,
-                event: Some(ResolvedIndexedEvent {
-                    event: Some(self.record(i)),
-                    link: None,
-                }),
+                event: Some(self.indexed(i, resolve)),
                 error: None,
             },
             None => empty(ReadEventResult::NotFound),
@@ -283,6 +401,7 @@ impl Store {
         from: i64,
         max_count: i32,
         forward: bool,
+        resolve: bool,
     ) -> ReadStreamEventsCompleted {
         let mut reply = ReadStreamEventsCompleted {
             events: Vec::new(),
@@ -307,7 +426,7 @@ impl Store {
             reply.last_event_number = DELETED_STREAM;
             return reply;
         }
-        let visible: Vec<usize> = self.visible(state).collect();
+        let visible: Vec<usize> = self.visible(stream, state).collect();
         if visible.is_empty() {
             reply.result = ReadStreamResult::NoStream as i32;
             return reply;
@@ -341,15 +460,12 @@ impl Store {
         } else {
             let next = picked.last().map_or(-1, |i| self.log[*i].number - 1);
             reply.next_event_number = next;
-            reply.is_end_of_stream = next < state.truncated_before.max(0)
-                || picked.last().is_none_or(|i| self.log[*i].number == 0);
+            let first = visible.first().map_or(0, |i| self.log[*i].number);
+            reply.is_end_of_stream = next < first;
         }
         reply.events = picked
             .into_iter()
-            .map(|i| ResolvedIndexedEvent {
-                event: Some(self.record(i)),
-                link: None,
-            })
+            .map(|i| self.indexed(i, resolve))
             .collect();
         reply
     }
@@ -359,6 +475,7 @@ impl Store {
         commit: i64,
         max_count: i32,
         forward: bool,
+        resolve: bool,
     ) -> ReadAllEventsCompleted {
         let mut reply = ReadAllEventsCompleted {
             commit_position: commit,
@@ -401,9 +518,49 @@ impl Store {
         };
         reply.next_commit_position = next;
         reply.next_prepare_position = next;
-        reply.events = indices.into_iter().map(|i| self.resolved(i)).collect();
+        reply.events = indices
+            .into_iter()
+            .map(|i| self.resolved(i, resolve))
+            .collect();
         reply
     }
+}
+
+/// A `$metadata` event holding `meta`; `seed` makes its id unique.
+pub(crate) fn metadata_event(
+    meta: &serde_json::Map<String, serde_json::Value>,
+    seed: usize,
+) -> NewEvent {
+    let mut event_id = vec![0xad; 16];
+    event_id[..8].copy_from_slice(&(seed as u64).to_le_bytes());
+    NewEvent {
+        event_id,
+        event_type: "$metadata".into(),
+        data_content_type: 1,
+        metadata_content_type: 0,
+        data: serde_json::to_vec(meta).unwrap_or_default(),
+        metadata: None,
+    }
+}
+
+/// A link event (`$>`) to event `number` of `stream`; `seed` makes its id unique.
+pub(crate) fn link_event(stream: &str, number: i64, seed: usize) -> NewEvent {
+    let mut event_id = vec![0x11; 16];
+    event_id[..8].copy_from_slice(&(seed as u64).to_le_bytes());
+    NewEvent {
+        event_id,
+        event_type: "$>".into(),
+        data_content_type: 0,
+        metadata_content_type: 0,
+        data: format!("{number}@{stream}").into_bytes(),
+        metadata: None,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

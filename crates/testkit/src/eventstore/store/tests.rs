@@ -42,27 +42,27 @@ fn expected_versions_follow_the_server() {
 fn stream_reads_page_forward_and_backward() {
     let mut s = Store::default();
     s.write("a", ANY, (0..5).map(event).collect(), 0);
-    let f = s.read_stream("a", 1, 2, true);
+    let f = s.read_stream("a", 1, 2, true, false);
     assert_eq!(numbers(&f), [1, 2]);
     assert_eq!(
         (f.next_event_number, f.last_event_number, f.is_end_of_stream),
         (3, 4, false)
     );
-    let f = s.read_stream("a", 3, 10, true);
+    let f = s.read_stream("a", 3, 10, true, false);
     assert_eq!(numbers(&f), [3, 4]);
     assert!(f.is_end_of_stream);
-    let b = s.read_stream("a", -1, 2, false);
+    let b = s.read_stream("a", -1, 2, false, false);
     assert_eq!(numbers(&b), [4, 3]);
     assert_eq!((b.next_event_number, b.is_end_of_stream), (2, false));
-    let b = s.read_stream("a", 1, 5, false);
+    let b = s.read_stream("a", 1, 5, false, false);
     assert_eq!(numbers(&b), [1, 0]);
     assert!(b.is_end_of_stream);
     assert_eq!(
-        s.read_stream("missing", 0, 1, true).result,
+        s.read_stream("missing", 0, 1, true, false).result,
         ReadStreamResult::NoStream as i32
     );
     assert_eq!(
-        s.read_stream("a", 0, MAX_READ + 1, true).result,
+        s.read_stream("a", 0, MAX_READ + 1, true, false).result,
         ReadStreamResult::Error as i32
     );
 }
@@ -73,36 +73,36 @@ fn all_reads_and_deletes() {
     s.write("a", ANY, vec![event(0)], 0);
     s.write("b", ANY, vec![event(1)], 0);
     s.write("a", ANY, vec![event(2)], 0);
-    let all = s.read_all(0, 10, true);
+    let all = s.read_all(0, 10, true, false);
     let streams: Vec<&str> = all
         .events
         .iter()
         .map(|e| e.event.as_ref().unwrap().event_stream_id.as_str())
         .collect();
     assert_eq!(streams, ["a", "b", "a"]);
-    let page = s.read_all(0, 2, true);
-    let rest = s.read_all(page.next_commit_position, 10, true);
+    let page = s.read_all(0, 2, true, false);
+    let rest = s.read_all(page.next_commit_position, 10, true, false);
     assert_eq!(
         rest.events.len(),
         1,
         "the next position continues without overlap"
     );
-    let back = s.read_all(-1, 2, false);
+    let back = s.read_all(-1, 2, false, false);
     assert_eq!(
         back.events[0].commit_position,
         all.events[2].commit_position
     );
 
     assert_eq!(
-        s.delete("a", 0, false).result,
+        s.delete("a", 0, false, 0).0.result,
         OperationResult::WrongExpectedVersion as i32
     );
     assert_eq!(
-        s.delete("a", 1, false).result,
+        s.delete("a", 1, false, 0).0.result,
         OperationResult::Success as i32
     );
     assert_eq!(
-        s.read_stream("a", 0, 10, true).result,
+        s.read_stream("a", 0, 10, true, false).result,
         ReadStreamResult::NoStream as i32,
         "soft-deleted"
     );
@@ -112,21 +112,21 @@ fn all_reads_and_deletes() {
         "a soft-deleted stream continues its numbers"
     );
     assert_eq!(
-        s.delete("b", ANY, true).result,
+        s.delete("b", ANY, true, 0).0.result,
         OperationResult::Success as i32
     );
     assert_eq!(
-        s.read_stream("b", 0, 10, true).result,
+        s.read_stream("b", 0, 10, true, false).result,
         ReadStreamResult::StreamDeleted as i32
     );
     let (w, _) = s.write("b", ANY, vec![event(4)], 0);
     assert_eq!(w.result, OperationResult::StreamDeleted as i32);
     assert_eq!(
-        s.read_event("b", 0).result,
+        s.read_event("b", 0, false).result,
         ReadEventResult::StreamDeleted as i32
     );
     assert_eq!(
-        s.read_event("a", -1)
+        s.read_event("a", -1, false)
             .event
             .unwrap()
             .event
@@ -134,4 +134,58 @@ fn all_reads_and_deletes() {
             .event_number,
         2
     );
+}
+
+fn set_metadata(s: &mut Store, stream: &str, json: &str) {
+    let mut e = event(9);
+    e.event_type = "$metadata".into();
+    e.data = json.as_bytes().to_vec();
+    s.write(&metadata_stream(stream), ANY, vec![e], 0);
+}
+
+#[test]
+fn metadata_limits_what_reads_see() {
+    let mut s = Store::default();
+    s.write("a", ANY, (0..6).map(event).collect(), now_ms());
+    set_metadata(&mut s, "a", r#"{"$maxCount": 3}"#);
+    assert_eq!(numbers(&s.read_stream("a", 0, 10, true, false)), [3, 4, 5]);
+    set_metadata(&mut s, "a", r#"{"$maxCount": 3, "$tb": 5}"#);
+    assert_eq!(numbers(&s.read_stream("a", 0, 10, true, false)), [5]);
+    assert_eq!(
+        s.read_event("a", 4, false).result,
+        ReadEventResult::NotFound as i32
+    );
+    set_metadata(&mut s, "a", r#"{"$maxAge": 60}"#);
+    s.write("old", ANY, vec![event(0)], now_ms() - 120_000);
+    s.write("old", ANY, vec![event(1)], now_ms());
+    set_metadata(&mut s, "old", r#"{"$maxAge": 60, "custom": "kept"}"#);
+    assert_eq!(numbers(&s.read_stream("old", 0, 10, true, false)), [1]);
+    // A soft delete keeps the other keys and sets `$tb` past the last event.
+    s.delete("old", ANY, false, now_ms());
+    let meta = s.metadata("old");
+    assert_eq!(meta["custom"], "kept");
+    assert_eq!(meta["$tb"], 2);
+}
+
+#[test]
+fn links_resolve_on_request() {
+    let mut s = Store::default();
+    s.write("target", ANY, vec![event(0), event(1)], 0);
+    s.write(
+        "links",
+        ANY,
+        vec![link_event("target", 1, 0), link_event("target", 7, 1)],
+        0,
+    );
+    let plain = s.read_stream("links", 0, 10, true, false);
+    assert_eq!(plain.events[0].event.as_ref().unwrap().event_type, "$>");
+    assert!(plain.events[0].link.is_none());
+    let resolved = s.read_stream("links", 0, 10, true, true);
+    let first = &resolved.events[0];
+    assert_eq!(first.event.as_ref().unwrap().event_stream_id, "target");
+    assert_eq!(first.event.as_ref().unwrap().event_number, 1);
+    assert_eq!(first.link.as_ref().unwrap().event_stream_id, "links");
+    let dangling = &resolved.events[1];
+    assert!(dangling.event.is_none(), "a dangling link comes back alone");
+    assert!(dangling.link.is_some());
 }
