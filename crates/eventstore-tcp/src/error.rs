@@ -46,6 +46,25 @@ pub enum Error {
     /// The stream was hard-deleted.
     #[error("stream {0:?} is deleted")]
     StreamDeleted(String),
+    /// A persistent subscription group of that name exists on the stream.
+    #[error("persistent subscription group {group:?} on {stream:?} already exists")]
+    GroupExists {
+        /// The stream.
+        stream: String,
+        /// The group.
+        group: String,
+    },
+    /// No such persistent subscription group.
+    #[error("no persistent subscription group {group:?} on {stream:?} — create it first")]
+    GroupNotFound {
+        /// The stream.
+        stream: String,
+        /// The group.
+        group: String,
+    },
+    /// The group already has its maximum number of consumers.
+    #[error("persistent subscription group {0:?} has its maximum number of consumers")]
+    SubscriberMaxCountReached(String),
     /// The user may not do this.
     #[error("access denied: {0}")]
     AccessDenied(String),

@@ -70,6 +70,8 @@ mod error;
 #[cfg(feature = "client")]
 mod ops;
 #[cfg(feature = "client")]
+mod persistent;
+#[cfg(feature = "client")]
 mod subscription;
 
 #[cfg(feature = "batch")]
@@ -83,6 +85,11 @@ pub use error::Error;
 pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
 #[cfg(feature = "client")]
 pub use ops::{EventRead, MAX_READ_COUNT};
+#[cfg(feature = "client")]
+pub use persistent::{
+    Acker, ConsumerStrategy, NakAction, PersistentEvent, PersistentMessage, PersistentSettings,
+    PersistentSubscription, StartFrom,
+};
 #[cfg(feature = "client")]
 pub use subscription::{CatchUp, CatchUpEvent, DropReason, Subscription, SubscriptionEvent};
 pub use types::{

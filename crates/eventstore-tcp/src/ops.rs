@@ -30,7 +30,7 @@ pub enum EventRead {
     Deleted,
 }
 
-fn decode<M: Message + Default>(frame: &Frame, expected: Command) -> Result<M, Error> {
+pub(crate) fn decode<M: Message + Default>(frame: &Frame, expected: Command) -> Result<M, Error> {
     if frame.command != expected {
         return Err(Error::Decode(format!(
             "{:?} in answer to a request expecting {expected:?}",

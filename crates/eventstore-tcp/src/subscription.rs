@@ -38,6 +38,21 @@ pub enum DropReason {
     Refused(String),
 }
 
+impl DropReason {
+    /// From a `SubscriptionDropped` payload.
+    pub(crate) fn from_frame(payload: &bytes::Bytes) -> Self {
+        use wire::subscription_dropped::SubscriptionDropReason as R;
+        let d = wire::SubscriptionDropped::decode(payload.clone()).unwrap_or_default();
+        match d.reason() {
+            R::Unsubscribed => Self::Unsubscribed,
+            R::AccessDenied => Self::AccessDenied,
+            R::NotFound => Self::NotFound,
+            R::PersistentSubscriptionDeleted => Self::PersistentSubscriptionDeleted,
+            R::SubscriberMaxCountReached => Self::SubscriberMaxCountReached,
+        }
+    }
+}
+
 /// What a volatile subscription yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -168,16 +183,7 @@ impl Subscription {
             }
             Command::SubscriptionDropped => {
                 self.ended = true;
-                let d =
-                    wire::SubscriptionDropped::decode(frame.payload.clone()).unwrap_or_default();
-                use wire::subscription_dropped::SubscriptionDropReason as R;
-                SubscriptionEvent::Dropped(match d.reason() {
-                    R::Unsubscribed => DropReason::Unsubscribed,
-                    R::AccessDenied => DropReason::AccessDenied,
-                    R::NotFound => DropReason::NotFound,
-                    R::PersistentSubscriptionDeleted => DropReason::PersistentSubscriptionDeleted,
-                    R::SubscriberMaxCountReached => DropReason::SubscriberMaxCountReached,
-                })
+                SubscriptionEvent::Dropped(DropReason::from_frame(&frame.payload))
             }
             Command::NotAuthenticated | Command::BadRequest => {
                 self.ended = true;

@@ -8,20 +8,20 @@ use headwaters_eventstore_tcp::{
 use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator, NotHandledReason};
 use headwaters_testkit::eventually;
 
-async fn setup() -> (EventStoreEmulator, Connection) {
+pub(crate) async fn setup() -> (EventStoreEmulator, Connection) {
     let e = EventStoreEmulator::start().await.unwrap();
     let c = Connection::connect(settings(&e)).await.unwrap();
     (e, c)
 }
 
-fn settings(e: &EventStoreEmulator) -> Settings {
+pub(crate) fn settings(e: &EventStoreEmulator) -> Settings {
     Settings::new(e.addr().to_string())
         .with_credentials("admin", "changeit")
         .unwrap()
         .with_backoff(Duration::from_millis(10), Duration::from_millis(100))
 }
 
-fn events(range: std::ops::Range<u32>) -> Vec<EventData> {
+pub(crate) fn events(range: std::ops::Range<u32>) -> Vec<EventData> {
     range
         .map(|i| EventData::json("counted", format!("{{\"n\":{i}}}")))
         .collect()

@@ -2,3 +2,4 @@
 
 mod batch_source;
 mod emulator;
+mod persistent;
