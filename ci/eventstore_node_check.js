@@ -90,6 +90,48 @@ async function main() {
   check(caught.join() === '0,1,2,3,4,5,6', `catch-up subscription saw ${caught}`);
   catchUp.stop();
 
+  // Persistent subscription: create a group, consume with manual acks, a nak retries.
+  const group = 'workers';
+  const settings = new es.PersistentSubscriptionSettings(false, 0, false, 30000, 10, 500, 20, 500, 2000, 10, 1000, 0, 'RoundRobin');
+  const created = await connection.createPersistentSubscription(stream, group, settings, credentials);
+  check(created.status === 'success', `persistent subscription created: ${created.status}`);
+  let duplicate = null;
+  try { await connection.createPersistentSubscription(stream, group, settings, credentials); } catch (e) { duplicate = e; }
+  check(duplicate !== null, 'creating the group twice is refused');
+  const delivered = [];
+  let naked = false;
+  const persistent = await withTimeout(connection.connectToPersistentSubscription(stream, group, (s, e) => {
+    const n = e.event.eventNumber.toNumber();
+    if (n === 2 && !naked) {
+      naked = true;
+      s.fail(e, es.PersistentSubscriptionNakEventAction.Retry, 'try again');
+      return;
+    }
+    delivered.push(n);
+    s.acknowledge(e);
+  }, () => {}, credentials, 10, false), 5000, 'connect to persistent subscription');
+  await withTimeout(new Promise((resolve) => { const t = setInterval(() => { if (delivered.length >= 7) { clearInterval(t); resolve(); } }, 10); }), 5000, 'persistent events');
+  check(naked && delivered.slice().sort().join() === '0,1,2,3,4,5,6', `persistent subscription delivered ${delivered} (2 after a nak)`);
+  persistent.stop();
+  const removed = await connection.deletePersistentSubscription(stream, group, credentials);
+  check(removed.status === 'success', 'persistent subscription deleted');
+
+  // Stream metadata: written to and read from `$$stream`; $maxCount limits reads.
+  await connection.setStreamMetadataRaw(stream, es.expectedVersion.any, { $maxCount: 3, owner: 'node' });
+  const meta = await connection.getStreamMetadataRaw(stream);
+  check(meta.streamMetadata && meta.streamMetadata.owner === 'node' && meta.streamMetadata.$maxCount === 3, `metadata round trip: ${JSON.stringify(meta.streamMetadata)}`);
+  const limited = await connection.readStreamEventsForward(stream, 0, 10, false);
+  check(limited.events.map((e) => e.event.eventNumber.toNumber()).join() === '4,5,6', `$maxCount 3 leaves ${limited.events.map((e) => e.event.eventNumber)}`);
+
+  // Transaction: nothing visible until the commit.
+  const txStream = `${stream}-tx`;
+  const tx = await connection.startTransaction(txStream, es.expectedVersion.noStream);
+  await tx.write([json(0), json(1)]);
+  const before = await connection.readStreamEventsForward(txStream, 0, 10, false);
+  check(before.status === es.sliceReadStatus.StreamNotFound, 'transaction not visible before commit');
+  const committed = await tx.commit();
+  check(committed.nextExpectedVersion.toNumber() === 1, `transaction committed: next expected ${committed.nextExpectedVersion}`);
+
   // Delete.
   await connection.deleteStream(stream, 6, true);
   const gone = await connection.readStreamEventsForward(stream, 0, 10, false);
