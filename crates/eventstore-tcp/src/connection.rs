@@ -157,6 +157,8 @@ struct Pending {
 pub struct Connection {
     tx: mpsc::UnboundedSender<Op>,
     settings: Arc<Settings>,
+    /// Credentials of this handle's operations (see [`Connection::as_user`]).
+    credentials: Option<Credentials>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -286,22 +288,35 @@ impl Connection {
             pending: HashMap::new(),
         };
         tokio::spawn(driver.run(link));
-        Ok(Self { tx, settings })
+        Ok(Self {
+            tx,
+            settings,
+            credentials: None,
+        })
+    }
+
+    /// A handle on the same socket whose operations carry these credentials instead of the
+    /// default ones (per-operation credentials). Errors for credentials that cannot be sent
+    /// (see [`Credentials::new`]).
+    pub fn as_user(
+        &self,
+        login: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            credentials: Some(Credentials::new(login, password)?),
+            ..self.clone()
+        })
     }
 
     /// Send a request and wait for its reply frame (retries included).
-    pub(crate) async fn request(
-        &self,
-        command: Command,
-        payload: Vec<u8>,
-        credentials: Option<Credentials>,
-    ) -> Result<Frame, Error> {
+    pub(crate) async fn request(&self, command: Command, payload: Vec<u8>) -> Result<Frame, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op {
                 command,
                 payload: payload.into(),
-                credentials,
+                credentials: self.credentials.clone(),
                 reply: Reply::Once(reply),
                 correlation: None,
             })
@@ -322,7 +337,7 @@ impl Connection {
             .send(Op {
                 command,
                 payload: payload.into(),
-                credentials: None,
+                credentials: self.credentials.clone(),
                 reply: Reply::Stream(tx),
                 correlation: Some(c),
             })
@@ -341,7 +356,7 @@ impl Connection {
             .send(Op {
                 command,
                 payload: payload.into(),
-                credentials: None,
+                credentials: self.credentials.clone(),
                 reply: Reply::Nothing,
                 correlation: Some(correlation),
             })
@@ -351,7 +366,7 @@ impl Connection {
     /// Round trip to the server (`Ping` → `Pong`).
     pub async fn ping(&self) -> Result<Duration, Error> {
         let started = std::time::Instant::now();
-        let reply = self.request(Command::Ping, Vec::new(), None).await?;
+        let reply = self.request(Command::Ping, Vec::new()).await?;
         if reply.command != Command::Pong {
             return Err(Error::Decode(format!(
                 "{:?} in answer to Ping",

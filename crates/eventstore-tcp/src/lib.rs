@@ -68,11 +68,15 @@ mod connection;
 #[cfg(feature = "client")]
 mod error;
 #[cfg(feature = "client")]
+mod metadata;
+#[cfg(feature = "client")]
 mod ops;
 #[cfg(feature = "client")]
 mod persistent;
 #[cfg(feature = "client")]
 mod subscription;
+#[cfg(feature = "client")]
+mod transaction;
 
 #[cfg(feature = "batch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
@@ -84,6 +88,8 @@ pub use connection::{Connection, Settings};
 pub use error::Error;
 pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
 #[cfg(feature = "client")]
+pub use metadata::{StreamAcl, StreamMetadata, StreamMetadataResult, metadata_stream};
+#[cfg(feature = "client")]
 pub use ops::{EventRead, MAX_READ_COUNT};
 #[cfg(feature = "client")]
 pub use persistent::{
@@ -92,6 +98,8 @@ pub use persistent::{
 };
 #[cfg(feature = "client")]
 pub use subscription::{CatchUp, CatchUpEvent, DropReason, Subscription, SubscriptionEvent};
+#[cfg(feature = "client")]
+pub use transaction::Transaction;
 pub use types::{
     AllSlice, EventData, ExpectedVersion, Position, ReadDirection, RecordedEvent, ResolvedEvent,
     StreamSlice, WriteResult,

@@ -40,7 +40,7 @@ pub(crate) fn decode<M: Message + Default>(frame: &Frame, expected: Command) -> 
     M::decode(frame.payload.clone()).map_err(|e| Error::Decode(e.to_string()))
 }
 
-fn operation_error(
+pub(crate) fn operation_error(
     result: OperationResult,
     message: Option<String>,
     stream: &str,
@@ -79,7 +79,7 @@ impl Connection {
             require_master: true,
         };
         let frame = self
-            .request(Command::WriteEvents, request.encode_to_vec(), None)
+            .request(Command::WriteEvents, request.encode_to_vec())
             .await?;
         let done: wire::WriteEventsCompleted = decode(&frame, Command::WriteEventsCompleted)?;
         match done.result() {
@@ -113,7 +113,7 @@ impl Connection {
             require_master: false,
         };
         let frame = self
-            .request(Command::ReadEvent, request.encode_to_vec(), None)
+            .request(Command::ReadEvent, request.encode_to_vec())
             .await?;
         let done: wire::ReadEventCompleted = decode(&frame, Command::ReadEventCompleted)?;
         use wire::read_event_completed::ReadEventResult as R;
@@ -157,7 +157,7 @@ impl Connection {
                 Command::ReadStreamEventsBackwardCompleted,
             ),
         };
-        let frame = self.request(command, request.encode_to_vec(), None).await?;
+        let frame = self.request(command, request.encode_to_vec()).await?;
         let done: wire::ReadStreamEventsCompleted = decode(&frame, completed)?;
         use wire::read_stream_events_completed::ReadStreamResult as R;
         match done.result() {
@@ -209,7 +209,7 @@ impl Connection {
                 Command::ReadAllEventsBackwardCompleted,
             ),
         };
-        let frame = self.request(command, request.encode_to_vec(), None).await?;
+        let frame = self.request(command, request.encode_to_vec()).await?;
         let done: wire::ReadAllEventsCompleted = decode(&frame, completed)?;
         use wire::read_all_events_completed::ReadAllResult as R;
         match done.result() {
@@ -248,7 +248,7 @@ impl Connection {
             hard_delete: Some(hard),
         };
         let frame = self
-            .request(Command::DeleteStream, request.encode_to_vec(), None)
+            .request(Command::DeleteStream, request.encode_to_vec())
             .await?;
         let done: wire::DeleteStreamCompleted = decode(&frame, Command::DeleteStreamCompleted)?;
         match done.result() {

@@ -328,7 +328,6 @@ impl Connection {
             .request(
                 Command::CreatePersistentSubscription,
                 request.encode_to_vec(),
-                None,
             )
             .await?;
         let done: wire::CreatePersistentSubscriptionCompleted =
@@ -377,7 +376,6 @@ impl Connection {
             .request(
                 Command::UpdatePersistentSubscription,
                 request.encode_to_vec(),
-                None,
             )
             .await?;
         let done: wire::UpdatePersistentSubscriptionCompleted =
@@ -410,7 +408,6 @@ impl Connection {
             .request(
                 Command::DeletePersistentSubscription,
                 request.encode_to_vec(),
-                None,
             )
             .await?;
         let done: wire::DeletePersistentSubscriptionCompleted =

@@ -451,3 +451,114 @@ async fn all_catch_up_delivers_every_event_once_by_position_across_reconnects() 
     }
     assert_eq!(rest, positions[95..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_become_visible_at_the_commit() {
+    let (_e, c) = setup().await;
+    let tx = c
+        .start_transaction("ledger", ExpectedVersion::NoStream)
+        .await
+        .unwrap();
+    tx.write(&events(0..2)).await.unwrap();
+    tx.write(&events(2..3)).await.unwrap();
+    let before = c
+        .read_stream("ledger", 0, 10, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert!(before.events.is_empty(), "nothing before the commit");
+    let done = tx.commit().await.unwrap();
+    assert_eq!(done.next_expected_version, 2);
+    let after = c
+        .read_stream("ledger", 0, 10, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&after.events), [0, 1, 2]);
+
+    // The expected version is checked at the commit.
+    let late = c
+        .start_transaction("ledger", ExpectedVersion::NoStream)
+        .await
+        .unwrap();
+    late.write(&events(3..4)).await.unwrap();
+    let err = late.commit().await.unwrap_err();
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_metadata_round_trips_and_limits_reads() {
+    use headwaters_eventstore_tcp::{StreamAcl, StreamMetadata};
+    let (_e, c) = setup().await;
+    let none = c.get_stream_metadata("audit").await.unwrap();
+    assert_eq!(none.meta_version, None);
+    assert_eq!(none.metadata, StreamMetadata::default());
+    c.append_to_stream("audit", ExpectedVersion::Any, &events(0..5))
+        .await
+        .unwrap();
+    let meta = StreamMetadata::default()
+        .with_max_count(2)
+        .with_cache_control(Duration::from_secs(30))
+        .with_acl(StreamAcl {
+            read: vec!["$all".into()],
+            ..StreamAcl::default()
+        })
+        .with_custom("team", "risk");
+    c.set_stream_metadata("audit", ExpectedVersion::NoStream, &meta)
+        .await
+        .unwrap();
+    let got = c.get_stream_metadata("audit").await.unwrap();
+    assert_eq!((got.meta_version, &got.metadata), (Some(0), &meta));
+    let slice = c
+        .read_stream("audit", 0, 10, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        numbers(&slice.events),
+        [3, 4],
+        "$maxCount keeps the newest two"
+    );
+    // Optimistic concurrency on the metadata stream.
+    let err = c
+        .set_stream_metadata("audit", ExpectedVersion::NoStream, &meta)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }), "{err}");
+    c.set_stream_metadata(
+        "audit",
+        ExpectedVersion::Exact(0),
+        &StreamMetadata::default().with_truncate_before(1),
+    )
+    .await
+    .unwrap();
+    let slice = c
+        .read_stream("audit", 0, 10, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&slice.events), [1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_operation_credentials_override_the_defaults() {
+    let config = EventStoreConfig::default().with_user("ops", "s3cret");
+    let e = EventStoreEmulator::start_with(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // No default credentials on this connection.
+    let anonymous = Connection::connect(Settings::new(e.addr().to_string()))
+        .await
+        .unwrap();
+    let ops = anonymous.as_user("ops", "s3cret").unwrap();
+    ops.append_to_stream("s", ExpectedVersion::Any, &events(0..1))
+        .await
+        .unwrap();
+    let wrong = anonymous.as_user("ops", "guess").unwrap();
+    let err = wrong
+        .append_to_stream("s", ExpectedVersion::Any, &events(1..2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAuthenticated(_)), "{err}");
+    assert!(
+        anonymous.as_user("", "x").is_err(),
+        "an empty login cannot be sent"
+    );
+    assert_eq!(e.stream("s").len(), 1);
+}

@@ -64,6 +64,12 @@ impl Default for EventStoreConfig {
 }
 
 impl EventStoreConfig {
+    /// Accept another login.
+    pub fn with_user(mut self, login: impl Into<String>, password: impl Into<String>) -> Self {
+        self.users.push((login.into(), password.into()));
+        self
+    }
+
     /// Set the server heartbeat rule.
     pub fn with_heartbeats(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval;
