@@ -113,6 +113,9 @@ pub(crate) struct Delivery {
     pub(crate) resolve_link_tos: bool,
 }
 
+/// The first readable event of a stream numbered at least the given one, with its id.
+pub(crate) type NextEvent<'a> = dyn Fn(&str, i64) -> Option<(i64, Vec<u8>)> + 'a;
+
 /// Messages to park: (stream, group, event number).
 pub(crate) type Parked = Vec<(String, String, i64)>;
 
@@ -312,7 +315,7 @@ impl Groups {
     pub(crate) fn dispatch(
         &mut self,
         now_ms: i64,
-        next_event: &dyn Fn(&str, i64) -> Option<(i64, Vec<u8>)>,
+        next_event: &NextEvent<'_>,
     ) -> Vec<Delivery> {
         let mut out = Vec::new();
         for ((stream, _), g) in &mut self.groups {
