@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::command::Command;
 use crate::error::Error;
 use crate::frame::{Credentials, Frame, FrameDecoder};
+use crate::gossip::{self, NodePreference, Seeds};
 use crate::wire;
 
 /// Connection settings (Extreme's configuration, with the .NET client's defaults).
@@ -33,6 +34,10 @@ pub struct Settings {
     pub(crate) max_reconnect_attempts: Option<u32>,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// Cluster discovery instead of `addr`.
+    pub(crate) seeds: Option<Seeds>,
+    pub(crate) node_preference: NodePreference,
+    pub(crate) gossip_timeout: Duration,
 }
 
 impl Settings {
@@ -50,7 +55,50 @@ impl Settings {
             max_reconnect_attempts: None,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            seeds: None,
+            node_preference: NodePreference::Leader,
+            gossip_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// A cluster found through gossip: `seeds` are nodes' HTTP endpoints (`host:2113`),
+    /// tried in order; the node is chosen by [`Settings::with_node_preference`] and chosen
+    /// again (gossip anew) after every connection loss.
+    pub fn cluster<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> Self {
+        let seeds: Vec<String> = seeds.into_iter().map(Into::into).collect();
+        Self {
+            seeds: Some(Seeds::List(seeds.clone())),
+            ..Self::new(seeds.join(","))
+        }
+    }
+
+    /// A cluster whose nodes are the addresses of a DNS name, gossiping on `http_port`
+    /// (2113 by default on the servers).
+    pub fn cluster_dns(name: impl Into<String>, http_port: u16) -> Self {
+        let name = name.into();
+        Self {
+            seeds: Some(Seeds::Dns(name.clone(), http_port)),
+            ..Self::new(format!("{name}:{http_port}"))
+        }
+    }
+
+    /// Which cluster node to use (default the leader). With
+    /// [`NodePreference::Follower`] reads may be served by a follower; otherwise reads ask
+    /// for the leader and a follower's `NotHandled(NotLeader)` sends the client there.
+    pub fn with_node_preference(mut self, preference: NodePreference) -> Self {
+        self.node_preference = preference;
+        self
+    }
+
+    /// How long one gossip request may take (default 1 s).
+    pub fn with_gossip_timeout(mut self, timeout: Duration) -> Self {
+        self.gossip_timeout = timeout;
+        self
+    }
+
+    /// Whether reads must be served by the leader (`require_leader`).
+    pub(crate) fn reads_require_leader(&self) -> bool {
+        self.node_preference == NodePreference::Leader
     }
 
     /// Default credentials: sent with `Authenticate` on every (re)connect.
@@ -165,6 +213,10 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("addr", &self.settings.addr)
+            .field(
+                "as_user",
+                &self.credentials.as_ref().map(Credentials::login),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -211,13 +263,41 @@ async fn await_reply(link: &mut Link, correlation: [u8; 16]) -> Result<Frame, St
     }
 }
 
-/// TCP connect, then `Authenticate` (with default credentials) and `IdentifyClient`.
-async fn handshake(settings: &Settings) -> Result<Link, Error> {
-    let connect_err = |reason: String| Error::Connect {
+/// The node to connect to: where a `NotLeader` answer pointed, else the gossip's choice
+/// (avoiding `failed`), else the configured address.
+async fn target(
+    settings: &Settings,
+    redirect: Option<String>,
+    failed: Option<&str>,
+) -> Result<String, Error> {
+    if let Some(addr) = redirect {
+        return Ok(addr);
+    }
+    let Some(seeds) = &settings.seeds else {
+        return Ok(settings.addr.clone());
+    };
+    gossip::discover(
+        seeds,
+        failed,
+        settings.node_preference,
+        false,
+        settings.gossip_timeout,
+    )
+    .await
+    .map_err(|reason| Error::Connect {
         addr: settings.addr.clone(),
         reason,
+    })
+}
+
+/// TCP connect to `addr`, then `Authenticate` (with default credentials) and
+/// `IdentifyClient`.
+async fn handshake(settings: &Settings, addr: &str) -> Result<Link, Error> {
+    let connect_err = |reason: String| Error::Connect {
+        addr: addr.to_owned(),
+        reason,
     };
-    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&settings.addr))
+    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| {
             connect_err(format!(
@@ -279,13 +359,17 @@ impl Connection {
     /// Connect and handshake; the first connection's errors (unreachable, refused
     /// credentials) are returned here.
     pub async fn connect(settings: Settings) -> Result<Self, Error> {
-        let link = handshake(&settings).await?;
+        let addr = target(&settings, None, None).await?;
+        let link = handshake(&settings, &addr).await?;
+        tracing::debug!(%addr, "eventstore: connected");
         let settings = Arc::new(settings);
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Driver {
             settings: settings.clone(),
             rx,
             pending: HashMap::new(),
+            addr,
+            redirect: None,
         };
         tokio::spawn(driver.run(link));
         Ok(Self {
@@ -386,6 +470,10 @@ struct Driver {
     settings: Arc<Settings>,
     rx: mpsc::UnboundedReceiver<Op>,
     pending: HashMap<[u8; 16], Pending>,
+    /// The node of the current (or last) connection.
+    addr: String,
+    /// The leader a `NotHandled(NotLeader)` named: the next connection goes there.
+    redirect: Option<String>,
 }
 
 enum End {
@@ -402,7 +490,7 @@ impl Driver {
         loop {
             let mut current = match link.take() {
                 Some(l) => l,
-                None => match handshake(&self.settings).await {
+                None => match self.reconnect().await {
                     Ok(l) => {
                         backoff.reset();
                         l
@@ -417,7 +505,7 @@ impl Driver {
                             return self.give_up(e);
                         }
                         let wait = backoff.step();
-                        tracing::warn!(addr = %self.settings.addr, error = %e, ?wait, "eventstore: reconnecting");
+                        tracing::warn!(addr = %self.addr, error = %e, ?wait, "eventstore: reconnecting");
                         tokio::time::sleep(wait).await;
                         continue;
                     }
@@ -426,14 +514,27 @@ impl Driver {
             match self.session(&mut current).await {
                 End::Closed => return,
                 End::Lost(reason) => {
-                    tracing::warn!(addr = %self.settings.addr, %reason, pending = self.pending.len(), "eventstore: connection lost");
+                    tracing::warn!(addr = %self.addr, %reason, pending = self.pending.len(), "eventstore: connection lost");
                 }
             }
         }
     }
 
+    /// Connect again: to the leader a `NotLeader` named, or to the node gossip chooses now
+    /// (not the one that just failed, when there is another), or to the one address.
+    async fn reconnect(&mut self) -> Result<Link, Error> {
+        let redirected = self.redirect.is_some();
+        let addr = target(&self.settings, self.redirect.take(), Some(&self.addr)).await?;
+        let link = handshake(&self.settings, &addr).await?;
+        if addr != self.addr || redirected {
+            tracing::info!(from = %self.addr, to = %addr, redirected, "eventstore: connected to another node");
+        }
+        self.addr = addr;
+        Ok(link)
+    }
+
     fn give_up(mut self, error: Error) {
-        tracing::error!(addr = %self.settings.addr, %error, "eventstore: giving up");
+        tracing::error!(addr = %self.addr, %error, "eventstore: giving up");
         self.rx.close();
         for (_, p) in self.pending.drain() {
             p.reply.fail(error.clone());
@@ -632,8 +733,23 @@ impl Driver {
                     return Ok(());
                 }
                 R::NotMaster => {
-                    p.reply.fail(Error::NotLeader(leader(&frame.payload)));
-                    return Ok(());
+                    // Reconnect to the leader it names and send the operation there.
+                    let leader = leader(&frame.payload);
+                    match leader {
+                        Some(addr) if p.attempts <= self.settings.operation_retries => {
+                            p.attempts += 1;
+                            self.pending.insert(frame.correlation, p);
+                            let reason =
+                                format!("not the leader; reconnecting to the leader at {addr}");
+                            self.redirect = Some(addr);
+                            return Err(reason);
+                        }
+                        _ => {
+                            p.reply
+                                .fail(Error::NotLeader(leader.unwrap_or_else(|| "unknown".into())));
+                            return Ok(());
+                        }
+                    }
                 }
             };
             if p.attempts > self.settings.operation_retries {
@@ -663,14 +779,12 @@ impl Driver {
     }
 }
 
-/// The leader's address from a `NotHandled(NotMaster)` reply.
-fn leader(payload: &Bytes) -> String {
+/// The leader's TCP address from a `NotHandled(NotMaster)` reply.
+fn leader(payload: &Bytes) -> Option<String> {
     wire::NotHandled::decode(payload.clone())
         .ok()
         .and_then(|n| n.additional_info)
         .and_then(|info| wire::not_handled::MasterInfo::decode(&info[..]).ok())
-        .map_or_else(
-            || "unknown".into(),
-            |m| format!("{}:{}", m.external_tcp_address, m.external_tcp_port),
-        )
+        .filter(|m| !m.external_tcp_address.is_empty() && m.external_tcp_port > 0)
+        .map(|m| format!("{}:{}", m.external_tcp_address, m.external_tcp_port))
 }

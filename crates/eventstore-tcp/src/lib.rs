@@ -68,6 +68,8 @@ mod connection;
 #[cfg(feature = "client")]
 mod error;
 #[cfg(feature = "client")]
+pub mod gossip;
+#[cfg(feature = "client")]
 mod metadata;
 #[cfg(feature = "client")]
 mod ops;
@@ -87,6 +89,8 @@ pub use connection::{Connection, Settings};
 #[cfg(feature = "client")]
 pub use error::Error;
 pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
+#[cfg(feature = "client")]
+pub use gossip::{NodePreference, NodeState};
 #[cfg(feature = "client")]
 pub use metadata::{StreamAcl, StreamMetadata, StreamMetadataResult, metadata_stream};
 #[cfg(feature = "client")]

@@ -110,7 +110,7 @@ impl Connection {
             event_stream_id: stream.to_owned(),
             event_number,
             resolve_link_tos: resolve_links,
-            require_master: false,
+            require_master: self.settings().reads_require_leader(),
         };
         let frame = self
             .request(Command::ReadEvent, request.encode_to_vec())
@@ -145,7 +145,7 @@ impl Connection {
             from_event_number: from,
             max_count: check_count(count)?,
             resolve_link_tos: resolve_links,
-            require_master: false,
+            require_master: self.settings().reads_require_leader(),
         };
         let (command, completed) = match direction {
             ReadDirection::Forward => (
@@ -197,7 +197,7 @@ impl Connection {
             prepare_position: from.prepare,
             max_count,
             resolve_link_tos: resolve_links,
-            require_master: false,
+            require_master: self.settings().reads_require_leader(),
         };
         let (command, completed) = match direction {
             ReadDirection::Forward => (

@@ -16,9 +16,12 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 mod persistent;
 mod store;
 mod wire;
+
+pub use cluster::{EventStoreCluster, GossipFormat};
 
 use std::collections::HashMap;
 use std::io;
@@ -120,7 +123,9 @@ struct State {
 }
 
 struct Shared {
-    store: Mutex<State>,
+    store: Arc<Mutex<State>>,
+    /// In a simulated cluster: the cluster's view and this node's index.
+    cluster: Option<(Arc<cluster::View>, usize)>,
     config: EventStoreConfig,
     kill: watch::Sender<u64>,
     heartbeats_stopped: AtomicBool,
@@ -136,7 +141,7 @@ impl Shared {
     }
 }
 
-/// A running emulator; dropping it stops the server and drops every connection.
+/// A running emulator (one node); dropping it stops the server and drops every connection.
 pub struct EventStoreEmulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -164,9 +169,20 @@ impl EventStoreEmulator {
     /// Start with `config` on `addr`.
     pub async fn start_with(config: EventStoreConfig, addr: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
+        Self::launch(config, listener, Arc::default(), None)
+    }
+
+    /// Serve on `listener` with the database `state` (shared by a cluster's nodes).
+    fn launch(
+        config: EventStoreConfig,
+        listener: TcpListener,
+        state: Arc<Mutex<State>>,
+        cluster: Option<(Arc<cluster::View>, usize)>,
+    ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            store: Mutex::new(State::default()),
+            store: state,
+            cluster,
             config,
             kill: watch::channel(0).0,
             heartbeats_stopped: AtomicBool::new(false),
@@ -275,6 +291,7 @@ impl Drop for EventStoreEmulator {
     }
 }
 
+#[derive(Debug)]
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -537,6 +554,10 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             reply(shared, tx, frame(0xF1, c, &body.encode_to_vec()));
             return;
         }
+    }
+    if let Some(not_leader) = cluster::redirect(shared, p.command, &p.payload) {
+        reply(shared, tx, frame(0xF1, c, &not_leader));
+        return;
     }
     let bad = |what: &str| frame(0xF0, c, format!("Invalid {what} message").as_bytes());
     let key: ConsumerKey = (conn, c);

@@ -312,11 +312,7 @@ impl Groups {
     /// Hand out what consumers have room for: retries first, then new events.
     /// `next_event(stream, from)` is the first readable event numbered `from` or more, with
     /// its id.
-    pub(crate) fn dispatch(
-        &mut self,
-        now_ms: i64,
-        next_event: &NextEvent<'_>,
-    ) -> Vec<Delivery> {
+    pub(crate) fn dispatch(&mut self, now_ms: i64, next_event: &NextEvent<'_>) -> Vec<Delivery> {
         let mut out = Vec::new();
         for ((stream, _), g) in &mut self.groups {
             while let Some(i) = g.next_consumer() {

@@ -1,0 +1,399 @@
+//! Cluster discovery: the HTTP gossip document of v5 and v20+ servers ([`parse_gossip`]),
+//! node ranking by [`NodePreference`] ([`select_node`]), and the fetch from seeds or DNS.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::Error;
+
+/// A node's state, in both the v5 (`Master`, `Slave`, …) and v20+ (`Leader`, `Follower`, …)
+/// spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NodeState {
+    /// Starting.
+    Initializing,
+    /// Looking for the leader (v20+).
+    DiscoverLeader,
+    /// Unknown.
+    Unknown,
+    /// About to replicate.
+    PreReplica,
+    /// Catching up with the leader.
+    CatchingUp,
+    /// A clone.
+    Clone,
+    /// A follower (`Slave` in v5).
+    Follower,
+    /// About to lead (`PreMaster` in v5).
+    PreLeader,
+    /// The leader (`Master` in v5).
+    Leader,
+    /// A manager node (not a database node).
+    Manager,
+    /// Shutting down.
+    ShuttingDown,
+    /// Shut down.
+    Shutdown,
+    /// A read-only replica without a leader.
+    ReadOnlyLeaderless,
+    /// About to be a read-only replica.
+    PreReadOnlyReplica,
+    /// A read-only replica.
+    ReadOnlyReplica,
+    /// Giving up leadership.
+    ResigningLeader,
+}
+
+impl NodeState {
+    /// From the gossip's `state` string (either version's names).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "Initializing" => Self::Initializing,
+            "DiscoverLeader" => Self::DiscoverLeader,
+            "Unknown" => Self::Unknown,
+            "PreReplica" => Self::PreReplica,
+            "CatchingUp" => Self::CatchingUp,
+            "Clone" => Self::Clone,
+            "Follower" | "Slave" => Self::Follower,
+            "PreLeader" | "PreMaster" => Self::PreLeader,
+            "Leader" | "Master" => Self::Leader,
+            "Manager" => Self::Manager,
+            "ShuttingDown" => Self::ShuttingDown,
+            "Shutdown" => Self::Shutdown,
+            "ReadOnlyLeaderless" => Self::ReadOnlyLeaderless,
+            "PreReadOnlyReplica" => Self::PreReadOnlyReplica,
+            "ReadOnlyReplica" => Self::ReadOnlyReplica,
+            "ResigningLeader" => Self::ResigningLeader,
+            _ => return None,
+        })
+    }
+}
+
+/// Which node to connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodePreference {
+    /// The leader (writes go there without forwarding; the default).
+    #[default]
+    Leader,
+    /// A follower, for reads (Extreme's read mode); the leader when there is none.
+    Follower,
+    /// A read-only replica, else a follower, else the leader.
+    ReadOnlyReplica,
+}
+
+/// A cluster member as gossip describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Member {
+    /// Its state.
+    pub state: NodeState,
+    /// Whether the gossiping node thinks it is alive.
+    pub is_alive: bool,
+    /// The host clients should use.
+    pub host: String,
+    /// The plain-text external TCP port (0 when disabled, as with TLS on v20+).
+    pub tcp_port: u16,
+    /// The TLS external TCP port (0 when none).
+    pub secure_tcp_port: u16,
+}
+
+impl Member {
+    /// `host:port` for a client, over TLS or not; `None` when the node offers no such port.
+    pub fn endpoint(&self, tls: bool) -> Option<String> {
+        let port = if tls {
+            self.secure_tcp_port
+        } else {
+            self.tcp_port
+        };
+        (port != 0).then(|| format!("{}:{port}", self.host))
+    }
+}
+
+/// Parse a gossip document (`{"members": [...]}`) of a v5 or v20+ server. Members with an
+/// unknown state are kept as [`NodeState::Unknown`]; a document without `members` is an
+/// error.
+pub fn parse_gossip(body: &[u8]) -> Result<Vec<Member>, Error> {
+    let bad = |what: String| Error::Decode(format!("gossip: {what}"));
+    let doc: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let members = doc
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no \"members\" array".into()))?;
+    let port = |m: &Value, key: &str| {
+        m.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0)
+    };
+    let text = |m: &Value, key: &str| {
+        m.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    members
+        .iter()
+        .map(|m| {
+            let state = m
+                .get("state")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("a member without a state".into()))?;
+            // v20+ may advertise another host and port to clients.
+            let host = text(m, "advertiseHostToClientAs")
+                .or_else(|| text(m, "externalTcpIp"))
+                .ok_or_else(|| bad("a member without externalTcpIp".into()))?;
+            let advertised = port(m, "advertiseTcpPortToClientAs");
+            Ok(Member {
+                state: NodeState::parse(state).unwrap_or(NodeState::Unknown),
+                is_alive: m.get("isAlive").and_then(Value::as_bool).unwrap_or(false),
+                host,
+                tcp_port: if advertised != 0 {
+                    advertised
+                } else {
+                    port(m, "externalTcpPort")
+                },
+                secure_tcp_port: port(m, "externalSecureTcpPort"),
+            })
+        })
+        .collect()
+}
+
+/// The best member for `preference` among those alive and able to serve clients, with an
+/// endpoint of the right kind (Extreme's ranking; v5 and v20 names alike).
+pub fn select_node(members: &[Member], preference: NodePreference, tls: bool) -> Option<&Member> {
+    use NodeState as S;
+    let rank = |state: S| -> Option<u8> {
+        let lead = match preference {
+            NodePreference::Leader => [S::Leader, S::PreLeader, S::Follower],
+            NodePreference::Follower => [S::Follower, S::Leader, S::PreLeader],
+            NodePreference::ReadOnlyReplica => [S::ReadOnlyReplica, S::Follower, S::Leader],
+        };
+        if let Some(i) = lead.iter().position(|s| *s == state) {
+            return Some(i as u8);
+        }
+        Some(match state {
+            S::Leader | S::PreLeader | S::Follower | S::ReadOnlyReplica => 3,
+            S::Clone => 4,
+            S::CatchingUp => 5,
+            S::PreReplica | S::PreReadOnlyReplica => 6,
+            S::Unknown | S::DiscoverLeader | S::ReadOnlyLeaderless | S::ResigningLeader => 7,
+            S::Initializing => 8,
+            S::Manager | S::ShuttingDown | S::Shutdown => return None,
+        })
+    };
+    members
+        .iter()
+        .filter(|m| m.is_alive && m.endpoint(tls).is_some())
+        .filter_map(|m| rank(m.state).map(|r| (r, m)))
+        .min_by_key(|(r, _)| *r)
+        .map(|(_, m)| m)
+}
+
+/// `GET /gossip?format=json` from `seed` (`host:port` of the node's HTTP API) over plain
+/// HTTP/1.1.
+pub(crate) async fn fetch(seed: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let get = async {
+        let mut stream = TcpStream::connect(seed).await.map_err(|e| e.to_string())?;
+        let host = seed.rsplit_once(':').map_or(seed, |(h, _)| h);
+        let request = format!(
+            "GET /gossip?format=json HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        http_body(&response)
+    };
+    tokio::time::timeout(timeout, get)
+        .await
+        .map_err(|_| format!("no gossip answer within {timeout:?}"))?
+}
+
+/// The body of a complete HTTP/1.1 response (status 200; `Content-Length`, chunked or to
+/// the end of the connection).
+fn http_body(response: &[u8]) -> Result<Vec<u8>, String> {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("an incomplete HTTP response")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let body = &response[split + 4..];
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("gossip answered {status:?}"));
+    }
+    let header = |name: &str| {
+        head.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("a truncated chunk")?;
+            let size_text = String::from_utf8_lossy(&rest[..line_end]);
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| format!("a bad chunk size {size_text:?}"))?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                return Ok(out);
+            }
+            if rest.len() < size {
+                return Err("a truncated chunk".into());
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = rest.get(size + 2..).unwrap_or_default();
+        }
+    }
+    match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) if body.len() < n => Err("a truncated body".into()),
+        Some(n) => Ok(body[..n].to_vec()),
+        None => Ok(body.to_vec()),
+    }
+}
+
+/// Where to gossip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seeds {
+    /// HTTP endpoints (`host:port`), tried in order.
+    List(Vec<String>),
+    /// A DNS name whose addresses are the seeds, on this HTTP port.
+    Dns(String, u16),
+}
+
+/// Gossip with the seeds in turn and pick a node's TCP endpoint (not `failed` when another
+/// will do).
+pub(crate) async fn discover(
+    seeds: &Seeds,
+    failed: Option<&str>,
+    preference: NodePreference,
+    tls: bool,
+    timeout: Duration,
+) -> Result<String, String> {
+    let candidates: Vec<String> = match seeds {
+        Seeds::List(list) => list.clone(),
+        Seeds::Dns(name, port) => tokio::net::lookup_host((name.as_str(), *port))
+            .await
+            .map_err(|e| format!("cannot resolve {name}: {e}"))?
+            .map(|a| a.to_string())
+            .collect(),
+    };
+    let mut errors = Vec::new();
+    for seed in &candidates {
+        let members = match fetch(seed, timeout).await {
+            Ok(body) => match parse_gossip(&body) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(format!("{seed}: {e}"));
+                    continue;
+                }
+            },
+            Err(e) => {
+                errors.push(format!("{seed}: {e}"));
+                continue;
+            }
+        };
+        let usable: Vec<Member> = members
+            .iter()
+            .filter(|m| failed.is_none_or(|f| m.endpoint(tls).as_deref() != Some(f)))
+            .cloned()
+            .collect();
+        let chosen = select_node(&usable, preference, tls)
+            .or_else(|| select_node(&members, preference, tls));
+        if let Some(node) = chosen.and_then(|m| m.endpoint(tls)) {
+            return Ok(node);
+        }
+        errors.push(format!("{seed}: no member can take clients"));
+    }
+    Err(format!("cluster discovery failed ({})", errors.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V5: &str = r#"{"members":[
+        {"instanceId":"a","state":"Slave","isAlive":true,"externalTcpIp":"10.0.0.1","externalTcpPort":1113,"externalSecureTcpPort":0,"externalHttpIp":"10.0.0.1","externalHttpPort":2113},
+        {"instanceId":"b","state":"Master","isAlive":true,"externalTcpIp":"10.0.0.2","externalTcpPort":1113,"externalSecureTcpPort":0,"externalHttpIp":"10.0.0.2","externalHttpPort":2113},
+        {"instanceId":"c","state":"Manager","isAlive":true,"externalTcpIp":"10.0.0.3","externalTcpPort":1113,"externalSecureTcpPort":0},
+        {"instanceId":"d","state":"Slave","isAlive":false,"externalTcpIp":"10.0.0.4","externalTcpPort":1113,"externalSecureTcpPort":0}
+    ],"serverIp":"10.0.0.1","serverPort":2113}"#;
+
+    const V20: &str = r#"{"members":[
+        {"instanceId":"a","state":"Follower","isAlive":true,"externalTcpIp":"10.0.0.1","externalTcpPort":0,"externalSecureTcpPort":1113,"httpEndPointIp":"10.0.0.1","httpEndPointPort":2113,"advertiseHostToClientAs":"","advertiseTcpPortToClientAs":0,"isReadOnlyReplica":false},
+        {"instanceId":"b","state":"Leader","isAlive":true,"externalTcpIp":"10.0.0.2","externalTcpPort":0,"externalSecureTcpPort":1113,"httpEndPointIp":"10.0.0.2","httpEndPointPort":2113,"advertiseHostToClientAs":"db-b.example","advertiseTcpPortToClientAs":0,"isReadOnlyReplica":false},
+        {"instanceId":"c","state":"ReadOnlyReplica","isAlive":true,"externalTcpIp":"10.0.0.3","externalTcpPort":0,"externalSecureTcpPort":1113,"isReadOnlyReplica":true}
+    ]}"#;
+
+    #[test]
+    fn v5_names_rank_like_v20_names() {
+        let members = parse_gossip(V5.as_bytes()).unwrap();
+        assert_eq!(members.len(), 4);
+        assert_eq!(members[1].state, NodeState::Leader, "Master is the leader");
+        let leader = select_node(&members, NodePreference::Leader, false).unwrap();
+        assert_eq!(leader.endpoint(false).unwrap(), "10.0.0.2:1113");
+        let follower = select_node(&members, NodePreference::Follower, false).unwrap();
+        assert_eq!(
+            follower.endpoint(false).unwrap(),
+            "10.0.0.1:1113",
+            "the live slave"
+        );
+        assert!(
+            select_node(&members, NodePreference::Leader, true).is_none(),
+            "no TLS port on v5"
+        );
+    }
+
+    #[test]
+    fn v20_uses_secure_ports_and_advertised_hosts() {
+        let members = parse_gossip(V20.as_bytes()).unwrap();
+        let leader = select_node(&members, NodePreference::Leader, true).unwrap();
+        assert_eq!(leader.endpoint(true).unwrap(), "db-b.example:1113");
+        assert!(select_node(&members, NodePreference::Leader, false).is_none());
+        let replica = select_node(&members, NodePreference::ReadOnlyReplica, true).unwrap();
+        assert_eq!(replica.state, NodeState::ReadOnlyReplica);
+    }
+
+    #[test]
+    fn bad_documents_are_errors() {
+        assert!(parse_gossip(b"{}").is_err());
+        assert!(parse_gossip(b"not json").is_err());
+        assert!(parse_gossip(br#"{"members":[{"isAlive":true}]}"#).is_err());
+        let odd = parse_gossip(
+            br#"{"members":[{"state":"Sideways","isAlive":true,"externalTcpIp":"h","externalTcpPort":1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(odd[0].state, NodeState::Unknown);
+    }
+
+    #[test]
+    fn http_bodies_by_length_chunks_or_close() {
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}xx";
+        assert_eq!(http_body(plain).unwrap(), b"{}");
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\n";
+        assert_eq!(http_body(chunked).unwrap(), b"{\"a\":1}");
+        let to_close = b"HTTP/1.0 200 OK\r\n\r\n{}";
+        assert_eq!(http_body(to_close).unwrap(), b"{}");
+        assert!(http_body(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
+        assert!(http_body(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
+        assert!(http_body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+        assert!(http_body(b"garbage").is_err());
+    }
+}
