@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use headwaters_ordering_core::Backoff;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -38,7 +38,48 @@ pub struct Settings {
     pub(crate) seeds: Option<Seeds>,
     pub(crate) node_preference: NodePreference,
     pub(crate) gossip_timeout: Duration,
+    pub(crate) tls: Option<Tls>,
 }
+
+/// TLS settings: the rustls configuration and, optionally, the name to verify.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<String>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Wrap `stream` for `addr` (`host:port`; the host is the name checked unless one
+    /// was set).
+    pub(crate) async fn connect(&self, addr: &str, stream: TcpStream) -> Result<Socket, String> {
+        let host = self.server_name.clone().unwrap_or_else(|| {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("TLS server name {host:?}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        Ok(Box::new(tls))
+    }
+}
+
+/// A byte stream to a node: plain TCP or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+pub(crate) type Socket = Box<dyn Io>;
 
 impl Settings {
     /// A node at `host:port` (the TCP API's port, 1113 by default).
@@ -58,7 +99,58 @@ impl Settings {
             seeds: None,
             node_preference: NodePreference::Leader,
             gossip_timeout: Duration::from_secs(1),
+            tls: None,
         }
+    }
+
+    /// Connect over TLS (the servers' secure TCP port), trusting the system's roots and,
+    /// if given, the CA certificates in `ca_pem`. Cluster discovery then picks nodes'
+    /// secure ports and gossips over HTTPS.
+    pub fn with_tls(self, ca_pem: Option<&[u8]>) -> Result<Self, Error> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let tls_err = |what: String| Error::Config(format!("TLS: {what}"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if let Some(pem) = ca_pem {
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| tls_err(format!("CA PEM: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(format!("CA certificate: {e}")))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(tls_err("the CA PEM holds no certificate".into()));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(self.with_tls_config(Arc::new(config)))
+    }
+
+    /// Connect over TLS with a rustls configuration of your own (client certificates,
+    /// pinned roots).
+    pub fn with_tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(Tls {
+            config,
+            server_name: self.tls.and_then(|t| t.server_name),
+        });
+        self
+    }
+
+    /// The name to verify the server's certificate against, when it is not the host
+    /// connected to (a cluster's nodes behind one certificate name).
+    pub fn with_tls_server_name(mut self, name: impl Into<String>) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.server_name = Some(name.into());
+        }
+        self
     }
 
     /// A cluster found through gossip: `seeds` are nodes' HTTP endpoints (`host:2113`),
@@ -223,7 +315,7 @@ impl std::fmt::Debug for Connection {
 
 /// A handshaken socket.
 struct Link {
-    stream: TcpStream,
+    stream: Socket,
     decoder: FrameDecoder,
 }
 
@@ -231,7 +323,7 @@ fn correlation() -> [u8; 16] {
     *Uuid::new_v4().as_bytes()
 }
 
-async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> Result<(), Error> {
+async fn write_frame(stream: &mut Socket, frame: &Frame) -> Result<(), Error> {
     let bytes = frame.to_bytes()?;
     stream
         .write_all(&bytes)
@@ -280,7 +372,7 @@ async fn target(
         seeds,
         failed,
         settings.node_preference,
-        false,
+        settings.tls.as_ref(),
         settings.gossip_timeout,
     )
     .await
@@ -307,6 +399,13 @@ async fn handshake(settings: &Settings, addr: &str) -> Result<Link, Error> {
         })?
         .map_err(|e| connect_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
+    let stream: Socket = match &settings.tls {
+        None => Box::new(stream),
+        Some(tls) => tokio::time::timeout(settings.connect_timeout, tls.connect(addr, stream))
+            .await
+            .map_err(|_| connect_err("no TLS handshake in time".into()))?
+            .map_err(connect_err)?,
+    };
     let mut link = Link {
         stream,
         decoder: FrameDecoder::new(),

@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::connection::{Socket, Tls};
 use crate::error::Error;
 
 /// A node's state, in both the v5 (`Master`, `Slave`, …) and v20+ (`Leader`, `Follower`, …)
@@ -193,11 +194,19 @@ pub fn select_node(members: &[Member], preference: NodePreference, tls: bool) ->
         .map(|(_, m)| m)
 }
 
-/// `GET /gossip?format=json` from `seed` (`host:port` of the node's HTTP API) over plain
-/// HTTP/1.1.
-pub(crate) async fn fetch(seed: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+/// `GET /gossip?format=json` from `seed` (`host:port` of the node's HTTP API) over
+/// HTTP/1.1, or HTTPS with `tls` (v20+ servers serve gossip over HTTPS unless insecure).
+pub(crate) async fn fetch(
+    seed: &str,
+    tls: Option<&Tls>,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let get = async {
-        let mut stream = TcpStream::connect(seed).await.map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(seed).await.map_err(|e| e.to_string())?;
+        let mut stream: Socket = match tls {
+            None => Box::new(tcp),
+            Some(tls) => tls.connect(seed, tcp).await?,
+        };
         let host = seed.rsplit_once(':').map_or(seed, |(h, _)| h);
         let request = format!(
             "GET /gossip?format=json HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
@@ -284,9 +293,10 @@ pub(crate) async fn discover(
     seeds: &Seeds,
     failed: Option<&str>,
     preference: NodePreference,
-    tls: bool,
+    tls: Option<&Tls>,
     timeout: Duration,
 ) -> Result<String, String> {
+    let secure = tls.is_some();
     let candidates: Vec<String> = match seeds {
         Seeds::List(list) => list.clone(),
         Seeds::Dns(name, port) => tokio::net::lookup_host((name.as_str(), *port))
@@ -297,7 +307,7 @@ pub(crate) async fn discover(
     };
     let mut errors = Vec::new();
     for seed in &candidates {
-        let members = match fetch(seed, timeout).await {
+        let members = match fetch(seed, tls, timeout).await {
             Ok(body) => match parse_gossip(&body) {
                 Ok(m) => m,
                 Err(e) => {
@@ -312,12 +322,12 @@ pub(crate) async fn discover(
         };
         let usable: Vec<Member> = members
             .iter()
-            .filter(|m| failed.is_none_or(|f| m.endpoint(tls).as_deref() != Some(f)))
+            .filter(|m| failed.is_none_or(|f| m.endpoint(secure).as_deref() != Some(f)))
             .cloned()
             .collect();
-        let chosen = select_node(&usable, preference, tls)
-            .or_else(|| select_node(&members, preference, tls));
-        if let Some(node) = chosen.and_then(|m| m.endpoint(tls)) {
+        let chosen = select_node(&usable, preference, secure)
+            .or_else(|| select_node(&members, preference, secure));
+        if let Some(node) = chosen.and_then(|m| m.endpoint(secure)) {
             return Ok(node);
         }
         errors.push(format!("{seed}: no member can take clients"));

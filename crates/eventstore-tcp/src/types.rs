@@ -2,6 +2,9 @@
 //! [`RecordedEvent`], [`ResolvedEvent`], [`Position`], [`StreamSlice`], [`AllSlice`],
 //! [`WriteResult`], [`ReadDirection`].
 
+// Conversions from the wire are used by the client only.
+#![cfg_attr(not(feature = "client"), allow(dead_code))]
+
 use bytes::Bytes;
 use uuid::Uuid;
 

@@ -562,3 +562,39 @@ async fn per_operation_credentials_override_the_defaults() {
     );
     assert_eq!(e.stream("s").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_trusted_ca_and_clear_errors_without() {
+    use headwaters_testkit::tls::TestCerts;
+    let certs = TestCerts::generate().unwrap();
+    let config = EventStoreConfig::default().with_tls(certs.server_config(false).unwrap());
+    let e = EventStoreEmulator::start_with(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let secure = settings(&e)
+        .with_tls(Some(certs.ca_pem.as_bytes()))
+        .unwrap();
+    let c = Connection::connect(secure).await.unwrap();
+    c.append_to_stream("secret", ExpectedVersion::Any, &events(0..2))
+        .await
+        .unwrap();
+    let slice = c
+        .read_stream("secret", 0, 10, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&slice.events), [0, 1]);
+
+    // The system roots do not know the test CA.
+    let untrusted = settings(&e).with_tls(None).unwrap();
+    let err = Connection::connect(untrusted).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Connect { reason, .. } if reason.contains("TLS")),
+        "{err}"
+    );
+    // Plain TCP to a TLS port fails at the handshake instead of hanging.
+    let err = Connection::connect(settings(&e).with_operation_timeout(Duration::from_secs(2), 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(settings(&e).with_tls(Some(b"not a pem")).is_err());
+}

@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -54,6 +54,9 @@ pub struct EventStoreConfig {
     pub heartbeat_timeout: Duration,
     /// Accepted logins and passwords (default `admin` / `changeit`).
     pub users: Vec<(String, String)>,
+    /// Serve TLS (the secure TCP port) with this rustls configuration.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for EventStoreConfig {
@@ -62,11 +65,20 @@ impl Default for EventStoreConfig {
             heartbeat_interval: Duration::from_millis(2000),
             heartbeat_timeout: Duration::from_millis(1000),
             users: vec![("admin".into(), "changeit".into())],
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
 
 impl EventStoreConfig {
+    /// Serve TLS with this rustls configuration (see `headwaters_testkit::tls`).
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Accept another login.
     pub fn with_user(mut self, login: impl Into<String>, password: impl Into<String>) -> Self {
         self.users.push((login.into(), password.into()));
@@ -213,6 +225,19 @@ impl EventStoreEmulator {
                 loop {
                     if let Ok((stream, _)) = listener.accept().await {
                         let _ = stream.set_nodelay(true);
+                        #[cfg(feature = "tls")]
+                        if let Some(tls) = shared.config.tls.clone() {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                match tokio_rustls::TlsAcceptor::from(tls).accept(stream).await {
+                                    Ok(stream) => serve(stream, shared).await,
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "eventstore emulator: TLS handshake failed")
+                                    }
+                                }
+                            });
+                            continue;
+                        }
                         tokio::spawn(serve(stream, shared.clone()));
                     }
                 }
@@ -372,10 +397,13 @@ fn fresh_correlation(n: u64) -> [u8; 16] {
     c
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+async fn serve<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     shared.open.fetch_add(1, Ordering::Relaxed);
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writing = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
