@@ -1,15 +1,18 @@
-//! [`EventStoreSource`]: EventStore streams as batch-flusher sources, one stream per shard,
-//! read with a catch-up subscription from the stored checkpoint (an event number).
+//! EventStore as batch-flusher sources: [`EventStoreSource`] (one stream per shard, a
+//! catch-up subscription from the stored event number), [`EventStoreAllSource`] (`$all` by
+//! position) and [`EventStorePersistentSource`] (a persistent subscription group, acked at
+//! the server once flushed).
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use headwaters_batch_flusher::{Source, SourceEvent, SourceRecord};
-use headwaters_ordering_core::NoSettle;
+use headwaters_ordering_core::{NoSettle, Settle, Settlement};
 
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::persistent::{Acker, NakAction, PersistentEvent};
 use crate::subscription::{CatchUpEvent, DropReason};
-use crate::types::ResolvedEvent;
+use crate::types::{Position, ResolvedEvent};
 
 /// Feeds a [`BatchProcessor`](headwaters_batch_flusher::BatchProcessor) from EventStore:
 /// shard `"orders"` is the stream `orders`, read with a catch-up subscription after the
@@ -68,6 +71,171 @@ impl Source for EventStoreSource {
                     CatchUpEvent::Dropped(other) => Some(Err(Error::Server(format!(
                         "the catch-up subscription ended: {other:?}"
                     )))),
+                }
+            })
+            .boxed())
+    }
+}
+
+/// Feeds a batch processor from `$all` (one shard; its name is only a label), by position:
+/// a catch-up subscription after the stored checkpoint (`commit/prepare`), live afterwards.
+/// System events (types starting with `$`) are skipped unless asked for.
+#[derive(Debug, Clone)]
+pub struct EventStoreAllSource {
+    connection: Connection,
+    page_size: u32,
+    system_events: bool,
+}
+
+impl EventStoreAllSource {
+    /// `$all` on `connection`, read in pages of `page_size` while catching up.
+    pub fn new(connection: Connection, page_size: u32) -> Self {
+        Self {
+            connection,
+            page_size,
+            system_events: false,
+        }
+    }
+
+    /// Pass system events (`$metadata`, `$>` links, …) to the flusher too.
+    pub fn with_system_events(mut self, on: bool) -> Self {
+        self.system_events = on;
+        self
+    }
+}
+
+type AllEvents = BoxStream<'static, Result<SourceEvent<Position, ResolvedEvent, NoSettle>, Error>>;
+
+impl Source for EventStoreAllSource {
+    type Position = Position;
+    type Record = ResolvedEvent;
+    type Ack = NoSettle;
+    type Error = Error;
+    type Stream = AllEvents;
+
+    async fn open(&self, _shard: &str, from: Option<Position>) -> Result<AllEvents, Error> {
+        let system = self.system_events;
+        let catch_up = self.connection.subscribe_to_all_from(from, self.page_size);
+        Ok(catch_up
+            .filter_map(move |event| async move {
+                match event {
+                    CatchUpEvent::Event(e) => {
+                        let position = e.position?;
+                        let is_system = e.original().is_some_and(|r| r.event_type.starts_with('$'));
+                        if is_system && !system {
+                            return None;
+                        }
+                        Some(Ok(SourceEvent::Record(SourceRecord {
+                            position,
+                            sub: None,
+                            record: *e,
+                            ack: NoSettle,
+                        })))
+                    }
+                    CatchUpEvent::Dropped(DropReason::ConnectionLost) | CatchUpEvent::CaughtUp => {
+                        None
+                    }
+                    CatchUpEvent::Dropped(other) => Some(Err(Error::Server(format!(
+                        "the $all subscription ended: {other:?}"
+                    )))),
+                }
+            })
+            .boxed())
+    }
+}
+
+/// Feeds a batch processor from a persistent subscription group: shard `"orders"` joins
+/// the group on stream `orders`. The server keeps the group's position, so the stored
+/// checkpoint is informational: records are acknowledged at the server once flushed
+/// (source-native checkpointing), a rejected one is retried (`requeue: true`) or parked,
+/// and what was delivered but not flushed when a shard stops is delivered again.
+#[derive(Debug, Clone)]
+pub struct EventStorePersistentSource {
+    connection: Connection,
+    group: String,
+    allowed_in_flight: u32,
+}
+
+impl EventStorePersistentSource {
+    /// Join `group` on each shard's stream with at most `allowed_in_flight` unacknowledged
+    /// events (make it at least the flusher's batch size, or batches never fill).
+    pub fn new(connection: Connection, group: impl Into<String>, allowed_in_flight: u32) -> Self {
+        Self {
+            connection,
+            group: group.into(),
+            allowed_in_flight,
+        }
+    }
+}
+
+/// Settles a flushed record at the server: `Ack` acks, a reject naks (retry when
+/// requeued, park otherwise).
+#[derive(Debug)]
+pub struct PersistentAck {
+    acker: Acker,
+    id: [u8; 16],
+}
+
+impl Settle for PersistentAck {
+    fn settle(self, settlement: Settlement) {
+        let sent = match settlement {
+            Settlement::Ack => self.acker.ack_ids([self.id]),
+            Settlement::Reject { requeue } => {
+                let action = if requeue {
+                    NakAction::Retry
+                } else {
+                    NakAction::Park
+                };
+                self.acker
+                    .nak_ids([self.id], action, "rejected by the batch processor")
+            }
+        };
+        if let Err(e) = sent {
+            // The connection is gone: the server redelivers after its message timeout.
+            tracing::debug!(error = %e, "eventstore: could not settle a persistent-subscription event");
+        }
+    }
+}
+
+type PersistentEvents =
+    BoxStream<'static, Result<SourceEvent<u64, ResolvedEvent, PersistentAck>, Error>>;
+
+impl Source for EventStorePersistentSource {
+    type Position = u64;
+    type Record = ResolvedEvent;
+    type Ack = PersistentAck;
+    type Error = Error;
+    type Stream = PersistentEvents;
+
+    async fn open(&self, shard: &str, _from: Option<u64>) -> Result<PersistentEvents, Error> {
+        let subscription = self
+            .connection
+            .connect_to_persistent_subscription(shard, &self.group, self.allowed_in_flight)
+            .await?;
+        let acker = subscription.acker();
+        Ok(subscription
+            .filter_map(move |event| {
+                let acker = acker.clone();
+                async move {
+                    match event {
+                        PersistentEvent::Event(m) => {
+                            let position = m.event.original_event_number()?;
+                            Some(Ok(SourceEvent::Record(SourceRecord {
+                                position,
+                                sub: None,
+                                ack: PersistentAck {
+                                    acker,
+                                    id: m.ack_id(),
+                                },
+                                record: m.event,
+                            })))
+                        }
+                        PersistentEvent::Reconnected
+                        | PersistentEvent::Dropped(DropReason::ConnectionLost) => None,
+                        PersistentEvent::Dropped(other) => Some(Err(Error::Server(format!(
+                            "the persistent subscription ended: {other:?}"
+                        )))),
+                    }
                 }
             })
             .boxed())

@@ -82,7 +82,7 @@ mod transaction;
 
 #[cfg(feature = "batch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
-pub use batch::EventStoreSource;
+pub use batch::{EventStoreAllSource, EventStorePersistentSource, EventStoreSource, PersistentAck};
 pub use command::Command;
 #[cfg(feature = "client")]
 pub use connection::{Connection, Settings};
@@ -105,6 +105,6 @@ pub use subscription::{CatchUp, CatchUpEvent, DropReason, Subscription, Subscrip
 #[cfg(feature = "client")]
 pub use transaction::Transaction;
 pub use types::{
-    AllSlice, EventData, ExpectedVersion, Position, ReadDirection, RecordedEvent, ResolvedEvent,
-    StreamSlice, WriteResult,
+    AllSlice, EventData, ExpectedVersion, ParsePositionError, Position, ReadDirection,
+    RecordedEvent, ResolvedEvent, StreamSlice, WriteResult,
 };

@@ -272,7 +272,21 @@ impl Acker {
         action: NakAction,
         reason: &str,
     ) -> Result<(), Error> {
-        let ids: Vec<Vec<u8>> = messages.into_iter().map(|m| m.ack_id().to_vec()).collect();
+        self.nak_ids(
+            messages.into_iter().map(PersistentMessage::ack_id),
+            action,
+            reason,
+        )
+    }
+
+    /// Refuse events by id ([`PersistentMessage::ack_id`]).
+    pub fn nak_ids(
+        &self,
+        ids: impl IntoIterator<Item = [u8; 16]>,
+        action: NakAction,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let ids: Vec<Vec<u8>> = ids.into_iter().map(|id| id.to_vec()).collect();
         for chunk in ids.chunks(MAX_IDS) {
             let nak = wire::PersistentSubscriptionNakEvents {
                 subscription_id: self.subscription_id.clone(),

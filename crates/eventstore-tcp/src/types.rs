@@ -117,6 +117,31 @@ impl Position {
     };
 }
 
+/// `commit/prepare`, the form checkpoint stores keep.
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.commit, self.prepare)
+    }
+}
+
+/// A [`Position`] that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a $all position (commit/prepare): {0:?}")]
+pub struct ParsePositionError(String);
+
+impl std::str::FromStr for Position {
+    type Err = ParsePositionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParsePositionError(s.to_owned());
+        let (commit, prepare) = s.split_once('/').ok_or_else(err)?;
+        Ok(Self {
+            commit: commit.trim().parse().map_err(|_| err())?,
+            prepare: prepare.trim().parse().map_err(|_| err())?,
+        })
+    }
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -252,6 +277,19 @@ pub struct AllSlice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_print_and_parse_back() {
+        let p = Position {
+            commit: 1024,
+            prepare: 896,
+        };
+        assert_eq!(p.to_string(), "1024/896");
+        assert_eq!("1024/896".parse::<Position>(), Ok(p));
+        assert_eq!("-1/-1".parse::<Position>(), Ok(Position::END));
+        assert!("1024".parse::<Position>().is_err());
+        assert!("a/b".parse::<Position>().is_err());
+    }
 
     #[test]
     fn expected_versions_have_the_servers_values() {
