@@ -65,9 +65,9 @@ impl Source for EventStoreSource {
                     CatchUpEvent::Dropped(DropReason::StreamDeleted) => {
                         Some(Ok(SourceEvent::ShardEnded))
                     }
-                    CatchUpEvent::Dropped(DropReason::ConnectionLost) | CatchUpEvent::CaughtUp => {
-                        None
-                    }
+                    CatchUpEvent::Dropped(DropReason::ConnectionLost)
+                    | CatchUpEvent::CaughtUp
+                    | CatchUpEvent::FellBehind => None,
                     CatchUpEvent::Dropped(other) => Some(Err(Error::Server(format!(
                         "the catch-up subscription ended: {other:?}"
                     )))),
@@ -132,9 +132,9 @@ impl Source for EventStoreAllSource {
                             ack: NoSettle,
                         })))
                     }
-                    CatchUpEvent::Dropped(DropReason::ConnectionLost) | CatchUpEvent::CaughtUp => {
-                        None
-                    }
+                    CatchUpEvent::Dropped(DropReason::ConnectionLost)
+                    | CatchUpEvent::CaughtUp
+                    | CatchUpEvent::FellBehind => None,
                     CatchUpEvent::Dropped(other) => Some(Err(Error::Server(format!(
                         "the $all subscription ended: {other:?}"
                     )))),

@@ -74,6 +74,8 @@ mod metadata;
 #[cfg(feature = "client")]
 mod ops;
 #[cfg(feature = "client")]
+pub mod ordered;
+#[cfg(feature = "client")]
 mod persistent;
 #[cfg(feature = "client")]
 mod subscription;
@@ -101,7 +103,9 @@ pub use persistent::{
     PersistentSubscription, StartFrom,
 };
 #[cfg(feature = "client")]
-pub use subscription::{CatchUp, CatchUpEvent, DropReason, Subscription, SubscriptionEvent};
+pub use subscription::{
+    CatchUp, CatchUpEvent, CatchUpSettings, DropReason, Subscription, SubscriptionEvent,
+};
 #[cfg(feature = "client")]
 pub use transaction::Transaction;
 pub use types::{

@@ -1,6 +1,7 @@
 //! Subscriptions: volatile ([`Subscription`]) and catch-up ([`CatchUp`], Extreme's
 //! `read_and_stay_subscribed`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -78,6 +79,7 @@ pub struct Subscription {
     correlation: [u8; 16],
     rx: mpsc::UnboundedReceiver<Routed>,
     ended: bool,
+    request: Vec<u8>,
 }
 
 impl Connection {
@@ -90,60 +92,120 @@ impl Connection {
         let request = wire::SubscribeToStream {
             event_stream_id: stream.unwrap_or_default().to_owned(),
             resolve_link_tos: resolve_links,
-        };
-        let (correlation, rx) =
-            self.subscribe_raw(Command::SubscribeToStream, request.encode_to_vec())?;
+        }
+        .encode_to_vec();
+        let (correlation, rx) = self.subscribe_raw(Command::SubscribeToStream, request.clone())?;
         Ok(Subscription {
             connection: self.clone(),
             correlation,
             rx,
             ended: false,
+            request,
         })
     }
+}
 
-    /// A catch-up subscription to `stream`: every event after `last_processed` (`None` =
-    /// from the start), read in pages of `page_size`, then live — with no gap and no
-    /// duplicate at the switch, or after a reconnect (it resumes after the last event it
-    /// delivered). [`CatchUpEvent::CaughtUp`] marks the switch to live.
-    pub fn subscribe_to_stream_from(
-        &self,
-        stream: &str,
-        last_processed: Option<u64>,
-        page_size: u32,
-    ) -> CatchUp {
-        let (tx, rx) = mpsc::channel(page_size.clamp(1, 4096) as usize * 2);
-        let task = tokio::spawn(catch_up(
-            self.clone(),
-            stream.to_owned(),
-            last_processed.map_or(0, |n| n as i64 + 1),
-            page_size.clamp(1, crate::ops::MAX_READ_COUNT),
-            tx,
-        ));
-        CatchUp { rx, task }
+/// How a catch-up subscription reads: the page size while reading history and the most
+/// live events it lets wait (Extreme's `ListenerWithBackPressure`): when more are waiting
+/// the consumer is too slow for live delivery, so the subscription unsubscribes, yields
+/// [`CatchUpEvent::FellBehind`], reads in pages again (memory stays bounded) and subscribes
+/// anew once drained. A `u32` converts to the default with that page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CatchUpSettings {
+    /// Events per history page (1–4096; default 500).
+    pub page_size: u32,
+    /// Live events allowed to wait before falling back to paging (default 10,000, the .NET
+    /// client's `MaxLiveQueueSize`).
+    pub max_live_queue: usize,
+}
+
+impl Default for CatchUpSettings {
+    fn default() -> Self {
+        Self {
+            page_size: 500,
+            max_live_queue: 10_000,
+        }
+    }
+}
+
+impl CatchUpSettings {
+    /// Events per history page.
+    pub fn with_page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+
+    /// Live events allowed to wait before falling back to paging.
+    pub fn with_max_live_queue(mut self, max: usize) -> Self {
+        self.max_live_queue = max.max(1);
+        self
+    }
+}
+
+impl From<u32> for CatchUpSettings {
+    fn from(page_size: u32) -> Self {
+        Self::default().with_page_size(page_size)
     }
 }
 
 impl Connection {
+    /// A catch-up subscription to `stream`: every event after `last_processed` (`None` =
+    /// from the start), read in pages, then live — with no gap and no duplicate at the
+    /// switch, after a reconnect (it resumes after the last event it delivered) or after
+    /// falling behind (see [`CatchUpSettings`]). [`CatchUpEvent::CaughtUp`] marks each
+    /// switch to live. `settings` may be a page size.
+    pub fn subscribe_to_stream_from(
+        &self,
+        stream: &str,
+        last_processed: Option<u64>,
+        settings: impl Into<CatchUpSettings>,
+    ) -> CatchUp {
+        let cursor = StreamCursor {
+            stream: stream.to_owned(),
+            next: last_processed.map_or(0, |n| n as i64 + 1),
+        };
+        CatchUp::spawn(self.clone(), cursor, settings.into())
+    }
+
     /// A catch-up subscription to `$all`: every event after the position `last_processed`
-    /// (`None` = from the start), in pages of `page_size`, then live — no gap and no
-    /// duplicate at the switch or after a reconnect (events are compared by position).
+    /// (`None` = from the start), in pages, then live — no gap and no duplicate at the
+    /// switch, after a reconnect or after falling behind (events are compared by position).
     pub fn subscribe_to_all_from(
         &self,
         last_processed: Option<Position>,
-        page_size: u32,
+        settings: impl Into<CatchUpSettings>,
     ) -> CatchUp {
-        let (tx, rx) = mpsc::channel(page_size.clamp(1, 4096) as usize * 2);
-        let task = tokio::spawn(catch_up_all(
-            self.clone(),
-            last_processed,
-            page_size.clamp(1, crate::ops::MAX_READ_COUNT),
-            tx,
-        ));
-        CatchUp { rx, task }
+        let cursor = AllCursor {
+            last: last_processed,
+            from: last_processed.unwrap_or(Position::START),
+        };
+        CatchUp::spawn(self.clone(), cursor, settings.into())
     }
 }
 
 impl Subscription {
+    /// Events received and not yet taken from the stream.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Subscribe again (Extreme's `FanoutListener` resubscribe): after an unsubscribe, a
+    /// drop, or to skip what is queued. Live events from now on; a current subscription is
+    /// ended first.
+    pub fn resubscribe(&mut self) -> Result<(), Error> {
+        if !self.ended {
+            self.unsubscribe()?;
+        }
+        let (correlation, rx) = self
+            .connection
+            .subscribe_raw(Command::SubscribeToStream, self.request.clone())?;
+        self.correlation = correlation;
+        self.rx = rx;
+        self.ended = false;
+        Ok(())
+    }
+
     /// Ask the server to end the subscription; the stream then yields
     /// `Dropped(Unsubscribed)` and ends.
     pub fn unsubscribe(&self) -> Result<(), Error> {
@@ -227,10 +289,14 @@ impl Drop for Subscription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CatchUpEvent {
-    /// The next event of the stream.
+    /// The next event.
     Event(Box<ResolvedEvent>),
-    /// History is read; what follows is live (Extreme's `:caught_up`).
+    /// History is read; what follows is live (Extreme's `:caught_up`). Comes again after
+    /// each fall-back to paging and after each reconnect.
     CaughtUp,
+    /// Live events piled up beyond [`CatchUpSettings::max_live_queue`]: the subscription
+    /// unsubscribed and reads in pages until it catches up again (nothing is lost).
+    FellBehind,
     /// The subscription was cut (`ConnectionLost`: it resumes by itself) or ended.
     Dropped(DropReason),
 }
@@ -240,6 +306,21 @@ pub enum CatchUpEvent {
 pub struct CatchUp {
     rx: mpsc::Receiver<CatchUpEvent>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl CatchUp {
+    fn spawn(connection: Connection, cursor: impl Cursor, settings: CatchUpSettings) -> Self {
+        let page = settings.page_size.clamp(1, crate::ops::MAX_READ_COUNT);
+        let (tx, rx) = mpsc::channel(page as usize * 2);
+        let task = tokio::spawn(catch_up(
+            connection,
+            cursor,
+            page,
+            settings.max_live_queue,
+            tx,
+        ));
+        Self { rx, task }
+    }
 }
 
 impl Stream for CatchUp {
@@ -256,172 +337,204 @@ impl Drop for CatchUp {
     }
 }
 
-/// Subscribe first (live events wait in the subscription), read history from `next` to the
-/// end, then pass on live events numbered `next` or later: nothing is missed between the
-/// read and the subscription, and nothing is delivered twice. After a connection loss, the
-/// same again from the first event not yet delivered.
-async fn catch_up(
-    connection: Connection,
+/// What a catch-up subscription reads and how it recognises what it already delivered.
+trait Cursor: Send + 'static {
+    /// The stream to subscribe to (`None` = `$all`).
+    fn stream(&self) -> Option<&str>;
+    /// Read the next page after what was delivered: the events and whether it was the end.
+    fn page(
+        &mut self,
+        connection: &Connection,
+        count: u32,
+    ) -> impl Future<Output = Result<(Vec<ResolvedEvent>, bool), Error>> + Send;
+    /// Whether `event` comes after everything delivered; if so it counts as delivered.
+    fn advance(&mut self, event: &ResolvedEvent) -> bool;
+    /// Start the next read pass just after the last delivered event.
+    fn rewind(&mut self) {}
+}
+
+/// A stream, by event number.
+struct StreamCursor {
     stream: String,
-    mut next: i64,
-    page: u32,
-    tx: mpsc::Sender<CatchUpEvent>,
-) {
-    use futures_util::StreamExt;
-    let stop = |reason: DropReason| CatchUpEvent::Dropped(reason);
-    loop {
-        let mut live = match connection.subscribe_to(Some(&stream), false).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(stop(DropReason::Refused(e.to_string()))).await;
-                return;
+    /// The first event number not delivered.
+    next: i64,
+}
+
+impl Cursor for StreamCursor {
+    fn stream(&self) -> Option<&str> {
+        Some(&self.stream)
+    }
+
+    async fn page(
+        &mut self,
+        connection: &Connection,
+        count: u32,
+    ) -> Result<(Vec<ResolvedEvent>, bool), Error> {
+        let slice = connection
+            .read_stream(
+                &self.stream,
+                self.next,
+                count,
+                ReadDirection::Forward,
+                false,
+            )
+            .await?;
+        Ok((slice.events, slice.is_end_of_stream))
+    }
+
+    fn advance(&mut self, event: &ResolvedEvent) -> bool {
+        match event.original_event_number() {
+            Some(n) if n as i64 >= self.next => {
+                self.next = n as i64 + 1;
+                true
             }
-        };
-        // History.
-        loop {
-            let slice = match connection
-                .read_stream(&stream, next, page, ReadDirection::Forward, false)
-                .await
-            {
-                Ok(s) => s,
-                Err(Error::StreamDeleted(_)) => {
-                    let _ = tx.send(stop(DropReason::StreamDeleted)).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(stop(DropReason::Refused(e.to_string()))).await;
-                    return;
-                }
-            };
-            for e in slice.events {
-                if let Some(n) = e.original_event_number() {
-                    next = n as i64 + 1;
-                }
-                if tx.send(CatchUpEvent::Event(Box::new(e))).await.is_err() {
-                    return;
-                }
-            }
-            if slice.is_end_of_stream {
-                break;
-            }
-        }
-        if tx.send(CatchUpEvent::CaughtUp).await.is_err() {
-            return;
-        }
-        // Live, skipping what history already delivered.
-        loop {
-            match live.next().await {
-                Some(SubscriptionEvent::Event(e)) => {
-                    let Some(n) = e.original_event_number() else {
-                        continue;
-                    };
-                    if (n as i64) < next {
-                        continue;
-                    }
-                    next = n as i64 + 1;
-                    if tx.send(CatchUpEvent::Event(e)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(SubscriptionEvent::Confirmed { .. }) => {}
-                Some(SubscriptionEvent::Dropped(DropReason::ConnectionLost)) => {
-                    if tx.send(stop(DropReason::ConnectionLost)).await.is_err() {
-                        return;
-                    }
-                    // Start over from `next`: read the gap, then live again.
-                    break;
-                }
-                Some(SubscriptionEvent::Dropped(reason)) => {
-                    let _ = tx.send(stop(reason)).await;
-                    return;
-                }
-                None => return,
-            }
+            _ => false,
         }
     }
 }
 
-/// [`catch_up`] for `$all`: positions instead of event numbers.
-async fn catch_up_all(
-    connection: Connection,
-    mut last: Option<Position>,
+/// `$all`, by position.
+struct AllCursor {
+    /// The last delivered position.
+    last: Option<Position>,
+    /// Where the next page starts.
+    from: Position,
+}
+
+impl Cursor for AllCursor {
+    fn stream(&self) -> Option<&str> {
+        None
+    }
+
+    async fn page(
+        &mut self,
+        connection: &Connection,
+        count: u32,
+    ) -> Result<(Vec<ResolvedEvent>, bool), Error> {
+        let slice = connection
+            .read_all(self.from, count, ReadDirection::Forward, false)
+            .await?;
+        let end = slice.is_end || slice.next_position == self.from;
+        self.from = slice.next_position;
+        Ok((slice.events, end))
+    }
+
+    fn advance(&mut self, event: &ResolvedEvent) -> bool {
+        let fresh = match (event.position, self.last) {
+            (Some(p), Some(l)) => p > l,
+            _ => true,
+        };
+        if fresh {
+            self.last = event.position.or(self.last);
+        }
+        fresh
+    }
+
+    fn rewind(&mut self) {
+        self.from = self.last.unwrap_or(Position::START);
+    }
+}
+
+/// The subscription is over (ended, refused, or nobody listens any more).
+struct Over;
+
+/// Read pages from the cursor to the end, passing on what was not delivered yet.
+async fn read_to_end(
+    connection: &Connection,
+    cursor: &mut impl Cursor,
     page: u32,
-    tx: mpsc::Sender<CatchUpEvent>,
-) {
-    use futures_util::StreamExt;
-    let fresh = |e: &ResolvedEvent, last: Option<Position>| match (e.position, last) {
-        (Some(p), Some(l)) => p > l,
-        _ => true,
-    };
+    tx: &mpsc::Sender<CatchUpEvent>,
+) -> Result<(), Over> {
+    cursor.rewind();
     loop {
-        let mut live = match connection.subscribe_to(None, false).await {
-            Ok(s) => s,
+        let (events, end) = match cursor.page(connection, page).await {
+            Ok(p) => p,
             Err(e) => {
-                let _ = tx
-                    .send(CatchUpEvent::Dropped(DropReason::Refused(e.to_string())))
-                    .await;
-                return;
+                let reason = match e {
+                    Error::StreamDeleted(_) => DropReason::StreamDeleted,
+                    other => DropReason::Refused(other.to_string()),
+                };
+                let _ = tx.send(CatchUpEvent::Dropped(reason)).await;
+                return Err(Over);
             }
         };
-        let mut from = last.unwrap_or(Position::START);
-        loop {
-            let slice = match connection
-                .read_all(from, page, ReadDirection::Forward, false)
-                .await
-            {
+        for e in events {
+            if cursor.advance(&e) && tx.send(CatchUpEvent::Event(Box::new(e))).await.is_err() {
+                return Err(Over);
+            }
+        }
+        if end {
+            return Ok(());
+        }
+    }
+}
+
+/// Live events the cursor has not seen, until the subscription is cut (`Ok`: start over)
+/// or over.
+async fn live(
+    mut live: Subscription,
+    cursor: &mut impl Cursor,
+    max_live: usize,
+    tx: &mpsc::Sender<CatchUpEvent>,
+) -> Result<(), Over> {
+    use futures_util::StreamExt;
+    let pass_on = |event: CatchUpEvent| async move { tx.send(event).await.map_err(|_| Over) };
+    while let Some(event) = live.next().await {
+        match event {
+            SubscriptionEvent::Event(e) => {
+                if live.queued() > max_live {
+                    // Too slow for live delivery: page instead, subscribe again later.
+                    let _ = live.unsubscribe();
+                    return pass_on(CatchUpEvent::FellBehind).await;
+                }
+                if cursor.advance(&e) {
+                    pass_on(CatchUpEvent::Event(e)).await?;
+                }
+            }
+            SubscriptionEvent::Confirmed { .. } => {}
+            SubscriptionEvent::Dropped(DropReason::ConnectionLost) => {
+                return pass_on(CatchUpEvent::Dropped(DropReason::ConnectionLost)).await;
+            }
+            SubscriptionEvent::Dropped(reason) => {
+                let _ = pass_on(CatchUpEvent::Dropped(reason)).await;
+                return Err(Over);
+            }
+        }
+    }
+    Err(Over)
+}
+
+/// History in pages (no subscription yet, so nothing piles up), then subscribe and read
+/// the gap while live events wait in the subscription, then pass on live events the
+/// cursor has not seen: nothing is missed between the read and the subscription, and
+/// nothing is delivered twice. After a connection loss or when live events pile up beyond
+/// `max_live`, the same again from the first event not yet delivered.
+async fn catch_up(
+    connection: Connection,
+    mut cursor: impl Cursor,
+    page: u32,
+    max_live: usize,
+    tx: mpsc::Sender<CatchUpEvent>,
+) {
+    loop {
+        let pass: Result<(), Over> = async {
+            read_to_end(&connection, &mut cursor, page, &tx).await?;
+            let subscription = match connection.subscribe_to(cursor.stream(), false).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx
                         .send(CatchUpEvent::Dropped(DropReason::Refused(e.to_string())))
                         .await;
-                    return;
+                    return Err(Over);
                 }
             };
-            for e in slice.events {
-                if !fresh(&e, last) {
-                    continue;
-                }
-                last = e.position.or(last);
-                if tx.send(CatchUpEvent::Event(Box::new(e))).await.is_err() {
-                    return;
-                }
-            }
-            if slice.is_end || slice.next_position == from {
-                break;
-            }
-            from = slice.next_position;
+            read_to_end(&connection, &mut cursor, page, &tx).await?;
+            tx.send(CatchUpEvent::CaughtUp).await.map_err(|_| Over)?;
+            live(subscription, &mut cursor, max_live, &tx).await
         }
-        if tx.send(CatchUpEvent::CaughtUp).await.is_err() {
+        .await;
+        if pass.is_err() {
             return;
-        }
-        loop {
-            match live.next().await {
-                Some(SubscriptionEvent::Event(e)) => {
-                    if !fresh(&e, last) {
-                        continue;
-                    }
-                    last = e.position.or(last);
-                    if tx.send(CatchUpEvent::Event(e)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(SubscriptionEvent::Confirmed { .. }) => {}
-                Some(SubscriptionEvent::Dropped(DropReason::ConnectionLost)) => {
-                    if tx
-                        .send(CatchUpEvent::Dropped(DropReason::ConnectionLost))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    break;
-                }
-                Some(SubscriptionEvent::Dropped(reason)) => {
-                    let _ = tx.send(CatchUpEvent::Dropped(reason)).await;
-                    return;
-                }
-                None => return,
-            }
         }
     }
 }

@@ -325,6 +325,23 @@ async fn volatile_subscriptions_see_live_events_and_unsubscribe() {
         Some(SubscriptionEvent::Dropped(DropReason::Unsubscribed))
     );
     assert_eq!(next_event(&mut sub).await, None);
+
+    // Fanout: subscribe again after unsubscribing; only what is written from then on.
+    c.append_to_stream("live", ExpectedVersion::Any, &events(4..5))
+        .await
+        .unwrap();
+    sub.resubscribe().unwrap();
+    assert!(matches!(
+        next_event(&mut sub).await,
+        Some(SubscriptionEvent::Confirmed { .. })
+    ));
+    c.append_to_stream("live", ExpectedVersion::Any, &events(5..6))
+        .await
+        .unwrap();
+    let Some(SubscriptionEvent::Event(e)) = next_event(&mut sub).await else {
+        panic!("a live event after resubscribing");
+    };
+    assert_eq!(e.original_event_number(), Some(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,4 +614,188 @@ async fn tls_with_a_trusted_ca_and_clear_errors_without() {
         .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(settings(&e).with_tls(Some(b"not a pem")).is_err());
+}
+
+async fn next_catch_up(
+    s: &mut headwaters_eventstore_tcp::CatchUp,
+) -> headwaters_eventstore_tcp::CatchUpEvent {
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("in time")
+        .expect("open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_catch_up_consumer_falls_back_to_paging_without_loss() {
+    use headwaters_eventstore_tcp::{CatchUpEvent, CatchUpSettings};
+    let (_e, c) = setup().await;
+    c.append_to_stream("bp", ExpectedVersion::Any, &events(0..10))
+        .await
+        .unwrap();
+    let settings = CatchUpSettings::default()
+        .with_page_size(8)
+        .with_max_live_queue(5);
+    let mut catch_up = c.subscribe_to_stream_from("bp", None, settings);
+    let mut seen = Vec::new();
+    let mut marks = Vec::new();
+    while marks.is_empty() {
+        match next_catch_up(&mut catch_up).await {
+            CatchUpEvent::Event(e) => seen.push(e.original_event_number().unwrap()),
+            other => marks.push(other),
+        }
+    }
+    assert_eq!(marks, [CatchUpEvent::CaughtUp]);
+    // The consumer stalls while 300 live events arrive: far more than 5 wait.
+    for chunk in 0..3 {
+        let from = 10 + chunk * 100;
+        c.append_to_stream("bp", ExpectedVersion::Any, &events(from..from + 100))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while seen.len() < 310 {
+        match next_catch_up(&mut catch_up).await {
+            CatchUpEvent::Event(e) => seen.push(e.original_event_number().unwrap()),
+            other => marks.push(other),
+        }
+    }
+    assert_eq!(seen, (0..310).collect::<Vec<u64>>(), "in order, once each");
+    assert!(
+        marks.contains(&CatchUpEvent::FellBehind),
+        "fell back to paging: {marks:?}"
+    );
+    // Live again afterwards.
+    c.append_to_stream("bp", ExpectedVersion::Any, &events(310..311))
+        .await
+        .unwrap();
+    loop {
+        match next_catch_up(&mut catch_up).await {
+            CatchUpEvent::Event(e) => {
+                assert_eq!(e.original_event_number(), Some(310));
+                break;
+            }
+            CatchUpEvent::CaughtUp => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct PerStream(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u32>>>>);
+
+impl headwaters_ordering_core::Handler for PerStream {
+    type State = String;
+    type Continue = ();
+    type Signal = ();
+    type Reply = ();
+    type Error = String;
+
+    async fn init(&self, key: &headwaters_ordering_core::Key) -> Result<String, String> {
+        Ok(String::from_utf8_lossy(key.as_bytes()).into_owned())
+    }
+
+    async fn handle_message(
+        &self,
+        m: &headwaters_ordering_core::Message,
+        stream: &mut String,
+    ) -> Result<headwaters_ordering_core::Outcome, String> {
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let n: u32 = text
+            .trim_start_matches("{\"n\":")
+            .trim_end_matches('}')
+            .parse()
+            .map_err(|_| format!("bad payload {text}"))?;
+        tokio::time::sleep(Duration::from_micros(u64::from(n % 5) * 100)).await;
+        self.0
+            .lock()
+            .unwrap()
+            .entry(stream.clone())
+            .or_default()
+            .push(n);
+        Ok(headwaters_ordering_core::Outcome::ack())
+    }
+
+    async fn handle_signal(&self, (): (), _: &mut String) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_processing_keeps_each_streams_order_and_acks() {
+    use headwaters_eventstore_tcp::{PersistentSettings, StartFrom};
+    let (_e, c) = setup().await;
+    // Ten streams, interleaved, all linked into one stream a group reads with links resolved.
+    for i in 0..200u32 {
+        let stream = format!("account-{}", i % 10);
+        c.append_to_stream(&stream, ExpectedVersion::Any, &events(i..i + 1))
+            .await
+            .unwrap();
+    }
+    let all = c
+        .read_all(Position::START, 4096, ReadDirection::Forward, false)
+        .await
+        .unwrap();
+    let links: Vec<EventData> = all
+        .events
+        .iter()
+        .filter_map(|e| e.event.as_ref())
+        .filter(|r| r.stream_id.starts_with("account-"))
+        .map(|r| EventData::binary("$>", format!("{}@{}", r.event_number, r.stream_id)))
+        .collect();
+    c.append_to_stream("$ce-account", ExpectedVersion::Any, &links)
+        .await
+        .unwrap();
+    c.create_persistent_subscription(
+        "$ce-account",
+        "ordered",
+        &PersistentSettings::default()
+            .with_start_from(StartFrom::Beginning)
+            .with_resolve_link_tos(true),
+    )
+    .await
+    .unwrap();
+    let sub = c
+        .connect_to_persistent_subscription("$ce-account", "ordered", 50)
+        .await
+        .unwrap();
+    let seen = PerStream(std::sync::Arc::default());
+    let run = tokio::spawn(headwaters_eventstore_tcp::ordered::run_ordered(
+        sub,
+        seen.clone(),
+        headwaters_ordering_core::Config::default(),
+        Duration::from_secs(5),
+    ));
+    eventually("all handled", || {
+        seen.0.lock().unwrap().values().map(Vec::len).sum::<usize>() == 200
+    })
+    .await;
+    {
+        let seen = seen.0.lock().unwrap();
+        assert_eq!(seen.len(), 10, "keyed by the linked stream");
+        for (stream, ns) in seen.iter() {
+            assert!(ns.windows(2).all(|w| w[0] < w[1]), "{stream}: {ns:?}");
+        }
+    }
+    // Everything was acknowledged: another consumer of the group gets nothing.
+    let mut other = c
+        .connect_to_persistent_subscription("$ce-account", "ordered", 10)
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            futures_util::StreamExt::next(&mut other)
+        )
+        .await
+        .is_err(),
+        "nothing left unacknowledged"
+    );
+    c.delete_persistent_subscription("$ce-account", "ordered")
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("ends when the group is deleted")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.abandoned, 0, "{report:?}");
 }

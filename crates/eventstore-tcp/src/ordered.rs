@@ -1,0 +1,180 @@
+//! Ordered processing: events dispatched through an ordering-core [`Dispatcher`] keyed by
+//! stream id — events of one stream are handled one at a time in delivery order, different
+//! streams concurrently. [`run_ordered`] for a persistent subscription (settlements become
+//! acks and naks), [`run_ordered_catch_up`] for a catch-up subscription (e.g. on `$all`).
+
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use headwaters_ordering_core::{
+    self as ordering, Delivery, Dispatcher, Headers, Key, NoSettle, Settlement, ShutdownReport,
+    Timestamp,
+};
+
+use crate::error::Error;
+use crate::persistent::{Acker, NakAction, PersistentEvent, PersistentSubscription};
+use crate::subscription::{CatchUp, CatchUpEvent, DropReason};
+use crate::types::ResolvedEvent;
+
+/// The ordering-core message for an event: its data, its id, its creation time (or now),
+/// and headers `eventstore.stream`, `eventstore.event_number`, `eventstore.event_type` (and
+/// `eventstore.retry_count` for a redelivered persistent-subscription event).
+pub fn to_ordering_message(e: &ResolvedEvent, retry_count: u32) -> Option<ordering::Message> {
+    let record = e.event.as_ref()?;
+    let mut headers = Headers::new();
+    headers.insert("eventstore.stream".to_owned(), record.stream_id.as_str());
+    headers.insert(
+        "eventstore.event_number".to_owned(),
+        i64::try_from(record.event_number).unwrap_or(i64::MAX),
+    );
+    headers.insert(
+        "eventstore.event_type".to_owned(),
+        record.event_type.as_str(),
+    );
+    if retry_count > 0 {
+        headers.insert("eventstore.retry_count".to_owned(), i64::from(retry_count));
+    }
+    let at = record
+        .created_epoch_ms
+        .map_or_else(Timestamp::now, Timestamp::from_millis);
+    Some(
+        ordering::Message::new(record.data.clone(), record.id.to_string(), at)
+            .with_headers(headers),
+    )
+}
+
+/// Settles a persistent-subscription event from the dispatcher: `Ack` acks, a requeue naks
+/// with `Retry`, a discard naks with `Park` (the group's parked-messages stream is its
+/// dead-letter queue).
+#[derive(Debug)]
+pub struct PersistentSettler {
+    acker: Acker,
+    id: [u8; 16],
+}
+
+impl ordering::Settle for PersistentSettler {
+    fn settle(self, settlement: Settlement) {
+        let sent = match settlement {
+            Settlement::Ack => self.acker.ack_ids([self.id]),
+            Settlement::Reject { requeue: true } => {
+                self.acker
+                    .nak_ids([self.id], NakAction::Retry, "requeued by the handler")
+            }
+            Settlement::Reject { requeue: false } => {
+                self.acker
+                    .nak_ids([self.id], NakAction::Park, "discarded by the handler")
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "eventstore ordered: could not settle (the server retries after its timeout)");
+        }
+    }
+}
+
+/// Handle a persistent subscription's events through an ordering-core [`Dispatcher`] keyed
+/// by the event's stream (for a resolved link, the stream linked to). Returns when the
+/// subscription ends (dropped, deleted, unsubscribed); the dispatcher then drains for up to
+/// `grace`. Connection losses are bridged: the subscription rejoins and unacknowledged
+/// events come again.
+pub async fn run_ordered<H>(
+    subscription: PersistentSubscription,
+    handler: H,
+    config: ordering::Config,
+    grace: Duration,
+) -> Result<ShutdownReport, Error>
+where
+    H: ordering::Handler,
+{
+    let acker = subscription.acker();
+    let events = subscription.filter_map(move |event| {
+        let acker = acker.clone();
+        async move {
+            match event {
+                PersistentEvent::Event(m) => {
+                    let settle = PersistentSettler {
+                        acker,
+                        id: m.ack_id(),
+                    };
+                    Some((m.event, m.retry_count, settle))
+                }
+                PersistentEvent::Dropped(DropReason::ConnectionLost)
+                | PersistentEvent::Reconnected => None,
+                PersistentEvent::Dropped(reason) => {
+                    tracing::info!(
+                        ?reason,
+                        "eventstore ordered: the persistent subscription ended"
+                    );
+                    None
+                }
+            }
+        }
+    });
+    dispatch(events, handler, config, grace).await
+}
+
+/// Handle a catch-up subscription's events (a stream, or `$all`) through an ordering-core
+/// [`Dispatcher`] keyed by stream. Nothing is acknowledged at the server: keep your own
+/// checkpoint from the handler. Returns when the subscription ends.
+pub async fn run_ordered_catch_up<H>(
+    catch_up: CatchUp,
+    handler: H,
+    config: ordering::Config,
+    grace: Duration,
+) -> Result<ShutdownReport, Error>
+where
+    H: ordering::Handler,
+{
+    let events = catch_up.filter_map(|event| async move {
+        match event {
+            CatchUpEvent::Event(e) => Some((*e, 0, NoSettle)),
+            CatchUpEvent::Dropped(reason) if reason != DropReason::ConnectionLost => {
+                tracing::info!(
+                    ?reason,
+                    "eventstore ordered: the catch-up subscription ended"
+                );
+                None
+            }
+            _ => None,
+        }
+    });
+    dispatch(events, handler, config, grace).await
+}
+
+async fn dispatch<S, H, T>(
+    events: S,
+    handler: H,
+    config: ordering::Config,
+    grace: Duration,
+) -> Result<ShutdownReport, Error>
+where
+    S: Stream<Item = (ResolvedEvent, u32, T)> + Send,
+    H: ordering::Handler,
+    T: ordering::Settle,
+{
+    let dispatcher: Dispatcher<H, T> =
+        Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
+    let epoch = dispatcher.new_epoch();
+    let mut events = std::pin::pin!(events);
+    while let Some((event, retry_count, settle)) = events.next().await {
+        let Some(message) = to_ordering_message(&event, retry_count) else {
+            // A link to a deleted event: nothing to handle.
+            settle.settle(Settlement::Ack);
+            continue;
+        };
+        let stream = event
+            .event
+            .as_ref()
+            .map(|r| r.stream_id.clone())
+            .unwrap_or_default();
+        let delivery = Delivery {
+            key: Key::new(stream),
+            message,
+            settle,
+            epoch,
+        };
+        if dispatcher.dispatch(delivery).await.is_err() {
+            break;
+        }
+    }
+    Ok(dispatcher.shutdown(grace).await)
+}
