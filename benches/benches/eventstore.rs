@@ -3,7 +3,10 @@
 //!
 //! `cargo bench` writes 50,000 events of 100 bytes in appends of 100, 16 appends in flight,
 //! then reads them back in pages of 4,096 forward; `cargo test --benches` runs 2,000 (a
-//! smoke run). Not yet: the same reads with node-eventstore-client side by side.
+//! smoke run). Then node-eventstore-client reads the same stream from the same emulator
+//! (`benches/node/eventstore_read.js`) and both rates print side by side; the goal is ours
+//! at least 5× the Node client's. `cargo xtask bench eventstore` installs the Node client and
+//! points `NODE_PATH` at it; without Node the comparison says why it did not run.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -106,5 +109,51 @@ fn main() {
             rate(read, write),
             rate(read, reading)
         );
+        let ours = rate(read, reading);
+        let addr = emulator.addr().to_string();
+        // The Node client blocks this thread while it reads; the emulator keeps serving on
+        // the runtime's workers.
+        let node = tokio::task::spawn_blocking(move || node_read(&addr, read))
+            .await
+            .unwrap();
+        match node {
+            Ok(theirs) => println!(
+                "same reads with node-eventstore-client: {theirs:.0} events/s — ours {:.1}× (goal ≥ 5×)",
+                ours / theirs
+            ),
+            Err(why) => println!("node-eventstore-client comparison not run: {why}"),
+        }
     });
+}
+
+/// Read the bench stream with node-eventstore-client; its events/s.
+fn node_read(addr: &str, expected: u64) -> Result<f64, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/node/eventstore_read.js");
+    let modules = std::env::var("NODE_PATH").map_err(|_| {
+        "NODE_PATH is not set (`cargo xtask bench eventstore` installs node-eventstore-client and sets it)".to_owned()
+    })?;
+    let out = std::process::Command::new("node")
+        .env("NODE_PATH", modules)
+        .args([script, addr, "bench"])
+        .output()
+        .map_err(|e| format!("cannot run node: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "node failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let field = |name: &str| -> Option<f64> {
+        let rest = &line[line.find(&format!("\"{name}\":"))? + name.len() + 3..];
+        rest.split([',', '}']).next()?.trim().parse().ok()
+    };
+    let (events, seconds) = field("events")
+        .zip(field("seconds"))
+        .ok_or_else(|| format!("unexpected output {line:?}"))?;
+    if events as u64 != expected {
+        return Err(format!("node read {events} events, expected {expected}"));
+    }
+    Ok(events / seconds)
 }

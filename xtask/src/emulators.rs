@@ -97,7 +97,7 @@ const NODE_PACKAGES: [&str; 2] = ["node-eventstore-client@23.10.1", "protobufjs@
 
 /// Install `node-eventstore-client` (with `protobufjs@7` beside it, which it needs) under
 /// `target/`, once.
-fn node_modules() -> Result<PathBuf> {
+pub(crate) fn node_modules() -> Result<PathBuf> {
     let dir = target_dir().join("node-eventstore-client");
     let modules = dir.join("node_modules");
     if modules.join("node-eventstore-client").exists() && modules.join("protobufjs").exists() {

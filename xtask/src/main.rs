@@ -159,6 +159,7 @@ fn integration() -> Result<()> {
             .args(["test", "-p", "headwaters-benches", "--benches"])
             .args(locked());
         with_servers(&mut benches);
+        with_node_client(&mut benches);
         run(&mut benches)
     })();
     if outcome.is_err() {
@@ -166,6 +167,17 @@ fn integration() -> Result<()> {
         rabbit.print_log();
     }
     outcome
+}
+
+/// Let the eventstore bench compare with node-eventstore-client (installed on first use);
+/// without Node the bench says the comparison did not run.
+fn with_node_client(cmd: &mut Command) {
+    match emulators::node_modules() {
+        Ok(modules) => {
+            cmd.env("NODE_PATH", modules);
+        }
+        Err(e) => eprintln!("xtask: no node-eventstore-client for the eventstore bench: {e:#}"),
+    }
 }
 
 /// The bench targets of `benches/`.
@@ -196,6 +208,7 @@ fn bench(args: &[String]) -> Result<()> {
         .args(rest)
         .env("DATABASE_URL", pg.url())
         .env("AMQP_URL", rabbit.url());
+    with_node_client(&mut cmd);
     let outcome = run(&mut cmd);
     if outcome.is_err() {
         pg.print_log();

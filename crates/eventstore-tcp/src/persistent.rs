@@ -249,7 +249,10 @@ impl Acker {
 
     /// Acknowledge by id ([`PersistentMessage::ack_id`]).
     pub fn ack_ids(&self, ids: impl IntoIterator<Item = [u8; 16]>) -> Result<(), Error> {
-        let ids: Vec<Vec<u8>> = ids.into_iter().map(|id| id.to_vec()).collect();
+        let ids: Vec<bytes::Bytes> = ids
+            .into_iter()
+            .map(|id| bytes::Bytes::copy_from_slice(&id))
+            .collect();
         for chunk in ids.chunks(MAX_IDS) {
             let ack = wire::PersistentSubscriptionAckEvents {
                 subscription_id: self.subscription_id.clone(),
@@ -286,7 +289,10 @@ impl Acker {
         action: NakAction,
         reason: &str,
     ) -> Result<(), Error> {
-        let ids: Vec<Vec<u8>> = ids.into_iter().map(|id| id.to_vec()).collect();
+        let ids: Vec<bytes::Bytes> = ids
+            .into_iter()
+            .map(|id| bytes::Bytes::copy_from_slice(&id))
+            .collect();
         for chunk in ids.chunks(MAX_IDS) {
             let nak = wire::PersistentSubscriptionNakEvents {
                 subscription_id: self.subscription_id.clone(),

@@ -85,12 +85,12 @@ impl EventData {
 
     pub(crate) fn to_wire(&self) -> wire::NewEvent {
         wire::NewEvent {
-            event_id: guid::to_dotnet_bytes(self.id).to_vec(),
+            event_id: Bytes::copy_from_slice(&guid::to_dotnet_bytes(self.id)),
             event_type: self.event_type.clone(),
             data_content_type: i32::from(self.is_json),
             metadata_content_type: 0,
-            data: self.data.to_vec(),
-            metadata: Some(self.metadata.to_vec()),
+            data: self.data.clone(),
+            metadata: Some(self.metadata.clone()),
         }
     }
 }
@@ -177,8 +177,8 @@ impl RecordedEvent {
             event_number: u64::try_from(r.event_number).unwrap_or(0),
             id: guid::from_dotnet_bytes(id_bytes),
             event_type: r.event_type,
-            data: r.data.into(),
-            metadata: r.metadata.unwrap_or_default().into(),
+            data: r.data,
+            metadata: r.metadata.unwrap_or_default(),
             is_json: r.data_content_type == 1,
             created_epoch_ms: r.created_epoch,
             id_bytes,
@@ -192,8 +192,9 @@ impl RecordedEvent {
 pub struct ResolvedEvent {
     /// The event (absent when a link points at a deleted event).
     pub event: Option<RecordedEvent>,
-    /// The `$>` link record, when resolved through one.
-    pub link: Option<RecordedEvent>,
+    /// The `$>` link record, when resolved through one (boxed: most events have none, and
+    /// pages of thousands stay small).
+    pub link: Option<Box<RecordedEvent>>,
     /// Its `$all` position, when read from `$all` or a subscription.
     pub position: Option<Position>,
 }
@@ -201,7 +202,7 @@ pub struct ResolvedEvent {
 impl ResolvedEvent {
     /// The record that was read: the link if there is one, else the event.
     pub fn original(&self) -> Option<&RecordedEvent> {
-        self.link.as_ref().or(self.event.as_ref())
+        self.link.as_deref().or(self.event.as_ref())
     }
 
     /// The original record's event number.
@@ -212,7 +213,7 @@ impl ResolvedEvent {
     pub(crate) fn from_indexed(e: wire::ResolvedIndexedEvent) -> Self {
         Self {
             event: e.event.map(RecordedEvent::from_wire),
-            link: e.link.map(RecordedEvent::from_wire),
+            link: e.link.map(|l| Box::new(RecordedEvent::from_wire(l))),
             position: None,
         }
     }
@@ -220,7 +221,7 @@ impl ResolvedEvent {
     pub(crate) fn from_all(e: wire::ResolvedEvent) -> Self {
         Self {
             event: e.event.map(RecordedEvent::from_wire),
-            link: e.link.map(RecordedEvent::from_wire),
+            link: e.link.map(|l| Box::new(RecordedEvent::from_wire(l))),
             position: Some(Position {
                 commit: e.commit_position,
                 prepare: e.prepare_position,
@@ -303,7 +304,7 @@ mod tests {
     fn event_ids_travel_in_dotnet_order_and_come_back_the_same() {
         let e = EventData::json("t", "{}");
         let w = e.to_wire();
-        assert_eq!(w.event_id, guid::to_dotnet_bytes(e.id));
+        assert_eq!(w.event_id[..], guid::to_dotnet_bytes(e.id));
         let back = RecordedEvent::from_wire(wire::EventRecord {
             event_stream_id: "s".into(),
             event_number: 3,

@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// (proto file under `proto/`, generated file in the repository). The EventStore emulator
-/// has its own copy so it shares no code with the client it tests.
-const TARGETS: [(&str, &str); 2] = [
+/// (proto file under `proto/`, generated file in the repository, `bytes` fields as
+/// `bytes::Bytes`). The EventStore emulator has its own copy so it shares no code with the
+/// client it tests; the client decodes event data without copying it.
+const TARGETS: [(&str, &str, bool); 2] = [
     (
         "eventstore/client_messages.proto",
         "crates/eventstore-tcp/src/wire/event_store.client.messages.rs",
+        true,
     ),
     (
         "eventstore/client_messages.proto",
         "crates/testkit/src/eventstore/wire/event_store.client.messages.rs",
+        false,
     ),
 ];
 
@@ -27,8 +30,8 @@ fn main() -> Result<()> {
         .context("no workspace root")?
         .to_path_buf();
     let mut stale = Vec::new();
-    for (proto, generated) in TARGETS {
-        let fresh = generate(&root, proto)?;
+    for (proto, generated, bytes) in TARGETS {
+        let fresh = generate(&root, proto, bytes)?;
         let target = root.join(generated);
         let current = std::fs::read_to_string(&target).unwrap_or_default();
         if current == fresh {
@@ -50,14 +53,18 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn generate(root: &Path, proto: &str) -> Result<String> {
+fn generate(root: &Path, proto: &str, bytes: bool) -> Result<String> {
     let include = root.join("proto");
     let files = protox::compile([include.join(proto)], [&include])
         .with_context(|| format!("cannot compile proto/{proto}"))?;
     let out: PathBuf =
         std::env::temp_dir().join(format!("headwaters-codegen-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
-    prost_build::Config::new()
+    let mut config = prost_build::Config::new();
+    if bytes {
+        config.bytes(["."]);
+    }
+    config
         .out_dir(&out)
         .compile_fds(files)
         .context("prost-build failed")?;

@@ -701,27 +701,37 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         0xB2 | 0xB4 => match wire::ReadStreamEvents::decode(p.payload) {
             Ok(m) => {
                 let forward = p.command == 0xB2;
-                let done = shared.lock().store.read_stream(
+                let state = shared.lock();
+                let (done, picked) = state.store.stream_page(
                     &m.event_stream_id,
                     m.from_event_number,
                     m.max_count,
                     forward,
                     m.resolve_link_tos,
                 );
-                frame(p.command + 1, c, &done.encode_to_vec())
+                frame(
+                    p.command + 1,
+                    c,
+                    &state.store.encode_stream_page(&done, &picked),
+                )
             }
             Err(_) => bad("ReadStreamEvents"),
         },
         0xB6 | 0xB8 => match wire::ReadAllEvents::decode(p.payload) {
             Ok(m) => {
                 let forward = p.command == 0xB6;
-                let done = shared.lock().store.read_all(
+                let state = shared.lock();
+                let (done, picked) = state.store.all_page(
                     m.commit_position,
                     m.max_count,
                     forward,
                     m.resolve_link_tos,
                 );
-                frame(p.command + 1, c, &done.encode_to_vec())
+                frame(
+                    p.command + 1,
+                    c,
+                    &state.store.encode_all_page(&done, &picked),
+                )
             }
             Err(_) => bad("ReadAllEvents"),
         },

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use prost::Message;
+
 use super::wire::{
     DeleteStreamCompleted, EventRecord, NewEvent, OperationResult, ReadAllEventsCompleted,
     ReadEventCompleted, ReadStreamEventsCompleted, ResolvedEvent, ResolvedIndexedEvent,
@@ -31,6 +33,15 @@ pub(crate) struct Record {
     number: i64,
     event: NewEvent,
     created_epoch: i64,
+    /// The `EventRecord` encoding, made once at write time: reads copy it into replies.
+    encoded: Vec<u8>,
+}
+
+/// The records a read picked (log indices), to be encoded into its reply.
+#[derive(Debug, Default)]
+pub(crate) struct Picked {
+    indices: Vec<usize>,
+    resolve: bool,
 }
 
 #[derive(Debug, Default)]
@@ -257,7 +268,9 @@ impl Store {
                 number: first + k as i64,
                 event,
                 created_epoch: now_ms,
+                encoded: Vec::new(),
             });
+            self.log[index].encoded = self.record(index).encode_to_vec();
             written.push(index);
         }
         let state = self.streams.get_mut(stream).expect("created above");
@@ -395,14 +408,16 @@ impl Store {
         }
     }
 
-    pub(crate) fn read_stream(
+    /// A page of a stream: the reply without its events, and the events picked (see
+    /// [`Store::encode_stream_page`]).
+    pub(crate) fn stream_page(
         &self,
         stream: &str,
         from: i64,
         max_count: i32,
         forward: bool,
         resolve: bool,
-    ) -> ReadStreamEventsCompleted {
+    ) -> (ReadStreamEventsCompleted, Picked) {
         let mut reply = ReadStreamEventsCompleted {
             events: Vec::new(),
             result: ReadStreamResult::Success as i32,
@@ -415,21 +430,21 @@ impl Store {
         if !(1..=MAX_READ).contains(&max_count) {
             reply.result = ReadStreamResult::Error as i32;
             reply.error = Some(format!("Read size too big: {max_count} (max {MAX_READ})"));
-            return reply;
+            return (reply, Picked::default());
         }
         let Some(state) = self.streams.get(stream) else {
             reply.result = ReadStreamResult::NoStream as i32;
-            return reply;
+            return (reply, Picked::default());
         };
         if state.hard_deleted {
             reply.result = ReadStreamResult::StreamDeleted as i32;
             reply.last_event_number = DELETED_STREAM;
-            return reply;
+            return (reply, Picked::default());
         }
         let visible: Vec<usize> = self.visible(stream, state).collect();
         if visible.is_empty() {
             reply.result = ReadStreamResult::NoStream as i32;
-            return reply;
+            return (reply, Picked::default());
         }
         let last = self.log[*visible.last().expect("non-empty")].number;
         reply.last_event_number = last;
@@ -463,20 +478,48 @@ impl Store {
             let first = visible.first().map_or(0, |i| self.log[*i].number);
             reply.is_end_of_stream = next < first;
         }
-        reply.events = picked
-            .into_iter()
-            .map(|i| self.indexed(i, resolve))
-            .collect();
-        reply
+        (
+            reply,
+            Picked {
+                indices: picked,
+                resolve,
+            },
+        )
     }
 
-    pub(crate) fn read_all(
+    /// The encoded `ReadStreamEventsCompleted`: `reply` and then the picked events (field 1).
+    pub(crate) fn encode_stream_page(
+        &self,
+        reply: &ReadStreamEventsCompleted,
+        picked: &Picked,
+    ) -> Vec<u8> {
+        let mut out = reply.encode_to_vec();
+        for i in &picked.indices {
+            let record = &self.log[*i];
+            if picked.resolve && record.event.event_type == "$>" {
+                put_len(&mut out, 1, &self.indexed(*i, true).encode_to_vec());
+            } else {
+                // ResolvedIndexedEvent { event = 1: the record }
+                let inner = prost::encoding::encoded_len_varint(record.encoded.len() as u64)
+                    + 1
+                    + record.encoded.len();
+                out.push(1 << 3 | 2);
+                prost::encoding::encode_varint(inner as u64, &mut out);
+                put_len(&mut out, 1, &record.encoded);
+            }
+        }
+        out
+    }
+
+    /// A page of `$all`: the reply without its events, and the events picked (see
+    /// [`Store::encode_all_page`]).
+    pub(crate) fn all_page(
         &self,
         commit: i64,
         max_count: i32,
         forward: bool,
         resolve: bool,
-    ) -> ReadAllEventsCompleted {
+    ) -> (ReadAllEventsCompleted, Picked) {
         let mut reply = ReadAllEventsCompleted {
             commit_position: commit,
             prepare_position: commit,
@@ -489,7 +532,7 @@ impl Store {
         if !(1..=MAX_READ).contains(&max_count) {
             reply.result = Some(ReadAllResult::Error as i32);
             reply.error = Some(format!("Read size too big: {max_count} (max {MAX_READ})"));
-            return reply;
+            return (reply, Picked::default());
         }
         let count = max_count as usize;
         let len = self.log.len();
@@ -518,12 +561,41 @@ impl Store {
         };
         reply.next_commit_position = next;
         reply.next_prepare_position = next;
-        reply.events = indices
-            .into_iter()
-            .map(|i| self.resolved(i, resolve))
-            .collect();
-        reply
+        (reply, Picked { indices, resolve })
     }
+
+    /// The encoded `ReadAllEventsCompleted`: `reply` and then the picked events (field 3).
+    pub(crate) fn encode_all_page(
+        &self,
+        reply: &ReadAllEventsCompleted,
+        picked: &Picked,
+    ) -> Vec<u8> {
+        let mut out = reply.encode_to_vec();
+        for i in &picked.indices {
+            let record = &self.log[*i];
+            if picked.resolve && record.event.event_type == "$>" {
+                put_len(&mut out, 3, &self.resolved(*i, true).encode_to_vec());
+            } else {
+                // ResolvedEvent { event = 1, commit_position = 3, prepare_position = 4 }
+                let p = position(*i) as u64;
+                let mut inner = Vec::with_capacity(record.encoded.len() + 24);
+                put_len(&mut inner, 1, &record.encoded);
+                inner.push(3 << 3);
+                prost::encoding::encode_varint(p, &mut inner);
+                inner.push(4 << 3);
+                prost::encoding::encode_varint(p, &mut inner);
+                put_len(&mut out, 3, &inner);
+            }
+        }
+        out
+    }
+}
+
+/// Append field `field` (length-delimited) holding `bytes`.
+fn put_len(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push(field << 3 | 2);
+    prost::encoding::encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
 }
 
 /// A `$metadata` event holding `meta`; `seed` makes its id unique.

@@ -1,5 +1,31 @@
 use super::*;
 
+/// Reads as the server answers them: the encoded page, decoded again.
+impl Store {
+    fn read_stream(
+        &self,
+        stream: &str,
+        from: i64,
+        max_count: i32,
+        forward: bool,
+        resolve: bool,
+    ) -> ReadStreamEventsCompleted {
+        let (reply, picked) = self.stream_page(stream, from, max_count, forward, resolve);
+        ReadStreamEventsCompleted::decode(&self.encode_stream_page(&reply, &picked)[..]).unwrap()
+    }
+
+    fn read_all(
+        &self,
+        commit: i64,
+        max_count: i32,
+        forward: bool,
+        resolve: bool,
+    ) -> ReadAllEventsCompleted {
+        let (reply, picked) = self.all_page(commit, max_count, forward, resolve);
+        ReadAllEventsCompleted::decode(&self.encode_all_page(&reply, &picked)[..]).unwrap()
+    }
+}
+
 fn event(n: u8) -> NewEvent {
     NewEvent {
         event_id: vec![n; 16],
