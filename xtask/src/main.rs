@@ -218,7 +218,11 @@ fn bench(args: &[String]) -> Result<()> {
 }
 
 /// The targets under `fuzz/fuzz_targets`.
-const FUZZ_TARGETS: [&str; 2] = ["pulsar_ws_frames", "eventstore_frames"];
+const FUZZ_TARGETS: [&str; 3] = [
+    "pulsar_ws_frames",
+    "eventstore_frames",
+    "eventstore_messages",
+];
 
 fn fuzz(args: &[String]) -> Result<()> {
     let seconds: u64 = match args.first() {

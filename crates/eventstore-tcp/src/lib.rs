@@ -57,6 +57,9 @@
 
 pub mod command;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guid;
 pub mod types;
 mod wire;

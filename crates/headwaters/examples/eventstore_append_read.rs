@@ -1,5 +1,6 @@
-//! Append events to an EventStoreDB stream and read them back, forward, backward and from
-//! `$all`.
+//! Append events to an EventStoreDB stream, read them back (forward, backward, `$all`),
+//! then follow the stream with a catch-up subscription (Extreme's listener): the history
+//! after a checkpoint, the switch to live, and events appended afterwards.
 //!
 //! Uses the node at `EVENTSTORE_ADDR` (e.g. `127.0.0.1:1113`, credentials admin/changeit)
 //! or, without it, the embedded emulator:
@@ -8,8 +9,9 @@
 //! cargo run -p headwaters --example eventstore_append_read
 //! ```
 
+use futures_util::StreamExt;
 use headwaters::eventstore::{
-    Connection, EventData, ExpectedVersion, Position, ReadDirection, Settings,
+    CatchUpEvent, Connection, EventData, ExpectedVersion, Position, ReadDirection, Settings,
 };
 
 #[tokio::main]
@@ -70,5 +72,33 @@ async fn main() -> anyhow::Result<()> {
         .read_all(Position::START, 4096, ReadDirection::Forward, false)
         .await?;
     println!("$all holds {} events so far", all.events.len());
+
+    // A listener that processed up to event 6 before it stopped resumes after it.
+    let mut listener = connection.subscribe_to_stream_from(&stream, Some(6), 100);
+    let mut live_seen = 0;
+    while let Some(event) = listener.next().await {
+        match event {
+            CatchUpEvent::Event(e) => {
+                let n = e.original_event_number().unwrap_or_default();
+                println!("  listener: event #{n}");
+                if n >= 10 {
+                    live_seen += 1;
+                    if live_seen == 2 {
+                        break;
+                    }
+                }
+            }
+            CatchUpEvent::CaughtUp => {
+                println!("  listener: caught up; appending two more");
+                let more: Vec<EventData> = (10..12)
+                    .map(|i| EventData::json("OrderPlaced", format!("{{\"order\":{i}}}")))
+                    .collect();
+                connection
+                    .append_to_stream(&stream, ExpectedVersion::Exact(9), &more)
+                    .await?;
+            }
+            other => println!("  listener: {other:?}"),
+        }
+    }
     Ok(())
 }
