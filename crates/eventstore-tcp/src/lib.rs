@@ -20,20 +20,25 @@
 //! (`Authenticate` with default credentials, `IdentifyClient` version 1), heartbeats both
 //! ways (750 ms / 1500 ms by default), pipelined operations matched by correlation id,
 //! retries after a timeout and on `NotHandled(NotReady | TooBusy)`, typed errors for the
-//! rest, and reconnection with backoff (optionally limited, Extreme's `max_attempts`) that
-//! resends what was in flight. Operations: append with an expected version, read one event,
-//! read a stream or `$all` forward and backward, soft and hard delete. Subscriptions:
-//! volatile ([`Connection::subscribe_to`], a stream or `$all`, re-subscribed after a
-//! reconnect with an explicit `Dropped(ConnectionLost)`) and catch-up
-//! ([`Connection::subscribe_to_stream_from`]: history in pages, then live, with no gap and
-//! no duplicate at the switch or after a reconnect; hard deletes end it with
-//! `Dropped(StreamDeleted)`), also on `$all` by position ([`Connection::subscribe_to_all_from`]).
+//! rest, reconnection with backoff (optionally limited, Extreme's `max_attempts`) that
+//! resends what was in flight, TLS via rustls ([`Settings::with_tls`]), per-operation
+//! credentials ([`Connection::as_user`]) and clusters ([`Settings::cluster`]: gossip in the
+//! v5 and v20 shapes, [`NodePreference`], `NotLeader` followed to the leader).
 //!
-//! With feature `batch`, `EventStoreSource` feeds `headwaters-batch-flusher` from streams
-//! (catch-up from the stored event number).
+//! Operations: append with an expected version, read one event, read a stream or `$all`
+//! forward and backward, soft and hard delete, transactions ([`Transaction`]), typed stream
+//! metadata ([`StreamMetadata`]). Subscriptions: volatile ([`Connection::subscribe_to`], a
+//! stream or `$all`, re-subscribed after a reconnect with an explicit
+//! `Dropped(ConnectionLost)`, [`Subscription::resubscribe`] for fanout), catch-up
+//! ([`Connection::subscribe_to_stream_from`], [`Connection::subscribe_to_all_from`]: history
+//! in pages, then live, with no gap and no duplicate at the switch, after a reconnect or after
+//! falling behind — a bounded live queue falls back to paging, see [`CatchUpSettings`]) and
+//! persistent ([`Connection::connect_to_persistent_subscription`], with group CRUD, ack and
+//! nak). [`ordered`] runs events through ordering-core keyed by stream id.
 //!
-//! Not yet: persistent subscriptions, the backpressure and fanout
-//! listeners, transactions, stream metadata, cluster discovery, TLS.
+//! With feature `batch`, [`EventStoreSource`] (streams), [`EventStoreAllSource`] (`$all`)
+//! and [`EventStorePersistentSource`] (a persistent subscription group) feed
+//! `headwaters-batch-flusher`.
 //!
 //! # Example
 //!

@@ -2,11 +2,14 @@
 //! (little-endian length, command, flags, correlation id, credentials), authentication
 //! (`Authenticate` and per-frame credentials), `IdentifyClient`, heartbeats both ways with
 //! the server's rule (a request after `heartbeat_interval` of silence, close after a further
-//! `heartbeat_timeout`), ping, appends with expected-version checks, reads of one event, of
-//! a stream forward and backward and of `$all` forward and backward (at most 4,096 per
-//! page), soft and hard deletes, volatile subscriptions to a stream or `$all`, `BadRequest`
-//! for unknown commands and malformed messages. Faults: drop every connection, stop
-//! answering heartbeats, delay replies, answer the next requests with `NotHandled`.
+//! `heartbeat_timeout`), ping, appends with expected-version checks, transactions, reads of
+//! one event, of a stream forward and backward and of `$all` forward and backward (at most
+//! 4,096 per page), stream metadata (`$tb`, `$maxCount`, `$maxAge`), soft and hard deletes,
+//! link events, volatile subscriptions to a stream or `$all`, persistent subscription groups
+//! (retry, park, max retry count, message timeout), TLS (feature `tls`), `BadRequest` for
+//! unknown commands and malformed messages, and a simulated three-node cluster with HTTP
+//! gossip ([`EventStoreCluster`]). Faults: drop every connection, stop answering heartbeats,
+//! delay replies, answer the next requests with `NotHandled`.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
