@@ -299,11 +299,14 @@ pub(crate) async fn discover(
     let secure = tls.is_some();
     let candidates: Vec<String> = match seeds {
         Seeds::List(list) => list.clone(),
-        Seeds::Dns(name, port) => tokio::net::lookup_host((name.as_str(), *port))
-            .await
-            .map_err(|e| format!("cannot resolve {name}: {e}"))?
-            .map(|a| a.to_string())
-            .collect(),
+        Seeds::Dns(name, port) => {
+            tokio::time::timeout(timeout, tokio::net::lookup_host((name.as_str(), *port)))
+                .await
+                .map_err(|_| format!("cannot resolve {name}: no answer within {timeout:?}"))?
+                .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                .map(|a| a.to_string())
+                .collect()
+        }
     };
     let mut errors = Vec::new();
     for seed in &candidates {

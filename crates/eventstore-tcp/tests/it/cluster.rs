@@ -107,3 +107,27 @@ async fn follower_preference_reads_from_a_follower_and_failover_regossips() {
     );
     assert_eq!(read_count(&writer, "s").await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_seeds_resolve_to_gossip_endpoints() {
+    let cluster = EventStoreCluster::start(EventStoreConfig::default(), GossipFormat::V5)
+        .await
+        .unwrap();
+    // `localhost` resolves to the loopback address(es); the one serving gossip answers.
+    let settings = Settings::cluster_dns("localhost", cluster.gossip_addr(1).port())
+        .with_credentials("admin", "changeit")
+        .unwrap();
+    let c = Connection::connect(settings).await.unwrap();
+    c.append_to_stream("s", ExpectedVersion::Any, &events(0..1))
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster.node(0).accepted(),
+        1,
+        "the leader, found through DNS"
+    );
+    let err = Connection::connect(Settings::cluster_dns("no-such-host.invalid", 2113))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot resolve"), "{err}");
+}
