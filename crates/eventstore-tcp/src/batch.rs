@@ -11,7 +11,7 @@ use headwaters_ordering_core::{NoSettle, Settle, Settlement};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::persistent::{Acker, NakAction, PersistentEvent};
-use crate::subscription::{CatchUpEvent, DropReason};
+use crate::subscription::{CatchUp, CatchUpEvent, DropReason};
 use crate::types::{Position, ResolvedEvent};
 
 /// Feeds a [`BatchProcessor`](headwaters_batch_flusher::BatchProcessor) from EventStore:
@@ -50,31 +50,41 @@ impl Source for EventStoreSource {
         let catch_up = self
             .connection
             .subscribe_to_stream_from(shard, from, self.page_size);
-        Ok(catch_up
-            .filter_map(|event| async move {
-                match event {
-                    CatchUpEvent::Event(e) => {
-                        let position = e.original_event_number()?;
-                        Some(Ok(SourceEvent::Record(SourceRecord {
-                            position,
-                            sub: None,
-                            record: *e,
-                            ack: NoSettle,
-                        })))
-                    }
-                    CatchUpEvent::Dropped(DropReason::StreamDeleted) => {
-                        Some(Ok(SourceEvent::ShardEnded))
-                    }
-                    CatchUpEvent::Dropped(DropReason::ConnectionLost)
-                    | CatchUpEvent::CaughtUp
-                    | CatchUpEvent::FellBehind => None,
-                    CatchUpEvent::Dropped(other) => Some(Err(Error::Server(format!(
-                        "the catch-up subscription ended: {other:?}"
-                    )))),
-                }
-            })
-            .boxed())
+        Ok(records(catch_up, ResolvedEvent::original_event_number))
     }
+}
+
+/// A catch-up subscription as a source stream: records positioned by `position` (events
+/// it gives no position are skipped), a hard delete ends the shard, a connection loss or a
+/// fall-back to paging is bridged by the subscription, any other end is an error.
+fn records<P: Send + 'static>(
+    catch_up: CatchUp,
+    position: impl Fn(&ResolvedEvent) -> Option<P> + Send + Sync + 'static,
+) -> BoxStream<'static, Result<SourceEvent<P, ResolvedEvent, NoSettle>, Error>> {
+    catch_up
+        .filter_map(move |event| {
+            let record = match event {
+                CatchUpEvent::Event(e) => position(&e).map(|position| {
+                    Ok(SourceEvent::Record(SourceRecord {
+                        position,
+                        sub: None,
+                        record: *e,
+                        ack: NoSettle,
+                    }))
+                }),
+                CatchUpEvent::Dropped(DropReason::StreamDeleted) => {
+                    Some(Ok(SourceEvent::ShardEnded))
+                }
+                CatchUpEvent::Dropped(DropReason::ConnectionLost)
+                | CatchUpEvent::CaughtUp
+                | CatchUpEvent::FellBehind => None,
+                CatchUpEvent::Dropped(other) => Some(Err(Error::Server(format!(
+                    "the catch-up subscription ended: {other:?}"
+                )))),
+            };
+            std::future::ready(record)
+        })
+        .boxed()
 }
 
 /// Feeds a batch processor from `$all` (one shard; its name is only a label), by position:
@@ -116,31 +126,13 @@ impl Source for EventStoreAllSource {
     async fn open(&self, _shard: &str, from: Option<Position>) -> Result<AllEvents, Error> {
         let system = self.system_events;
         let catch_up = self.connection.subscribe_to_all_from(from, self.page_size);
-        Ok(catch_up
-            .filter_map(move |event| async move {
-                match event {
-                    CatchUpEvent::Event(e) => {
-                        let position = e.position?;
-                        let is_system = e.original().is_some_and(|r| r.event_type.starts_with('$'));
-                        if is_system && !system {
-                            return None;
-                        }
-                        Some(Ok(SourceEvent::Record(SourceRecord {
-                            position,
-                            sub: None,
-                            record: *e,
-                            ack: NoSettle,
-                        })))
-                    }
-                    CatchUpEvent::Dropped(DropReason::ConnectionLost)
-                    | CatchUpEvent::CaughtUp
-                    | CatchUpEvent::FellBehind => None,
-                    CatchUpEvent::Dropped(other) => Some(Err(Error::Server(format!(
-                        "the $all subscription ended: {other:?}"
-                    )))),
-                }
-            })
-            .boxed())
+        Ok(records(catch_up, move |e| {
+            let is_system = e.original().is_some_and(|r| r.event_type.starts_with('$'));
+            if is_system && !system {
+                return None;
+            }
+            e.position
+        }))
     }
 }
 

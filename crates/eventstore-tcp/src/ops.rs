@@ -83,13 +83,11 @@ impl Connection {
             .await?;
         let done: wire::WriteEventsCompleted = decode(&frame, Command::WriteEventsCompleted)?;
         match done.result() {
-            OperationResult::Success => Ok(WriteResult {
-                next_expected_version: done.last_event_number,
-                position: done.commit_position.map(|commit| Position {
-                    commit,
-                    prepare: done.prepare_position.unwrap_or(commit),
-                }),
-            }),
+            OperationResult::Success => Ok(WriteResult::from_wire(
+                done.last_event_number,
+                done.commit_position,
+                done.prepare_position,
+            )),
             other => Err(operation_error(
                 other,
                 done.message,

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use prost::Message as _;
-use tokio::sync::mpsc;
 
 use crate::command::Command;
 use crate::connection::{Connection, Routed};
 use crate::error::Error;
 use crate::ops::decode;
-use crate::subscription::DropReason;
+use crate::subscription::{DropReason, Routes, Step, ending};
 use crate::types::ResolvedEvent;
 use crate::wire;
 
@@ -328,9 +327,8 @@ impl Acker {
 #[derive(Debug)]
 pub struct PersistentSubscription {
     acker: Acker,
-    rx: mpsc::UnboundedReceiver<Routed>,
+    routes: Routes,
     last_event_number: Option<i64>,
-    ended: bool,
     reconnecting: bool,
 }
 
@@ -342,26 +340,16 @@ impl Connection {
         group: &str,
         settings: &PersistentSettings,
     ) -> Result<(), Error> {
-        use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
-        let request = settings.to_wire(stream, group);
-        let frame = self
-            .request(
-                Command::CreatePersistentSubscription,
-                request.encode_to_vec(),
-            )
-            .await?;
-        let done: wire::CreatePersistentSubscriptionCompleted =
-            decode(&frame, Command::CreatePersistentSubscriptionCompleted)?;
-        let reason = done.reason.clone().unwrap_or_default();
-        match done.result() {
-            R::Success => Ok(()),
-            R::AlreadyExists => Err(Error::GroupExists {
+        self.group_command(
+            Command::CreatePersistentSubscription,
+            Command::CreatePersistentSubscriptionCompleted,
+            settings.to_wire(stream, group).encode_to_vec(),
+            Error::GroupExists {
                 stream: stream.to_owned(),
                 group: group.to_owned(),
-            }),
-            R::AccessDenied => Err(Error::AccessDenied(reason)),
-            R::Fail => Err(Error::Server(reason)),
-        }
+            },
+        )
+        .await
     }
 
     /// Change a group's settings (the server restarts it: its consumers are dropped with
@@ -372,44 +360,18 @@ impl Connection {
         group: &str,
         settings: &PersistentSettings,
     ) -> Result<(), Error> {
-        use wire::update_persistent_subscription_completed::UpdatePersistentSubscriptionResult as R;
-        let c = settings.to_wire(stream, group);
-        let request = wire::UpdatePersistentSubscription {
-            subscription_group_name: c.subscription_group_name,
-            event_stream_id: c.event_stream_id,
-            resolve_link_tos: c.resolve_link_tos,
-            start_from: c.start_from,
-            message_timeout_milliseconds: c.message_timeout_milliseconds,
-            record_statistics: c.record_statistics,
-            live_buffer_size: c.live_buffer_size,
-            read_batch_size: c.read_batch_size,
-            buffer_size: c.buffer_size,
-            max_retry_count: c.max_retry_count,
-            prefer_round_robin: c.prefer_round_robin,
-            checkpoint_after_time: c.checkpoint_after_time,
-            checkpoint_max_count: c.checkpoint_max_count,
-            checkpoint_min_count: c.checkpoint_min_count,
-            subscriber_max_count: c.subscriber_max_count,
-            named_consumer_strategy: c.named_consumer_strategy,
-        };
-        let frame = self
-            .request(
-                Command::UpdatePersistentSubscription,
-                request.encode_to_vec(),
-            )
-            .await?;
-        let done: wire::UpdatePersistentSubscriptionCompleted =
-            decode(&frame, Command::UpdatePersistentSubscriptionCompleted)?;
-        let reason = done.reason.clone().unwrap_or_default();
-        match done.result() {
-            R::Success => Ok(()),
-            R::DoesNotExist => Err(Error::GroupNotFound {
+        // `UpdatePersistentSubscription` has the create message's fields, numbers and types:
+        // the same bytes.
+        self.group_command(
+            Command::UpdatePersistentSubscription,
+            Command::UpdatePersistentSubscriptionCompleted,
+            settings.to_wire(stream, group).encode_to_vec(),
+            Error::GroupNotFound {
                 stream: stream.to_owned(),
                 group: group.to_owned(),
-            }),
-            R::AccessDenied => Err(Error::AccessDenied(reason)),
-            R::Fail => Err(Error::Server(reason)),
-        }
+            },
+        )
+        .await
     }
 
     /// Delete a group; its consumers are dropped with
@@ -419,28 +381,40 @@ impl Connection {
         stream: &str,
         group: &str,
     ) -> Result<(), Error> {
-        use wire::delete_persistent_subscription_completed::DeletePersistentSubscriptionResult as R;
         let request = wire::DeletePersistentSubscription {
             subscription_group_name: group.to_owned(),
             event_stream_id: stream.to_owned(),
         };
-        let frame = self
-            .request(
-                Command::DeletePersistentSubscription,
-                request.encode_to_vec(),
-            )
-            .await?;
-        let done: wire::DeletePersistentSubscriptionCompleted =
-            decode(&frame, Command::DeletePersistentSubscriptionCompleted)?;
-        let reason = done.reason.clone().unwrap_or_default();
-        match done.result() {
-            R::Success => Ok(()),
-            R::DoesNotExist => Err(Error::GroupNotFound {
+        self.group_command(
+            Command::DeletePersistentSubscription,
+            Command::DeletePersistentSubscriptionCompleted,
+            request.encode_to_vec(),
+            Error::GroupNotFound {
                 stream: stream.to_owned(),
                 group: group.to_owned(),
-            }),
-            R::AccessDenied => Err(Error::AccessDenied(reason)),
-            R::Fail => Err(Error::Server(reason)),
+            },
+        )
+        .await
+    }
+
+    /// Send a group command. The three answers share their fields (1 result, 2 reason) and
+    /// codes: 0 success, 1 the group exists (create) or does not (update, delete) —
+    /// `code_1` —, 2 failure, 3 access denied.
+    async fn group_command(
+        &self,
+        command: Command,
+        completed: Command,
+        payload: Vec<u8>,
+        code_1: Error,
+    ) -> Result<(), Error> {
+        let frame = self.request(command, payload).await?;
+        let done: wire::DeletePersistentSubscriptionCompleted = decode(&frame, completed)?;
+        let reason = done.reason.unwrap_or_default();
+        match done.result {
+            0 => Ok(()),
+            1 => Err(code_1),
+            3 => Err(Error::AccessDenied(reason)),
+            _ => Err(Error::Server(reason)),
         }
     }
 
@@ -491,9 +465,8 @@ impl Connection {
                             correlation,
                             subscription_id: c.subscription_id,
                         },
-                        rx,
+                        routes: Routes::new(rx),
                         last_event_number: c.last_event_number,
-                        ended: false,
                         reconnecting: false,
                     });
                 }
@@ -548,41 +521,33 @@ impl PersistentSubscription {
         self.last_event_number
     }
 
-    fn map(&mut self, routed: Routed) -> Option<PersistentEvent> {
+    fn step(reconnecting: &mut bool, routed: Routed) -> Step<PersistentEvent> {
         let frame = match routed {
             Routed::Lost => {
-                self.reconnecting = true;
-                return Some(PersistentEvent::Dropped(DropReason::ConnectionLost));
+                *reconnecting = true;
+                return Step::Yield(PersistentEvent::Dropped(DropReason::ConnectionLost));
             }
             Routed::Frame(f) => f,
         };
-        let text = || String::from_utf8_lossy(&frame.payload).into_owned();
-        Some(match frame.command {
-            Command::PersistentSubscriptionConfirmation => {
-                if !std::mem::take(&mut self.reconnecting) {
-                    return None;
-                }
-                PersistentEvent::Reconnected
+        if let Some(reason) = ending(&frame) {
+            return Step::End(PersistentEvent::Dropped(reason));
+        }
+        match frame.command {
+            // The first confirmation was consumed by connect; later ones follow a reconnect.
+            Command::PersistentSubscriptionConfirmation if std::mem::take(reconnecting) => {
+                Step::Yield(PersistentEvent::Reconnected)
             }
             Command::PersistentSubscriptionStreamEventAppeared => {
-                let e =
-                    wire::PersistentSubscriptionStreamEventAppeared::decode(frame.payload.clone())
-                        .ok()?;
-                PersistentEvent::Event(Box::new(PersistentMessage {
-                    event: ResolvedEvent::from_indexed(e.event),
-                    retry_count: e.retry_count.unwrap_or(0).max(0) as u32,
-                }))
+                match wire::PersistentSubscriptionStreamEventAppeared::decode(frame.payload) {
+                    Ok(e) => Step::Yield(PersistentEvent::Event(Box::new(PersistentMessage {
+                        event: ResolvedEvent::from_indexed(e.event),
+                        retry_count: e.retry_count.unwrap_or(0).max(0) as u32,
+                    }))),
+                    Err(_) => Step::Skip,
+                }
             }
-            Command::SubscriptionDropped => {
-                self.ended = true;
-                PersistentEvent::Dropped(DropReason::from_frame(&frame.payload))
-            }
-            Command::NotAuthenticated | Command::BadRequest => {
-                self.ended = true;
-                PersistentEvent::Dropped(DropReason::Refused(text()))
-            }
-            _ => return None,
-        })
+            _ => Step::Skip,
+        }
     }
 }
 
@@ -590,26 +555,16 @@ impl Stream for PersistentSubscription {
     type Item = PersistentEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(routed)) => {
-                    if let Some(event) = self.map(routed) {
-                        return Poll::Ready(Some(event));
-                    }
-                }
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        let this = &mut *self;
+        let reconnecting = &mut this.reconnecting;
+        this.routes
+            .poll_step(cx, |routed| Self::step(reconnecting, routed))
     }
 }
 
 impl Drop for PersistentSubscription {
     fn drop(&mut self) {
-        if !self.ended {
+        if !self.routes.ended {
             let _ = self.acker.unsubscribe();
         }
     }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::command::Command;
 use crate::connection::{Connection, Routed};
 use crate::error::Error;
+use crate::frame::Frame;
 use crate::types::{Position, ReadDirection, ResolvedEvent};
 use crate::wire;
 
@@ -77,9 +78,66 @@ pub enum SubscriptionEvent {
 pub struct Subscription {
     connection: Connection,
     correlation: [u8; 16],
-    rx: mpsc::UnboundedReceiver<Routed>,
-    ended: bool,
+    routes: Routes,
     request: Vec<u8>,
+}
+
+/// The frames of one subscription's correlation id, until it ends.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    rx: mpsc::UnboundedReceiver<Routed>,
+    pub(crate) ended: bool,
+}
+
+/// What a subscription makes of a routed frame.
+pub(crate) enum Step<T> {
+    /// Nothing to yield.
+    Skip,
+    /// Yield this.
+    Yield(T),
+    /// Yield this, then end.
+    End(T),
+}
+
+impl Routes {
+    pub(crate) const fn new(rx: mpsc::UnboundedReceiver<Routed>) -> Self {
+        Self { rx, ended: false }
+    }
+
+    /// The next item `step` makes of the routed frames; `None` once ended.
+    pub(crate) fn poll_step<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut step: impl FnMut(Routed) -> Step<T>,
+    ) -> Poll<Option<T>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let Some(routed) = std::task::ready!(self.rx.poll_recv(cx)) else {
+                return Poll::Ready(None);
+            };
+            match step(routed) {
+                Step::Skip => {}
+                Step::Yield(item) => return Poll::Ready(Some(item)),
+                Step::End(item) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(item));
+                }
+            }
+        }
+    }
+}
+
+/// Why a frame ends its subscription: a drop, refused credentials, a bad request.
+pub(crate) fn ending(frame: &Frame) -> Option<DropReason> {
+    match frame.command {
+        Command::SubscriptionDropped => Some(DropReason::from_frame(&frame.payload)),
+        Command::NotAuthenticated | Command::BadRequest => Some(DropReason::Refused(
+            String::from_utf8_lossy(&frame.payload).into_owned(),
+        )),
+        _ => None,
+    }
 }
 
 impl Connection {
@@ -98,8 +156,7 @@ impl Connection {
         Ok(Subscription {
             connection: self.clone(),
             correlation,
-            rx,
-            ended: false,
+            routes: Routes::new(rx),
             request,
         })
     }
@@ -187,22 +244,21 @@ impl Connection {
 impl Subscription {
     /// Events received and not yet taken from the stream.
     pub fn queued(&self) -> usize {
-        self.rx.len()
+        self.routes.rx.len()
     }
 
     /// Subscribe again (Extreme's `FanoutListener` resubscribe): after an unsubscribe, a
     /// drop, or to skip what is queued. Live events from now on; a current subscription is
     /// ended first.
     pub fn resubscribe(&mut self) -> Result<(), Error> {
-        if !self.ended {
+        if !self.routes.ended {
             self.unsubscribe()?;
         }
         let (correlation, rx) = self
             .connection
             .subscribe_raw(Command::SubscribeToStream, self.request.clone())?;
         self.correlation = correlation;
-        self.rx = rx;
-        self.ended = false;
+        self.routes = Routes::new(rx);
         Ok(())
     }
 
@@ -216,43 +272,42 @@ impl Subscription {
         )
     }
 
-    fn map(&mut self, routed: Routed) -> Option<SubscriptionEvent> {
+    fn step(routed: Routed) -> Step<SubscriptionEvent> {
         let frame = match routed {
-            Routed::Lost => return Some(SubscriptionEvent::Dropped(DropReason::ConnectionLost)),
+            Routed::Lost => {
+                return Step::Yield(SubscriptionEvent::Dropped(DropReason::ConnectionLost));
+            }
             Routed::Frame(f) => f,
         };
-        let text = || String::from_utf8_lossy(&frame.payload).into_owned();
-        Some(match frame.command {
+        if let Some(reason) = ending(&frame) {
+            return Step::End(SubscriptionEvent::Dropped(reason));
+        }
+        match frame.command {
             Command::SubscriptionConfirmation => {
-                let c = wire::SubscriptionConfirmation::decode(frame.payload.clone()).ok()?;
-                SubscriptionEvent::Confirmed {
-                    last_commit_position: c.last_commit_position,
-                    last_event_number: c.last_event_number,
+                match wire::SubscriptionConfirmation::decode(frame.payload) {
+                    Ok(c) => Step::Yield(SubscriptionEvent::Confirmed {
+                        last_commit_position: c.last_commit_position,
+                        last_event_number: c.last_event_number,
+                    }),
+                    Err(_) => Step::Skip,
                 }
             }
             Command::StreamEventAppeared => {
-                let e = wire::StreamEventAppeared::decode(frame.payload.clone()).ok()?;
+                let Ok(e) = wire::StreamEventAppeared::decode(frame.payload) else {
+                    return Step::Skip;
+                };
                 let event = ResolvedEvent::from_all(e.event);
                 if event
                     .original()
                     .is_some_and(|r| r.event_type == "$streamDeleted")
                 {
-                    self.ended = true;
-                    SubscriptionEvent::Dropped(DropReason::StreamDeleted)
+                    Step::End(SubscriptionEvent::Dropped(DropReason::StreamDeleted))
                 } else {
-                    SubscriptionEvent::Event(Box::new(event))
+                    Step::Yield(SubscriptionEvent::Event(Box::new(event)))
                 }
             }
-            Command::SubscriptionDropped => {
-                self.ended = true;
-                SubscriptionEvent::Dropped(DropReason::from_frame(&frame.payload))
-            }
-            Command::NotAuthenticated | Command::BadRequest => {
-                self.ended = true;
-                SubscriptionEvent::Dropped(DropReason::Refused(text()))
-            }
-            _ => return None,
-        })
+            _ => Step::Skip,
+        }
     }
 }
 
@@ -260,26 +315,13 @@ impl Stream for Subscription {
     type Item = SubscriptionEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(routed)) => {
-                    if let Some(event) = self.map(routed) {
-                        return Poll::Ready(Some(event));
-                    }
-                }
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.routes.poll_step(cx, Self::step)
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if !self.ended {
+        if !self.routes.ended {
             let _ = self.unsubscribe();
         }
     }

@@ -7,7 +7,7 @@ use crate::command::Command;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::ops::{decode, operation_error};
-use crate::types::{EventData, ExpectedVersion, Position, WriteResult};
+use crate::types::{EventData, ExpectedVersion, WriteResult};
 use crate::wire::{self, OperationResult};
 
 /// An open transaction on one stream. Nothing is visible until [`Transaction::commit`];
@@ -86,13 +86,11 @@ impl Transaction {
         let done: wire::TransactionCommitCompleted =
             decode(&frame, Command::TransactionCommitCompleted)?;
         match done.result() {
-            OperationResult::Success => Ok(WriteResult {
-                next_expected_version: done.last_event_number,
-                position: done.commit_position.map(|commit| Position {
-                    commit,
-                    prepare: done.prepare_position.unwrap_or(commit),
-                }),
-            }),
+            OperationResult::Success => Ok(WriteResult::from_wire(
+                done.last_event_number,
+                done.commit_position,
+                done.prepare_position,
+            )),
             other => Err(operation_error(other, done.message, &self.stream, None)),
         }
     }

@@ -249,6 +249,19 @@ pub struct WriteResult {
     pub position: Option<Position>,
 }
 
+impl WriteResult {
+    /// From a completed write or commit: the last event number and the positions.
+    pub(crate) fn from_wire(last: i64, commit: Option<i64>, prepare: Option<i64>) -> Self {
+        Self {
+            next_expected_version: last,
+            position: commit.map(|commit| Position {
+                commit,
+                prepare: prepare.unwrap_or(commit),
+            }),
+        }
+    }
+}
+
 /// A page of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

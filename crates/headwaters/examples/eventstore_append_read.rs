@@ -9,24 +9,15 @@
 //! cargo run -p headwaters --example eventstore_append_read
 //! ```
 
+#[path = "support/eventstore_node.rs"]
+mod eventstore_node;
+
 use futures_util::StreamExt;
-use headwaters::eventstore::{
-    CatchUpEvent, Connection, EventData, ExpectedVersion, Position, ReadDirection, Settings,
-};
+use headwaters::eventstore::{CatchUpEvent, EventData, ExpectedVersion, Position, ReadDirection};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (_emulator, addr) = match std::env::var("EVENTSTORE_ADDR") {
-        Ok(addr) => (None, addr),
-        Err(_) => {
-            let emulator = headwaters_testkit::eventstore::EventStoreEmulator::start().await?;
-            let addr = emulator.addr().to_string();
-            println!("no EVENTSTORE_ADDR: using the embedded emulator at {addr}");
-            (Some(emulator), addr)
-        }
-    };
-    let connection =
-        Connection::connect(Settings::new(addr).with_credentials("admin", "changeit")?).await?;
+    let (connection, _emulator) = eventstore_node::connect().await?;
     let stream = format!("orders-{}", std::process::id());
 
     let events: Vec<EventData> = (0..10)

@@ -9,31 +9,24 @@
 //! cargo run -p headwaters --example eventstore_persistent_worker
 //! ```
 
+#[path = "support/eventstore_node.rs"]
+mod eventstore_node;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use headwaters::eventstore::{
-    Connection, Error, EventData, ExpectedVersion, NakAction, PersistentEvent, PersistentSettings,
-    ReadDirection, Settings, StartFrom,
+    Error, EventData, ExpectedVersion, NakAction, PersistentEvent, PersistentSettings,
+    ReadDirection, StartFrom,
 };
 
 const EVENTS: u64 = 1_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (_emulator, addr) = match std::env::var("EVENTSTORE_ADDR") {
-        Ok(addr) => (None, addr),
-        Err(_) => {
-            let emulator = headwaters_testkit::eventstore::EventStoreEmulator::start().await?;
-            let addr = emulator.addr().to_string();
-            println!("no EVENTSTORE_ADDR: using the embedded emulator at {addr}");
-            (Some(emulator), addr)
-        }
-    };
-    let connection =
-        Connection::connect(Settings::new(addr).with_credentials("admin", "changeit")?).await?;
+    let (connection, _emulator) = eventstore_node::connect().await?;
     let stream = format!("jobs-{}", std::process::id());
     let group = "workers";
 

@@ -9,12 +9,12 @@
 //! cargo run -p headwaters --example pulsar_to_eventstore -- 20000
 //! ```
 
+#[path = "support/eventstore_node.rs"]
+mod eventstore_node;
 #[path = "support/pulsar_to_eventstore.rs"]
 mod pulsar_to_eventstore;
 
-use headwaters::eventstore::{Connection, Settings};
 use headwaters::pulsar::ClientConfig;
-use headwaters_testkit::eventstore::EventStoreEmulator;
 use headwaters_testkit::pulsar::PulsarEmulator;
 
 #[tokio::main]
@@ -32,20 +32,7 @@ async fn main() -> anyhow::Result<()> {
             ClientConfig::new(&pulsar_emulator.url())?
         }
     };
-    let eventstore_emulator;
-    let addr = match std::env::var("EVENTSTORE_ADDR") {
-        Ok(addr) => addr,
-        Err(_) => {
-            eventstore_emulator = EventStoreEmulator::start().await?;
-            println!(
-                "no EVENTSTORE_ADDR: embedded EventStore emulator at {}",
-                eventstore_emulator.addr()
-            );
-            eventstore_emulator.addr().to_string()
-        }
-    };
-    let eventstore =
-        Connection::connect(Settings::new(addr).with_credentials("admin", "changeit")?).await?;
+    let (eventstore, _eventstore_emulator) = eventstore_node::connect().await?;
     let dir = tempfile::tempdir()?;
     let topics: Vec<String> = (0..2)
         .map(|i| format!("events-{}-{i}", std::process::id()))

@@ -97,6 +97,10 @@ async fn follower_preference_reads_from_a_follower_and_failover_regossips() {
     assert_eq!(cluster.node(0).accepted(), 1);
     // An election: node 2 leads, node 0 drops its clients; the writer gossips again.
     cluster.set_leader(2);
+    eventually("node 0 dropped its clients", || {
+        cluster.node(0).open_connections() == 0
+    })
+    .await;
     writer
         .append_to_stream("s", ExpectedVersion::Any, &events(1..2))
         .await

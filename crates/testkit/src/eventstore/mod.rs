@@ -842,13 +842,7 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
                         )
                     } else {
                         let next = state.store.stream_next(&m.event_stream_id);
-                        let settings = group_settings(
-                            m.resolve_link_tos,
-                            m.start_from,
-                            m.message_timeout_milliseconds,
-                            m.max_retry_count,
-                            m.subscriber_max_count,
-                        );
+                        let settings = group_settings(&m);
                         if state.groups.create(
                             &m.event_stream_id,
                             &m.subscription_group_name,
@@ -874,30 +868,17 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             }
             Err(_) => bad("CreatePersistentSubscription"),
         },
-        0xCE => match wire::UpdatePersistentSubscription::decode(p.payload) {
+        // Update has Create's fields, numbers and types: the same message on the wire.
+        0xCE => match wire::CreatePersistentSubscription::decode(p.payload) {
             Ok(m) => {
-                use wire::update_persistent_subscription_completed::UpdatePersistentSubscriptionResult as R;
                 let mut state = shared.lock();
-                let settings = group_settings(
-                    m.resolve_link_tos,
-                    m.start_from,
-                    m.message_timeout_milliseconds,
-                    m.max_retry_count,
-                    m.subscriber_max_count,
-                );
-                let result = match state.groups.update(
+                let consumers = state.groups.update(
                     &m.event_stream_id,
                     &m.subscription_group_name,
-                    settings,
-                ) {
-                    Some(consumers) => {
-                        drop_consumers(&mut state, consumers);
-                        R::Success
-                    }
-                    None => R::DoesNotExist,
-                };
+                    group_settings(&m),
+                );
                 let done = wire::UpdatePersistentSubscriptionCompleted {
-                    result: result as i32,
+                    result: group_result(&mut state, consumers),
                     reason: None,
                 };
                 frame(0xCF, c, &done.encode_to_vec())
@@ -906,20 +887,12 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         },
         0xCA => match wire::DeletePersistentSubscription::decode(p.payload) {
             Ok(m) => {
-                use wire::delete_persistent_subscription_completed::DeletePersistentSubscriptionResult as R;
                 let mut state = shared.lock();
-                let result = match state
+                let consumers = state
                     .groups
-                    .delete(&m.event_stream_id, &m.subscription_group_name)
-                {
-                    Some(consumers) => {
-                        drop_consumers(&mut state, consumers);
-                        R::Success
-                    }
-                    None => R::DoesNotExist,
-                };
+                    .delete(&m.event_stream_id, &m.subscription_group_name);
                 let done = wire::DeletePersistentSubscriptionCompleted {
-                    result: result as i32,
+                    result: group_result(&mut state, consumers),
                     reason: None,
                 };
                 frame(0xCB, c, &done.encode_to_vec())
@@ -942,35 +915,34 @@ fn dropped(c: [u8; 16], reason: wire::subscription_dropped::SubscriptionDropReas
     frame(0xC4, c, &body.encode_to_vec())
 }
 
-fn group_settings(
-    resolve_link_tos: bool,
-    start_from: i64,
-    message_timeout_ms: i32,
-    max_retry_count: i32,
-    subscriber_max_count: i32,
-) -> GroupSettings {
+fn group_settings(m: &wire::CreatePersistentSubscription) -> GroupSettings {
     GroupSettings {
-        resolve_link_tos,
-        start_from,
+        resolve_link_tos: m.resolve_link_tos,
+        start_from: m.start_from,
         // 0 = the server's default (30 s).
-        message_timeout_ms: if message_timeout_ms > 0 {
-            i64::from(message_timeout_ms)
+        message_timeout_ms: if m.message_timeout_milliseconds > 0 {
+            i64::from(m.message_timeout_milliseconds)
         } else {
             30_000
         },
-        max_retry_count: max_retry_count.max(0) as u32,
-        max_subscribers: subscriber_max_count.max(0) as usize,
+        max_retry_count: m.max_retry_count.max(0) as u32,
+        max_subscribers: m.subscriber_max_count.max(0) as usize,
     }
 }
 
-/// Tell consumers of a deleted (or restarted) group that it is gone.
-fn drop_consumers(state: &mut State, consumers: Vec<ConsumerKey>) {
+/// The result code of an update or delete (0 success, 1 no such group); the group's
+/// consumers (it was restarted or deleted) are told it is gone.
+fn group_result(state: &mut State, consumers: Option<Vec<ConsumerKey>>) -> i32 {
     use wire::subscription_dropped::SubscriptionDropReason as R;
+    let Some(consumers) = consumers else {
+        return 1;
+    };
     for key in consumers {
         if let Some(tx) = state.consumers.remove(&key) {
             let _ = tx.send(dropped(key.1, R::PersistentSubscriptionDeleted));
         }
     }
+    0
 }
 
 /// Append to a stream and tell every live subscriber; persistent groups get their share.

@@ -494,21 +494,32 @@ impl Store {
         picked: &Picked,
     ) -> Vec<u8> {
         let mut out = reply.encode_to_vec();
+        self.put_events(&mut out, 1, picked, false);
+        out
+    }
+
+    /// Append the picked events as repeated field `field`: `ResolvedIndexedEvent`s, or
+    /// with `positions` `ResolvedEvent`s (the same first two fields, then the commit and
+    /// prepare positions). An unresolved record is its pre-encoded bytes.
+    fn put_events(&self, out: &mut Vec<u8>, field: u8, picked: &Picked, positions: bool) {
+        let mut inner = Vec::new();
         for i in &picked.indices {
             let record = &self.log[*i];
+            inner.clear();
             if picked.resolve && record.event.event_type == "$>" {
-                put_len(&mut out, 1, &self.indexed(*i, true).encode_to_vec());
+                inner.extend_from_slice(&self.indexed(*i, true).encode_to_vec());
             } else {
-                // ResolvedIndexedEvent { event = 1: the record }
-                let inner = prost::encoding::encoded_len_varint(record.encoded.len() as u64)
-                    + 1
-                    + record.encoded.len();
-                out.push(1 << 3 | 2);
-                prost::encoding::encode_varint(inner as u64, &mut out);
-                put_len(&mut out, 1, &record.encoded);
+                put_len(&mut inner, 1, &record.encoded);
             }
+            if positions {
+                let p = position(*i) as u64;
+                inner.push(3 << 3);
+                prost::encoding::encode_varint(p, &mut inner);
+                inner.push(4 << 3);
+                prost::encoding::encode_varint(p, &mut inner);
+            }
+            put_len(out, field, &inner);
         }
-        out
     }
 
     /// A page of `$all`: the reply without its events, and the events picked (see
@@ -571,22 +582,7 @@ impl Store {
         picked: &Picked,
     ) -> Vec<u8> {
         let mut out = reply.encode_to_vec();
-        for i in &picked.indices {
-            let record = &self.log[*i];
-            if picked.resolve && record.event.event_type == "$>" {
-                put_len(&mut out, 3, &self.resolved(*i, true).encode_to_vec());
-            } else {
-                // ResolvedEvent { event = 1, commit_position = 3, prepare_position = 4 }
-                let p = position(*i) as u64;
-                let mut inner = Vec::with_capacity(record.encoded.len() + 24);
-                put_len(&mut inner, 1, &record.encoded);
-                inner.push(3 << 3);
-                prost::encoding::encode_varint(p, &mut inner);
-                inner.push(4 << 3);
-                prost::encoding::encode_varint(p, &mut inner);
-                put_len(&mut out, 3, &inner);
-            }
-        }
+        self.put_events(&mut out, 3, picked, true);
         out
     }
 }
