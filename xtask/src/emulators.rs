@@ -117,7 +117,8 @@ pub(crate) fn node_modules() -> Result<PathBuf> {
     Ok(modules)
 }
 
-/// The EventStore emulator against `ci/eventstore_node_check.js`.
+/// The EventStore emulator against `ci/eventstore_node_check.js`, then its simulated
+/// cluster (v20 and v5 gossip) against `ci/eventstore_node_cluster_check.js`.
 pub(crate) fn eventstore_node_check() -> Result<()> {
     let modules = node_modules()?;
     let port = free_port()?;
@@ -126,5 +127,13 @@ pub(crate) fn eventstore_node_check() -> Result<()> {
     run(Command::new("node")
         .env("NODE_PATH", &modules)
         .arg(root().join("ci").join("eventstore_node_check.js"))
-        .arg(&listen))
+        .arg(&listen))?;
+    for format in ["v20", "v5"] {
+        let (_cluster, seeds) = start(&["eventstore-cluster", "--gossip", format])?;
+        run(Command::new("node")
+            .env("NODE_PATH", &modules)
+            .arg(root().join("ci").join("eventstore_node_cluster_check.js"))
+            .arg(seeds.replace("http://", "")))?;
+    }
+    Ok(())
 }

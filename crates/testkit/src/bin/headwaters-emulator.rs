@@ -1,10 +1,11 @@
-//! Run an emulator standalone: `headwaters-emulator pulsar --listen 127.0.0.1:8080 [--token T]`
-//! or `headwaters-emulator eventstore --listen 127.0.0.1:1113`.
+//! Run an emulator standalone: `headwaters-emulator pulsar --listen 127.0.0.1:8080 [--token T]`,
+//! `headwaters-emulator eventstore --listen 127.0.0.1:1113`, or a simulated three-node
+//! EventStore cluster on free ports: `headwaters-emulator eventstore-cluster [--gossip v20|v5]`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: headwaters-emulator pulsar [--listen 127.0.0.1:8080] [--token TOKEN]\n       headwaters-emulator eventstore [--listen 127.0.0.1:1113]";
+const USAGE: &str = "usage: headwaters-emulator pulsar [--listen 127.0.0.1:8080] [--token TOKEN]\n       headwaters-emulator eventstore [--listen 127.0.0.1:1113]\n       headwaters-emulator eventstore-cluster [--gossip v20|v5]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,6 +34,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     };
     let mut listen: SocketAddr = default.parse().expect("default address");
     let mut token = None;
+    let mut gossip = None;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -43,6 +45,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                     .map_err(|e| format!("--listen {value}: {e}"))?;
             }
             "--token" => token = Some(value.clone()),
+            "--gossip" => gossip = Some(value.clone()),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -84,6 +87,42 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        other => Err(format!("unknown emulator {other:?} (pulsar or eventstore)")),
+        #[cfg(feature = "eventstore")]
+        "eventstore-cluster" => {
+            use headwaters_testkit::eventstore::{
+                EventStoreCluster, EventStoreConfig, GossipFormat,
+            };
+            let format = match gossip.as_deref() {
+                None | Some("v20") => GossipFormat::V20,
+                Some("v5") => GossipFormat::V5,
+                Some(other) => return Err(format!("--gossip {other}: v20 or v5")),
+            };
+            let cluster = EventStoreCluster::start(EventStoreConfig::default(), format)
+                .await
+                .map_err(|e| format!("cannot start the cluster: {e}"))?;
+            let seeds: Vec<String> = (0..3)
+                .map(|i| format!("http://{}", cluster.gossip_addr(i)))
+                .collect();
+            // Scripts wait for this line (the seeds are its last word).
+            println!(
+                "eventstore cluster (leader: node 0) gossip seeds {}",
+                seeds.join(",")
+            );
+            for i in 0..3 {
+                eprintln!(
+                    "node {i}: tcp://{} gossip {}",
+                    cluster.node(i).addr(),
+                    seeds[i]
+                );
+            }
+            tokio::select! {
+                () = cluster.node(0).serve_forever() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "unknown emulator {other:?} (pulsar, eventstore or eventstore-cluster)"
+        )),
     }
 }
