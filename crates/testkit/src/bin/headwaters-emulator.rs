@@ -108,12 +108,8 @@ async fn run(args: &[String]) -> Result<(), String> {
                 "eventstore cluster (leader: node 0) gossip seeds {}",
                 seeds.join(",")
             );
-            for i in 0..3 {
-                eprintln!(
-                    "node {i}: tcp://{} gossip {}",
-                    cluster.node(i).addr(),
-                    seeds[i]
-                );
+            for (i, seed) in seeds.iter().enumerate() {
+                eprintln!("node {i}: tcp://{} gossip {seed}", cluster.node(i).addr());
             }
             tokio::select! {
                 () = cluster.node(0).serve_forever() => {}
