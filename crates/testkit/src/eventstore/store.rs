@@ -240,15 +240,7 @@ impl Store {
                 Vec::new(),
             );
         }
-        let current = self.streams[stream].last_number(&self.log);
-        let exists = current >= 0 && current >= self.limits(stream).truncate_before;
-        let ok = match expected {
-            ANY => true,
-            NO_STREAM => !exists,
-            STREAM_EXISTS => exists,
-            n if n >= 0 => current == n,
-            _ => false,
-        };
+        let (current, ok) = self.check_version(stream, expected);
         if !ok {
             return (
                 fail(
@@ -293,6 +285,24 @@ impl Store {
         )
     }
 
+    /// The stream's last event number and whether `expected` holds for it (a stream
+    /// truncated past its last event, as a soft delete leaves it, does not exist).
+    fn check_version(&self, stream: &str, expected: i64) -> (i64, bool) {
+        let current = self
+            .streams
+            .get(stream)
+            .map_or(-1, |s| s.last_number(&self.log));
+        let exists = current >= 0 && current >= self.limits(stream).truncate_before;
+        let ok = match expected {
+            ANY => true,
+            NO_STREAM => !exists,
+            STREAM_EXISTS => exists,
+            n if n >= 0 => current == n,
+            _ => false,
+        };
+        (current, ok)
+    }
+
     /// Delete a stream: hard (a tombstone; the stream can never be written again) or soft
     /// (`$tb` past the last event in its metadata; writing recreates it). Returns the reply
     /// and the log indices written (a soft delete's metadata event).
@@ -317,15 +327,7 @@ impl Store {
                 Vec::new(),
             );
         }
-        let current = state.last_number(&self.log);
-        let exists = current >= 0 && current >= self.limits(stream).truncate_before;
-        let ok = match expected {
-            ANY => true,
-            NO_STREAM => !exists,
-            STREAM_EXISTS => exists,
-            n if n >= 0 => current == n,
-            _ => false,
-        };
+        let (current, ok) = self.check_version(stream, expected);
         if !ok {
             return (
                 done(
