@@ -45,8 +45,7 @@ impl View {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .store
-            .all_len() as i64
-            * 128;
+            .end_position();
         let members: Vec<serde_json::Value> = (0..self.tcp.len())
             .map(|i| {
                 let (tcp, http) = (self.tcp[i], self.http[i]);

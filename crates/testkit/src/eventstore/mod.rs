@@ -138,7 +138,7 @@ struct State {
 }
 
 struct Shared {
-    store: Arc<Mutex<State>>,
+    state: Arc<Mutex<State>>,
     /// In a simulated cluster: the cluster's view and this node's index.
     cluster: Option<(Arc<cluster::View>, usize)>,
     config: EventStoreConfig,
@@ -152,7 +152,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -195,8 +195,9 @@ impl EventStoreEmulator {
         cluster: Option<(Arc<cluster::View>, usize)>,
     ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
+        let owns_state = cluster.as_ref().is_none_or(|(_, me)| *me == 0);
         let shared = Arc::new(Shared {
-            store: state,
+            state,
             cluster,
             config,
             kill: watch::channel(0).0,
@@ -209,10 +210,11 @@ impl EventStoreEmulator {
         let accept = tokio::spawn({
             let shared = shared.clone();
             async move {
-                // Persistent subscriptions retry messages nobody answered in time.
-                let timer = tokio::spawn({
+                // Persistent subscriptions retry messages nobody answered in time: one timer
+                // per database (a cluster's nodes share theirs; node 0 runs it).
+                let _timer = owns_state.then(|| {
                     let weak = Arc::downgrade(&shared);
-                    async move {
+                    AbortOnDrop(tokio::spawn(async move {
                         let mut tick = tokio::time::interval(Duration::from_millis(100));
                         loop {
                             tick.tick().await;
@@ -222,9 +224,8 @@ impl EventStoreEmulator {
                             state.groups.expire(now_ms(), &mut parked);
                             settle(&mut state, parked);
                         }
-                    }
+                    }))
                 });
-                let _timer = AbortOnDrop(timer);
                 loop {
                     if let Ok((stream, _)) = listener.accept().await {
                         let _ = stream.set_nodelay(true);
@@ -430,7 +431,7 @@ where
     let mut check: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut beats = 0u64;
-    loop {
+    'serve: loop {
         tokio::select! {
             _ = kill.changed() => break,
             _ = tick.tick() => {
@@ -460,12 +461,10 @@ where
                         Ok(Some(p)) => handle(&shared, conn, &tx, p),
                         Ok(None) => break,
                         Err(reason) => {
+                            // Not framing: say why (connection-level BadRequest), then close.
                             let _ = tx.send(frame(0xF0, [0; 16], reason.as_bytes()));
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            shared.open.fetch_sub(1, Ordering::Relaxed);
-                            drop_subscriptions(&shared, conn);
-                            writing.abort();
-                            return;
+                            break 'serve;
                         }
                     }
                 }
@@ -681,7 +680,7 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
                     state
                         .store
                         .delete(&m.event_stream_id, m.expected_version, hard, now_ms());
-                notify(&state, &written);
+                publish(&mut state, &written);
                 if hard && done.result == wire::OperationResult::Success as i32 {
                     tombstone(&state, &m.event_stream_id);
                 }
@@ -744,7 +743,7 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
                 let stream = (!m.event_stream_id.is_empty()).then(|| m.event_stream_id.clone());
                 let last_event_number = stream.as_ref().map(|s| state.store.stream_next(s) - 1);
                 let confirmation = wire::SubscriptionConfirmation {
-                    last_commit_position: state.store.all_len() as i64 * 128,
+                    last_commit_position: state.store.end_position(),
                     last_event_number,
                 };
                 // Registered under the lock, so no write slips between the confirmation's
@@ -792,7 +791,7 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
                     Err(ConnectError::MaxSubscribers) => dropped(c, R::SubscriberMaxCountReached),
                     Ok(()) => {
                         let confirmation = wire::PersistentSubscriptionConfirmation {
-                            last_commit_position: state.store.all_len() as i64 * 128,
+                            last_commit_position: state.store.end_position(),
                             subscription_id: format!("{stream}::{group}"),
                             last_event_number: Some(state.store.stream_next(stream) - 1),
                         };
@@ -953,24 +952,30 @@ fn append(
     events: Vec<wire::NewEvent>,
 ) -> wire::WriteEventsCompleted {
     let (done, written) = state.store.write(stream, expected, events, now_ms());
-    notify(state, &written);
-    settle(state, Vec::new());
+    publish(state, &written);
     done
+}
+
+/// Records were written at log indices `written`: live subscribers hear of them, persistent
+/// groups get their share.
+fn publish(state: &mut State, written: &[usize]) {
+    notify(state, written);
+    settle(state, Vec::new());
 }
 
 /// Push the records at log indices `written` to the volatile subscriptions that match.
 fn notify(state: &State, written: &[usize]) {
     for index in written {
+        let stream = state.store.stream_of(*index);
         let mut resolved = [None, None];
         for s in &state.subs {
-            let (stream, _) = state.store.entry(*index, false);
             if s.stream.as_deref().is_some_and(|name| name != stream) {
                 continue;
             }
             let slot = &mut resolved[usize::from(s.resolve_link_tos)];
             let bytes = slot.get_or_insert_with(|| {
                 wire::StreamEventAppeared {
-                    event: state.store.entry(*index, s.resolve_link_tos).1,
+                    event: state.store.resolved(*index, s.resolve_link_tos),
                 }
                 .encode_to_vec()
             });
@@ -981,7 +986,7 @@ fn notify(state: &State, written: &[usize]) {
 
 /// The tombstone of a hard delete: live subscribers of the stream see `$streamDeleted`.
 fn tombstone(state: &State, stream: &str) {
-    let position = state.store.all_len() as i64 * 128;
+    let position = state.store.end_position();
     let tombstone = wire::StreamEventAppeared {
         event: wire::ResolvedEvent {
             event: Some(wire::EventRecord {
@@ -1019,7 +1024,7 @@ fn settle(state: &mut State, parked: Parked) {
         let seed = state.store.all_len();
         let (_, written) = state.store.write(
             &parked_stream,
-            -2,
+            store::ANY,
             vec![store::link_event(&stream, number, seed)],
             now_ms(),
         );

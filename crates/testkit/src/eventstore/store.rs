@@ -15,7 +15,7 @@ use super::wire::{
 };
 
 /// `ExpectedVersion` wire values.
-const ANY: i64 = -2;
+pub(crate) const ANY: i64 = -2;
 const NO_STREAM: i64 = -1;
 const STREAM_EXISTS: i64 = -4;
 /// `EventNumber.DeletedStream`.
@@ -87,16 +87,8 @@ fn position(index: usize) -> i64 {
 impl Store {
     /// The limits `$$stream` sets on `stream`.
     fn limits(&self, stream: &str) -> Limits {
-        let Some(meta) = self
-            .streams
-            .get(&metadata_stream(stream))
-            .and_then(|s| s.events.last())
-        else {
-            return Limits::default();
-        };
-        let json: serde_json::Value =
-            serde_json::from_slice(&self.log[*meta].event.data).unwrap_or_default();
-        let int = |key: &str| json.get(key).and_then(serde_json::Value::as_i64);
+        let meta = self.metadata(stream);
+        let int = |key: &str| meta.get(key).and_then(serde_json::Value::as_i64);
         Limits {
             truncate_before: int("$tb").unwrap_or(0),
             max_count: int("$maxCount").map(|n| n.max(0) as usize),
@@ -146,12 +138,18 @@ impl Store {
         self.log.len()
     }
 
-    /// The `$all` entry at log index `index`, resolved when `resolve`, and its stream.
-    pub(crate) fn entry(&self, index: usize, resolve: bool) -> (&str, ResolvedEvent) {
-        (&self.log[index].stream, self.resolved(index, resolve))
+    /// The stream of the record at log index `index`.
+    pub(crate) fn stream_of(&self, index: usize) -> &str {
+        &self.log[index].stream
     }
 
-    fn resolved(&self, index: usize, resolve: bool) -> ResolvedEvent {
+    /// The `$all` position after the last record (a subscription's starting point).
+    pub(crate) fn end_position(&self) -> i64 {
+        position(self.log.len())
+    }
+
+    /// The `$all` entry at log index `index`, resolved when `resolve`.
+    pub(crate) fn resolved(&self, index: usize, resolve: bool) -> ResolvedEvent {
         let indexed = self.indexed(index, resolve);
         ResolvedEvent {
             event: indexed.event,
@@ -185,24 +183,20 @@ impl Store {
 
     /// The log index of event `number` of `stream`, if readable.
     pub(crate) fn index_of(&self, stream: &str, number: i64) -> Option<usize> {
-        let state = self.streams.get(stream)?;
-        if state.hard_deleted {
-            return None;
-        }
-        self.visible(stream, state)
-            .find(|i| self.log[*i].number == number)
+        self.next_index(stream, number)
+            .filter(|i| self.log[*i].number == number)
     }
 
     /// The first readable event of `stream` numbered `from` or more, with its id.
     pub(crate) fn next_event(&self, stream: &str, from: i64) -> Option<(i64, Vec<u8>)> {
-        let state = self.streams.get(stream)?;
-        if state.hard_deleted {
-            return None;
-        }
-        self.visible(stream, state)
-            .map(|i| &self.log[i])
-            .find(|r| r.number >= from)
-            .map(|r| (r.number, r.event.event_id.clone()))
+        let r = &self.log[self.next_index(stream, from)?];
+        Some((r.number, r.event.event_id.clone()))
+    }
+
+    /// The log index of the first readable event of `stream` numbered `from` or more.
+    fn next_index(&self, stream: &str, from: i64) -> Option<usize> {
+        let state = self.streams.get(stream).filter(|s| !s.hard_deleted)?;
+        self.visible(stream, state, from).next()
     }
 
     /// The next event number of `stream` (0 when it has none).
@@ -355,20 +349,31 @@ impl Store {
         (done(OperationResult::Success, None), written)
     }
 
-    /// The readable events of `stream`, in order: at or past `$tb`, younger than `$maxAge`,
-    /// the newest `$maxCount`.
-    fn visible<'a>(&'a self, stream: &str, state: &'a Stream) -> impl Iterator<Item = usize> + 'a {
+    /// The readable events of `stream` numbered `from` or more, in order: at or past `$tb`,
+    /// younger than `$maxAge`, among the newest `$maxCount`. Events are kept in number
+    /// order, so the start is found by bisection.
+    fn visible<'a>(
+        &'a self,
+        stream: &str,
+        state: &'a Stream,
+        from: i64,
+    ) -> impl DoubleEndedIterator<Item = usize> + 'a {
         let limits = self.limits(stream);
         let oldest_ms = limits
             .max_age_s
             .map_or(i64::MIN, |age| now_ms() - age.saturating_mul(1000));
-        let skip = limits
+        let newest = limits
             .max_count
             .map_or(0, |max| state.events.len().saturating_sub(max));
-        state.events[skip..].iter().copied().filter(move |i| {
-            let r = &self.log[*i];
-            r.number >= limits.truncate_before && r.created_epoch >= oldest_ms
-        })
+        let first = from.max(limits.truncate_before);
+        let start = state
+            .events
+            .partition_point(|i| self.log[*i].number < first)
+            .max(newest);
+        state.events[start..]
+            .iter()
+            .copied()
+            .filter(move |i| self.log[*i].created_epoch >= oldest_ms)
     }
 
     pub(crate) fn read_event(
@@ -388,17 +393,13 @@ impl Store {
         if state.hard_deleted {
             return empty(ReadEventResult::StreamDeleted);
         }
-        let visible: Vec<usize> = self.visible(stream, state).collect();
-        if visible.is_empty() {
+        let Some(last) = self.visible(stream, state, 0).next_back() else {
             return empty(ReadEventResult::NoStream);
-        }
+        };
         let found = if number == -1 {
-            visible.last().copied()
+            Some(last)
         } else {
-            visible
-                .iter()
-                .copied()
-                .find(|i| self.log[*i].number == number)
+            self.index_of(stream, number)
         };
         match found {
             Some(i) => ReadEventCompleted {
@@ -443,27 +444,22 @@ impl Store {
             reply.last_event_number = DELETED_STREAM;
             return (reply, Picked::default());
         }
-        let visible: Vec<usize> = self.visible(stream, state).collect();
-        if visible.is_empty() {
+        let (Some(first), Some(last)) = (
+            self.visible(stream, state, 0).next(),
+            self.visible(stream, state, 0).next_back(),
+        ) else {
             reply.result = ReadStreamResult::NoStream as i32;
             return (reply, Picked::default());
-        }
-        let last = self.log[*visible.last().expect("non-empty")].number;
+        };
+        let (first, last) = (self.log[first].number, self.log[last].number);
         reply.last_event_number = last;
         let count = max_count as usize;
         let picked: Vec<usize> = if forward {
-            visible
-                .iter()
-                .copied()
-                .filter(|i| self.log[*i].number >= from)
-                .take(count)
-                .collect()
+            self.visible(stream, state, from).take(count).collect()
         } else {
             let from = if from < 0 { last } else { from };
-            visible
-                .iter()
+            self.visible(stream, state, 0)
                 .rev()
-                .copied()
                 .filter(|i| self.log[*i].number <= from)
                 .take(count)
                 .collect()
@@ -477,7 +473,6 @@ impl Store {
         } else {
             let next = picked.last().map_or(-1, |i| self.log[*i].number - 1);
             reply.next_event_number = next;
-            let first = visible.first().map_or(0, |i| self.log[*i].number);
             reply.is_end_of_stream = next < first;
         }
         (
