@@ -107,31 +107,23 @@ impl Settings {
     /// if given, the CA certificates in `ca_pem`. Cluster discovery then picks nodes'
     /// secure ports and gossips over HTTPS.
     pub fn with_tls(self, ca_pem: Option<&[u8]>) -> Result<Self, Error> {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject;
-        let tls_err = |what: String| Error::Config(format!("TLS: {what}"));
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        if let Some(pem) = ca_pem {
-            let mut added = 0;
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| tls_err(format!("CA PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls_err(format!("CA certificate: {e}")))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(tls_err("the CA PEM holds no certificate".into()));
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_err(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(self.with_tls_config(Arc::new(config)))
+        let config = headwaters_ordering_core::tls::client_config(ca_pem, None)
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+        Ok(self.with_tls_config(config))
+    }
+
+    /// Connect over TLS presenting a client certificate (`cert_pem`: the chain, `key_pem`:
+    /// its private key), trusting the system's roots and `ca_pem`.
+    pub fn with_tls_identity(
+        self,
+        ca_pem: Option<&[u8]>,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, Error> {
+        let config =
+            headwaters_ordering_core::tls::client_config(ca_pem, Some((cert_pem, key_pem)))
+                .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+        Ok(self.with_tls_config(config))
     }
 
     /// Connect over TLS with a rustls configuration of your own (client certificates,

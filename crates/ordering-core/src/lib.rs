@@ -98,6 +98,9 @@ pub mod backoff;
 pub mod handler;
 pub mod message;
 pub mod settle;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 pub mod tracker;
 
 #[cfg(feature = "dispatcher")]

@@ -9,8 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use headwaters_ordering_core::Backoff;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -238,46 +236,14 @@ impl ClientConfig {
     }
 
     fn build_tls(&mut self) -> Result<(), Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(pem) = &self.ca_pem {
-            let mut added = 0;
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(Error::Tls("the CA PEM holds no certificate".into()));
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_root_certificates(roots);
-        let config = match &self.identity {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let certs = CertificateDer::pem_slice_iter(cert)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Tls(format!("client certificate PEM: {e}")))?;
-                if certs.is_empty() {
-                    return Err(Error::Tls(
-                        "the client certificate PEM holds no certificate".into(),
-                    ));
-                }
-                let key = PrivateKeyDer::from_pem_slice(key)
-                    .map_err(|e| Error::Tls(format!("client key PEM: {e}")))?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| Error::Tls(format!("client identity: {e}")))?
-            }
-        };
-        self.tls = Some(Arc::new(config));
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice()));
+        self.tls = Some(
+            headwaters_ordering_core::tls::client_config(self.ca_pem.as_deref(), identity)
+                .map_err(Error::Tls)?,
+        );
         Ok(())
     }
 

@@ -614,6 +614,30 @@ async fn tls_with_a_trusted_ca_and_clear_errors_without() {
         .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(settings(&e).with_tls(Some(b"not a pem")).is_err());
+
+    // A server that wants client certificates takes ours and refuses a connection without.
+    let config = EventStoreConfig::default().with_tls(certs.server_config(true).unwrap());
+    let e = EventStoreEmulator::start_with(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mutual = settings(&e)
+        .with_tls_identity(
+            Some(certs.ca_pem.as_bytes()),
+            certs.client.cert_pem.as_bytes(),
+            certs.client.key_pem.as_bytes(),
+        )
+        .unwrap();
+    Connection::connect(mutual)
+        .await
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+    let anonymous = settings(&e)
+        .with_tls(Some(certs.ca_pem.as_bytes()))
+        .unwrap()
+        .with_operation_timeout(Duration::from_secs(2), 0);
+    assert!(Connection::connect(anonymous).await.is_err());
 }
 
 async fn next_catch_up(
