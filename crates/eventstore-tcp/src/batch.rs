@@ -6,11 +6,11 @@
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use headwaters_batch_flusher::{Source, SourceEvent, SourceRecord};
-use headwaters_ordering_core::{NoSettle, Settle, Settlement};
+use headwaters_ordering_core::NoSettle;
 
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::persistent::{Acker, NakAction, PersistentEvent};
+use crate::persistent::{PersistentAck, PersistentEvent};
 use crate::subscription::{CatchUp, CatchUpEvent, DropReason};
 use crate::types::{Position, ResolvedEvent};
 
@@ -160,35 +160,6 @@ impl EventStorePersistentSource {
     }
 }
 
-/// Settles a flushed record at the server: `Ack` acks, a reject naks (retry when
-/// requeued, park otherwise).
-#[derive(Debug)]
-pub struct PersistentAck {
-    acker: Acker,
-    id: [u8; 16],
-}
-
-impl Settle for PersistentAck {
-    fn settle(self, settlement: Settlement) {
-        let sent = match settlement {
-            Settlement::Ack => self.acker.ack_ids([self.id]),
-            Settlement::Reject { requeue } => {
-                let action = if requeue {
-                    NakAction::Retry
-                } else {
-                    NakAction::Park
-                };
-                self.acker
-                    .nak_ids([self.id], action, "rejected by the batch processor")
-            }
-        };
-        if let Err(e) = sent {
-            // The connection is gone: the server redelivers after its message timeout.
-            tracing::debug!(error = %e, "eventstore: could not settle a persistent-subscription event");
-        }
-    }
-}
-
 type PersistentEvents =
     BoxStream<'static, Result<SourceEvent<u64, ResolvedEvent, PersistentAck>, Error>>;
 
@@ -215,10 +186,7 @@ impl Source for EventStorePersistentSource {
                             Some(Ok(SourceEvent::Record(SourceRecord {
                                 position,
                                 sub: None,
-                                ack: PersistentAck {
-                                    acker,
-                                    id: m.ack_id(),
-                                },
+                                ack: acker.settle_handle(&m),
                                 record: m.event,
                             })))
                         }

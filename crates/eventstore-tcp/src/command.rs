@@ -32,6 +32,17 @@ macro_rules! commands {
     };
 }
 
+impl Command {
+    /// Whether this answer ends a subscription (a drop, refused credentials, a bad
+    /// request).
+    pub(crate) const fn ends_subscription(self) -> bool {
+        matches!(
+            self,
+            Self::SubscriptionDropped | Self::NotAuthenticated | Self::BadRequest
+        )
+    }
+}
+
 commands! {
     /// Either side asks for a heartbeat (empty payload).
     HeartbeatRequest = 0x01,

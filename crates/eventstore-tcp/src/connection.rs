@@ -315,12 +315,10 @@ fn correlation() -> [u8; 16] {
     *Uuid::new_v4().as_bytes()
 }
 
-async fn write_frame(stream: &mut Socket, frame: &Frame) -> Result<(), Error> {
-    let bytes = frame.to_bytes()?;
-    stream
-        .write_all(&bytes)
-        .await
-        .map_err(|e| Error::Decode(e.to_string()))
+/// Write one handshake frame; the error says why the connection failed.
+async fn write_frame(stream: &mut Socket, frame: &Frame) -> Result<(), String> {
+    let bytes = frame.to_bytes().map_err(|e| e.to_string())?;
+    stream.write_all(&bytes).await.map_err(|e| e.to_string())
 }
 
 /// Read the reply to `correlation` during the handshake, answering heartbeats.
@@ -329,9 +327,7 @@ async fn await_reply(link: &mut Link, correlation: [u8; 16]) -> Result<Frame, St
         while let Some(frame) = link.decoder.next_frame().map_err(|e| e.to_string())? {
             if frame.command == Command::HeartbeatRequest {
                 let pong = Frame::new(Command::HeartbeatResponse, frame.correlation, Bytes::new());
-                write_frame(&mut link.stream, &pong)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                write_frame(&mut link.stream, &pong).await?;
             } else if frame.correlation == correlation {
                 return Ok(frame);
             }
@@ -407,7 +403,9 @@ async fn handshake(settings: &Settings, addr: &str) -> Result<Link, Error> {
             let c = correlation();
             let auth = Frame::new(Command::Authenticate, c, Bytes::new())
                 .with_credentials(credentials.clone());
-            write_frame(&mut link.stream, &auth).await?;
+            write_frame(&mut link.stream, &auth)
+                .await
+                .map_err(connect_err)?;
             let reply = await_reply(&mut link, c).await.map_err(connect_err)?;
             match reply.command {
                 Command::Authenticated => {}
@@ -430,7 +428,8 @@ async fn handshake(settings: &Settings, addr: &str) -> Result<Link, Error> {
             &mut link.stream,
             &Frame::new(Command::IdentifyClient, c, identify.encode_to_vec()),
         )
-        .await?;
+        .await
+        .map_err(connect_err)?;
         let reply = await_reply(&mut link, c).await.map_err(connect_err)?;
         if reply.command != Command::ClientIdentified {
             return Err(connect_err(format!(
@@ -536,6 +535,16 @@ impl Connection {
                 correlation: Some(correlation),
             })
             .map_err(|_| Error::Closed)
+    }
+
+    /// End the subscription with this correlation id (the server answers
+    /// `SubscriptionDropped(Unsubscribed)` on it).
+    pub(crate) fn unsubscribe(&self, correlation: [u8; 16]) -> Result<(), Error> {
+        self.send_only(
+            Command::UnsubscribeFromStream,
+            correlation,
+            wire::UnsubscribeFromStream {}.encode_to_vec(),
+        )
     }
 
     /// Round trip to the server (`Ping` → `Pong`).
@@ -794,10 +803,7 @@ impl Driver {
         }) = self.pending.get(&frame.correlation)
             && frame.command != Command::NotHandled
         {
-            let ends = matches!(
-                frame.command,
-                Command::SubscriptionDropped | Command::NotAuthenticated | Command::BadRequest
-            );
+            let ends = frame.command.ends_subscription();
             let c = frame.correlation;
             if tx.send(Routed::Frame(frame)).is_err() || ends {
                 self.pending.remove(&c);
@@ -813,19 +819,16 @@ impl Driver {
                 .map(|n| n.reason())
                 .unwrap_or(wire::not_handled::NotHandledReason::NotReady);
             use wire::not_handled::NotHandledReason as R;
-            let retry = match reason {
-                R::NotReady | R::TooBusy => Some(if reason == R::NotReady {
-                    "NotReady"
-                } else {
-                    "TooBusy"
-                }),
+            let busy = match reason {
+                R::NotReady => "NotReady",
+                R::TooBusy => "TooBusy",
                 R::IsReadOnly => {
                     p.reply.fail(Error::ReadOnly);
                     return Ok(());
                 }
                 R::NotMaster => {
                     // Reconnect to the leader it names and send the operation there.
-                    let leader = leader(&frame.payload);
+                    let leader = leader(&frame.payload, self.settings.tls.is_some());
                     match leader {
                         Some(addr) if p.attempts <= self.settings.operation_retries => {
                             p.attempts += 1;
@@ -844,8 +847,7 @@ impl Driver {
                 }
             };
             if p.attempts > self.settings.operation_retries {
-                p.reply
-                    .fail(Error::NotHandled(retry.unwrap_or("NotHandled")));
+                p.reply.fail(Error::NotHandled(busy));
                 return Ok(());
             }
             p.attempts += 1;
@@ -870,12 +872,20 @@ impl Driver {
     }
 }
 
-/// The leader's TCP address from a `NotHandled(NotMaster)` reply.
-fn leader(payload: &Bytes) -> Option<String> {
-    wire::NotHandled::decode(payload.clone())
-        .ok()
-        .and_then(|n| n.additional_info)
-        .and_then(|info| wire::not_handled::MasterInfo::decode(&info[..]).ok())
-        .filter(|m| !m.external_tcp_address.is_empty() && m.external_tcp_port > 0)
-        .map(|m| format!("{}:{}", m.external_tcp_address, m.external_tcp_port))
+/// The leader's TCP address from a `NotHandled(NotMaster)` reply: its secure endpoint
+/// when connecting over TLS.
+fn leader(payload: &Bytes, tls: bool) -> Option<String> {
+    let info = wire::NotHandled::decode(payload.clone())
+        .ok()?
+        .additional_info
+        .and_then(|info| wire::not_handled::MasterInfo::decode(info).ok())?;
+    let (host, port) = if tls {
+        (
+            info.external_secure_tcp_address?,
+            info.external_secure_tcp_port?,
+        )
+    } else {
+        (info.external_tcp_address, info.external_tcp_port)
+    };
+    (!host.is_empty() && port > 0).then(|| format!("{host}:{port}"))
 }

@@ -310,14 +310,11 @@ pub(crate) async fn discover(
     };
     let mut errors = Vec::new();
     for seed in &candidates {
-        let members = match fetch(seed, tls, timeout).await {
-            Ok(body) => match parse_gossip(&body) {
-                Ok(m) => m,
-                Err(e) => {
-                    errors.push(format!("{seed}: {e}"));
-                    continue;
-                }
-            },
+        let gossip = fetch(seed, tls, timeout)
+            .await
+            .and_then(|body| parse_gossip(&body).map_err(|e| e.to_string()));
+        let members = match gossip {
+            Ok(members) => members,
             Err(e) => {
                 errors.push(format!("{seed}: {e}"));
                 continue;

@@ -92,7 +92,7 @@ mod transaction;
 
 #[cfg(feature = "batch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
-pub use batch::{EventStoreAllSource, EventStorePersistentSource, EventStoreSource, PersistentAck};
+pub use batch::{EventStoreAllSource, EventStorePersistentSource, EventStoreSource};
 pub use command::Command;
 #[cfg(feature = "client")]
 pub use connection::{Connection, Settings};
@@ -107,8 +107,8 @@ pub use metadata::{StreamAcl, StreamMetadata, StreamMetadataResult, metadata_str
 pub use ops::{EventRead, MAX_READ_COUNT};
 #[cfg(feature = "client")]
 pub use persistent::{
-    Acker, ConsumerStrategy, NakAction, PersistentEvent, PersistentMessage, PersistentSettings,
-    PersistentSubscription, StartFrom,
+    Acker, ConsumerStrategy, NakAction, PersistentAck, PersistentEvent, PersistentMessage,
+    PersistentSettings, PersistentSubscription, StartFrom,
 };
 #[cfg(feature = "client")]
 pub use subscription::{

@@ -12,7 +12,7 @@ use headwaters_ordering_core::{
 };
 
 use crate::error::Error;
-use crate::persistent::{Acker, NakAction, PersistentEvent, PersistentSubscription};
+use crate::persistent::{PersistentEvent, PersistentSubscription};
 use crate::subscription::{CatchUp, CatchUpEvent, DropReason};
 use crate::types::ResolvedEvent;
 
@@ -43,34 +43,6 @@ pub fn to_ordering_message(e: &ResolvedEvent, retry_count: u32) -> Option<orderi
     )
 }
 
-/// Settles a persistent-subscription event from the dispatcher: `Ack` acks, a requeue naks
-/// with `Retry`, a discard naks with `Park` (the group's parked-messages stream is its
-/// dead-letter queue).
-#[derive(Debug)]
-pub struct PersistentSettler {
-    acker: Acker,
-    id: [u8; 16],
-}
-
-impl ordering::Settle for PersistentSettler {
-    fn settle(self, settlement: Settlement) {
-        let sent = match settlement {
-            Settlement::Ack => self.acker.ack_ids([self.id]),
-            Settlement::Reject { requeue: true } => {
-                self.acker
-                    .nak_ids([self.id], NakAction::Retry, "requeued by the handler")
-            }
-            Settlement::Reject { requeue: false } => {
-                self.acker
-                    .nak_ids([self.id], NakAction::Park, "discarded by the handler")
-            }
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "eventstore ordered: could not settle (the server retries after its timeout)");
-        }
-    }
-}
-
 /// Handle a persistent subscription's events through an ordering-core [`Dispatcher`] keyed
 /// by the event's stream (for a resolved link, the stream linked to). Returns when the
 /// subscription ends (dropped, deleted, unsubscribed); the dispatcher then drains for up to
@@ -91,10 +63,7 @@ where
         async move {
             match event {
                 PersistentEvent::Event(m) => {
-                    let settle = PersistentSettler {
-                        acker,
-                        id: m.ack_id(),
-                    };
+                    let settle = acker.settle_handle(&m);
                     Some((m.event, m.retry_count, settle))
                 }
                 PersistentEvent::Dropped(DropReason::ConnectionLost)

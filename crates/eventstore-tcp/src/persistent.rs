@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
+use headwaters_ordering_core::{Settle, Settlement};
 use prost::Message as _;
 
 use crate::command::Command;
@@ -248,22 +249,13 @@ impl Acker {
 
     /// Acknowledge by id ([`PersistentMessage::ack_id`]).
     pub fn ack_ids(&self, ids: impl IntoIterator<Item = [u8; 16]>) -> Result<(), Error> {
-        let ids: Vec<bytes::Bytes> = ids
-            .into_iter()
-            .map(|id| bytes::Bytes::copy_from_slice(&id))
-            .collect();
-        for chunk in ids.chunks(MAX_IDS) {
-            let ack = wire::PersistentSubscriptionAckEvents {
+        self.send_ids(Command::PersistentSubscriptionAckEvents, ids, |ids| {
+            wire::PersistentSubscriptionAckEvents {
                 subscription_id: self.subscription_id.clone(),
-                processed_event_ids: chunk.to_vec(),
-            };
-            self.connection.send_only(
-                Command::PersistentSubscriptionAckEvents,
-                self.correlation,
-                ack.encode_to_vec(),
-            )?;
-        }
-        Ok(())
+                processed_event_ids: ids,
+            }
+            .encode_to_vec()
+        })
     }
 
     /// Refuse events: `action` says what the server does with them; `reason` shows in the
@@ -288,25 +280,35 @@ impl Acker {
         action: NakAction,
         reason: &str,
     ) -> Result<(), Error> {
+        self.send_ids(Command::PersistentSubscriptionNakEvents, ids, |ids| {
+            wire::PersistentSubscriptionNakEvents {
+                subscription_id: self.subscription_id.clone(),
+                processed_event_ids: ids,
+                message: Some(reason.to_owned()),
+                action: action.wire() as i32,
+            }
+            .encode_to_vec()
+        })?;
+        if action == NakAction::Stop {
+            self.unsubscribe()?;
+        }
+        Ok(())
+    }
+
+    /// Send `ids` on the subscription in messages of at most the server's limit each.
+    fn send_ids(
+        &self,
+        command: Command,
+        ids: impl IntoIterator<Item = [u8; 16]>,
+        message: impl Fn(Vec<bytes::Bytes>) -> Vec<u8>,
+    ) -> Result<(), Error> {
         let ids: Vec<bytes::Bytes> = ids
             .into_iter()
             .map(|id| bytes::Bytes::copy_from_slice(&id))
             .collect();
         for chunk in ids.chunks(MAX_IDS) {
-            let nak = wire::PersistentSubscriptionNakEvents {
-                subscription_id: self.subscription_id.clone(),
-                processed_event_ids: chunk.to_vec(),
-                message: Some(reason.to_owned()),
-                action: action.wire() as i32,
-            };
-            self.connection.send_only(
-                Command::PersistentSubscriptionNakEvents,
-                self.correlation,
-                nak.encode_to_vec(),
-            )?;
-        }
-        if action == NakAction::Stop {
-            self.unsubscribe()?;
+            self.connection
+                .send_only(command, self.correlation, message(chunk.to_vec()))?;
         }
         Ok(())
     }
@@ -314,11 +316,46 @@ impl Acker {
     /// Leave the group; the stream then yields `Dropped(Unsubscribed)` and ends. Events not
     /// acknowledged go to the group's other consumers.
     pub fn unsubscribe(&self) -> Result<(), Error> {
-        self.connection.send_only(
-            Command::UnsubscribeFromStream,
-            self.correlation,
-            wire::UnsubscribeFromStream {}.encode_to_vec(),
-        )
+        self.connection.unsubscribe(self.correlation)
+    }
+}
+
+impl Acker {
+    /// A settle handle for one event, for ordering-core and the batch processor.
+    pub fn settle_handle(&self, message: &PersistentMessage) -> PersistentAck {
+        PersistentAck {
+            acker: self.clone(),
+            id: message.ack_id(),
+        }
+    }
+}
+
+/// Settles one persistent-subscription event (an ordering-core [`Settle`]): `Ack` acks, a
+/// requeue naks with `Retry`, a discard naks with `Park` (the group's parked-messages
+/// stream is its dead-letter queue). If the connection is gone, the server redelivers after
+/// its message timeout.
+#[derive(Debug)]
+pub struct PersistentAck {
+    acker: Acker,
+    id: [u8; 16],
+}
+
+impl Settle for PersistentAck {
+    fn settle(self, settlement: Settlement) {
+        let sent = match settlement {
+            Settlement::Ack => self.acker.ack_ids([self.id]),
+            Settlement::Reject { requeue: true } => {
+                self.acker
+                    .nak_ids([self.id], NakAction::Retry, "rejected, to be retried")
+            }
+            Settlement::Reject { requeue: false } => {
+                self.acker
+                    .nak_ids([self.id], NakAction::Park, "rejected, not to be retried")
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "eventstore: could not settle a persistent-subscription event");
+        }
     }
 }
 

@@ -129,15 +129,16 @@ impl Routes {
     }
 }
 
-/// Why a frame ends its subscription: a drop, refused credentials, a bad request.
+/// Why a frame ends its subscription (see [`Command::ends_subscription`]).
 pub(crate) fn ending(frame: &Frame) -> Option<DropReason> {
-    match frame.command {
-        Command::SubscriptionDropped => Some(DropReason::from_frame(&frame.payload)),
-        Command::NotAuthenticated | Command::BadRequest => Some(DropReason::Refused(
-            String::from_utf8_lossy(&frame.payload).into_owned(),
-        )),
-        _ => None,
+    if !frame.command.ends_subscription() {
+        return None;
     }
+    Some(if frame.command == Command::SubscriptionDropped {
+        DropReason::from_frame(&frame.payload)
+    } else {
+        DropReason::Refused(String::from_utf8_lossy(&frame.payload).into_owned())
+    })
 }
 
 impl Connection {
@@ -265,11 +266,7 @@ impl Subscription {
     /// Ask the server to end the subscription; the stream then yields
     /// `Dropped(Unsubscribed)` and ends.
     pub fn unsubscribe(&self) -> Result<(), Error> {
-        self.connection.send_only(
-            Command::UnsubscribeFromStream,
-            self.correlation,
-            wire::UnsubscribeFromStream {}.encode_to_vec(),
-        )
+        self.connection.unsubscribe(self.correlation)
     }
 
     fn step(routed: Routed) -> Step<SubscriptionEvent> {
