@@ -178,25 +178,21 @@ impl Source for EventStorePersistentSource {
         let acker = subscription.acker();
         Ok(subscription
             .filter_map(move |event| {
-                let acker = acker.clone();
-                async move {
-                    match event {
-                        PersistentEvent::Event(m) => {
-                            let position = m.event.original_event_number()?;
-                            Some(Ok(SourceEvent::Record(SourceRecord {
-                                position,
-                                sub: None,
-                                ack: acker.settle_handle(&m),
-                                record: m.event,
-                            })))
-                        }
-                        PersistentEvent::Reconnected
-                        | PersistentEvent::Dropped(DropReason::ConnectionLost) => None,
-                        PersistentEvent::Dropped(other) => Some(Err(Error::Server(format!(
-                            "the persistent subscription ended: {other:?}"
-                        )))),
-                    }
-                }
+                std::future::ready(match event {
+                    PersistentEvent::Event(m) => m.event.original_event_number().map(|position| {
+                        Ok(SourceEvent::Record(SourceRecord {
+                            position,
+                            sub: None,
+                            ack: acker.settle_handle(&m),
+                            record: m.event,
+                        }))
+                    }),
+                    PersistentEvent::Reconnected
+                    | PersistentEvent::Dropped(DropReason::ConnectionLost) => None,
+                    PersistentEvent::Dropped(other) => Some(Err(Error::Server(format!(
+                        "the persistent subscription ended: {other:?}"
+                    )))),
+                })
             })
             .boxed())
     }

@@ -59,24 +59,22 @@ where
 {
     let acker = subscription.acker();
     let events = subscription.filter_map(move |event| {
-        let acker = acker.clone();
-        async move {
-            match event {
-                PersistentEvent::Event(m) => {
-                    let settle = acker.settle_handle(&m);
-                    Some((m.event, m.retry_count, settle))
-                }
-                PersistentEvent::Dropped(DropReason::ConnectionLost)
-                | PersistentEvent::Reconnected => None,
-                PersistentEvent::Dropped(reason) => {
-                    tracing::info!(
-                        ?reason,
-                        "eventstore ordered: the persistent subscription ended"
-                    );
-                    None
-                }
+        std::future::ready(match event {
+            PersistentEvent::Event(m) => {
+                let settle = acker.settle_handle(&m);
+                Some((m.event, m.retry_count, settle))
             }
-        }
+            PersistentEvent::Dropped(DropReason::ConnectionLost) | PersistentEvent::Reconnected => {
+                None
+            }
+            PersistentEvent::Dropped(reason) => {
+                tracing::info!(
+                    ?reason,
+                    "eventstore ordered: the persistent subscription ended"
+                );
+                None
+            }
+        })
     });
     dispatch(events, handler, config, grace).await
 }

@@ -87,6 +87,32 @@ impl Group {
         }
     }
 
+    /// Take the messages in flight that `pred` picks, as (event number, retry count) in
+    /// event order.
+    fn take_in_flight(&mut self, pred: impl Fn(&InFlight) -> bool) -> Vec<(i64, u32)> {
+        let ids: Vec<Vec<u8>> = self
+            .in_flight
+            .iter()
+            .filter(|(_, m)| pred(m))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut taken: Vec<(i64, u32)> = ids
+            .iter()
+            .filter_map(|id| self.settle(id).map(|m| (m.number, m.retry)))
+            .collect();
+        taken.sort_unstable();
+        taken
+    }
+
+    /// Retry `messages` (in order), parking those out of retries; the numbers to park.
+    fn retry_all(&mut self, messages: Vec<(i64, u32)>) -> Vec<i64> {
+        let mut park = Vec::new();
+        for (number, retry) in messages {
+            self.retry_or_park(number, retry, &mut park);
+        }
+        park
+    }
+
     fn settle(&mut self, id: &[u8]) -> Option<InFlight> {
         let done = self.in_flight.remove(id)?;
         if let Some(c) = self.consumers.iter_mut().find(|c| c.key == done.consumer) {
@@ -118,6 +144,15 @@ pub(crate) type NextEvent<'a> = dyn Fn(&str, i64) -> Option<(i64, Vec<u8>)> + 'a
 
 /// Messages to park: (stream, group, event number).
 pub(crate) type Parked = Vec<(String, String, i64)>;
+
+/// Add `numbers` of group `name` on `stream` to `parked`.
+fn park_in(parked: &mut Parked, stream: &str, name: &str, numbers: Vec<i64>) {
+    parked.extend(
+        numbers
+            .into_iter()
+            .map(|n| (stream.to_owned(), name.to_owned(), n)),
+    );
+}
 
 /// Every group, by (stream, group name).
 #[derive(Debug, Default)]
@@ -172,13 +207,8 @@ impl Groups {
             .get_mut(&(stream.to_owned(), group.to_owned()))?;
         g.settings = settings;
         let dropped: Vec<ConsumerKey> = g.consumers.drain(..).map(|c| c.key).collect();
-        let mut outstanding: Vec<(i64, u32)> = g
-            .in_flight
-            .drain()
-            .map(|(_, m)| (m.number, m.retry))
-            .collect();
-        outstanding.sort_unstable();
-        for m in outstanding.into_iter().rev() {
+        // Redelivered first, as they were (the restart is not the message's fault).
+        for m in g.take_in_flight(|_| true).into_iter().rev() {
             g.retry.push_front(m);
         }
         Some(dropped)
@@ -225,20 +255,9 @@ impl Groups {
                 continue;
             }
             found = true;
-            let mut mine: Vec<(i64, u32)> = Vec::new();
-            g.in_flight.retain(|_, m| {
-                let keep = m.consumer != key;
-                if !keep {
-                    mine.push((m.number, m.retry));
-                }
-                keep
-            });
-            mine.sort_unstable();
-            let mut park = Vec::new();
-            for (number, retry) in mine {
-                g.retry_or_park(number, retry, &mut park);
-            }
-            parked.extend(park.into_iter().map(|n| (stream.clone(), name.clone(), n)));
+            let mine = g.take_in_flight(|m| m.consumer == key);
+            let park = g.retry_all(mine);
+            park_in(parked, stream, name, park);
         }
         found
     }
@@ -270,7 +289,6 @@ impl Groups {
         let Some(((stream, name), g)) = self.group_of(key) else {
             return;
         };
-        let (stream, name) = (stream.clone(), name.clone());
         let mut park = Vec::new();
         for id in ids {
             if action == Nak::Stop {
@@ -284,28 +302,15 @@ impl Groups {
                 Nak::Skip | Nak::Stop => {}
             }
         }
-        parked.extend(park.into_iter().map(|n| (stream.clone(), name.clone(), n)));
+        park_in(parked, stream, name, park);
     }
 
     /// Messages whose consumer did not answer within the group's timeout are retried.
     pub(crate) fn expire(&mut self, now_ms: i64, parked: &mut Parked) {
         for ((stream, name), g) in &mut self.groups {
-            let overdue: Vec<Vec<u8>> = g
-                .in_flight
-                .iter()
-                .filter(|(_, m)| m.deadline_ms <= now_ms)
-                .map(|(id, _)| id.clone())
-                .collect();
-            let mut park = Vec::new();
-            let mut timed_out: Vec<(i64, u32)> = overdue
-                .iter()
-                .filter_map(|id| g.settle(id).map(|m| (m.number, m.retry)))
-                .collect();
-            timed_out.sort_unstable();
-            for (number, retry) in timed_out {
-                g.retry_or_park(number, retry, &mut park);
-            }
-            parked.extend(park.into_iter().map(|n| (stream.clone(), name.clone(), n)));
+            let overdue = g.take_in_flight(|m| m.deadline_ms <= now_ms);
+            let park = g.retry_all(overdue);
+            park_in(parked, stream, name, park);
         }
     }
 
