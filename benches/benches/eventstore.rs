@@ -145,13 +145,13 @@ fn node_read(addr: &str, expected: u64) -> Result<f64, String> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
-    let field = |name: &str| -> Option<f64> {
-        let rest = &line[line.find(&format!("\"{name}\":"))? + name.len() + 3..];
-        rest.split([',', '}']).next()?.trim().parse().ok()
+    let numbers: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [events, seconds] = numbers[..] else {
+        return Err(format!("unexpected output {line:?}"));
     };
-    let (events, seconds) = field("events")
-        .zip(field("seconds"))
-        .ok_or_else(|| format!("unexpected output {line:?}"))?;
     if events as u64 != expected {
         return Err(format!("node read {events} events, expected {expected}"));
     }
