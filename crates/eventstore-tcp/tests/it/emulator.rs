@@ -265,7 +265,7 @@ async fn slow_answers_time_out_after_the_retries() {
     assert!(matches!(err, Error::Timeout(_)), "{err}");
 }
 
-async fn next_event(
+pub(crate) async fn next_event(
     s: &mut headwaters_eventstore_tcp::Subscription,
 ) -> Option<headwaters_eventstore_tcp::SubscriptionEvent> {
     use futures_util::StreamExt;

@@ -1,5 +1,6 @@
 //! Integration tests of the EventStore TCP client.
 
+mod access;
 mod batch_source;
 mod cluster;
 mod emulator;

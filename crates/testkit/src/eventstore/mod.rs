@@ -19,11 +19,13 @@
 //! # Ok(()) }
 //! ```
 
+mod acl;
 mod cluster;
 mod persistent;
 mod store;
 mod wire;
 
+pub use acl::User;
 pub use cluster::{EventStoreCluster, GossipFormat};
 
 use std::collections::HashMap;
@@ -40,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use acl::Access;
 use persistent::{ConnectError, ConsumerKey, GroupSettings, Groups, Nak, Parked};
 use store::Store;
 
@@ -55,8 +58,9 @@ pub struct EventStoreConfig {
     /// Close when nothing arrives this long after a heartbeat request
     /// (`ExtTcpHeartbeatTimeout`, 1 s).
     pub heartbeat_timeout: Duration,
-    /// Accepted logins and passwords (default `admin` / `changeit`).
-    pub users: Vec<(String, String)>,
+    /// Accepted logins (default: `admin` / `changeit` in `$admins`, `ops` / `changeit` in
+    /// `$ops`, as the servers create them).
+    pub users: Vec<User>,
     /// Serve TLS (the secure TCP port) with this rustls configuration.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -67,7 +71,10 @@ impl Default for EventStoreConfig {
         Self {
             heartbeat_interval: Duration::from_millis(2000),
             heartbeat_timeout: Duration::from_millis(1000),
-            users: vec![("admin".into(), "changeit".into())],
+            users: vec![
+                User::new("admin", "changeit", [acl::ADMINS]),
+                User::new("ops", "changeit", [acl::OPS]),
+            ],
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -82,9 +89,15 @@ impl EventStoreConfig {
         self
     }
 
-    /// Accept another login.
-    pub fn with_user(mut self, login: impl Into<String>, password: impl Into<String>) -> Self {
-        self.users.push((login.into(), password.into()));
+    /// Accept another login, a member of no group (its rights come from stream ACLs that
+    /// name it, or grant `$all`).
+    pub fn with_user(self, login: impl Into<String>, password: impl Into<String>) -> Self {
+        self.with_account(User::new(login, password, Vec::<String>::new()))
+    }
+
+    /// Accept another login with its groups (e.g. `$admins`).
+    pub fn with_account(mut self, user: User) -> Self {
+        self.users.push(user);
         self
     }
 
@@ -495,15 +508,52 @@ fn drop_subscriptions(shared: &Shared, conn: u64) {
     settle(&mut state, parked);
 }
 
-fn authenticate(shared: &Shared, credentials: &Option<(String, String)>) -> bool {
-    match credentials {
-        None => true,
-        Some((login, password)) => shared
-            .config
-            .users
-            .iter()
-            .any(|(l, p)| l == login && p == password),
+/// What the servers say when access is refused.
+const ACCESS_DENIED: &str = "Access denied.";
+
+/// Whether transaction `id` exists and `user` may write to its stream.
+fn transaction_check(
+    state: &State,
+    id: i64,
+    user: Option<&User>,
+) -> Result<(), wire::OperationResult> {
+    let t = state
+        .transactions
+        .get(&id)
+        .ok_or(wire::OperationResult::InvalidTransaction)?;
+    if acl::granted(&state.store, &t.stream, Access::Write, user) {
+        Ok(())
+    } else {
+        Err(wire::OperationResult::AccessDenied)
     }
+}
+
+/// The message the servers send with a failed transaction step.
+fn failure_message(result: wire::OperationResult) -> &'static str {
+    match result {
+        wire::OperationResult::AccessDenied => ACCESS_DENIED,
+        _ => "Invalid transaction.",
+    }
+}
+
+/// Credentials that match no user.
+struct NotAuthenticated;
+
+/// The user a request's credentials name (`None`: anonymous).
+fn login<'a>(
+    shared: &'a Shared,
+    credentials: &Option<(String, String)>,
+) -> Result<Option<&'a User>, NotAuthenticated> {
+    let Some((login, password)) = credentials else {
+        return Ok(None);
+    };
+    shared
+        .config
+        .users
+        .iter()
+        .find(|u| &u.login == login && &u.password == password)
+        .map(Some)
+        .ok_or(NotAuthenticated)
 }
 
 fn now_ms() -> i64 {
@@ -541,7 +591,7 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             return;
         }
         0xF2 => {
-            let ok = p.credentials.is_some() && authenticate(shared, &p.credentials);
+            let ok = matches!(login(shared, &p.credentials), Ok(Some(_)));
             let _ = tx.send(if ok {
                 frame(0xF3, c, &[])
             } else if p.credentials.is_none() {
@@ -561,10 +611,10 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         }
         _ => {}
     }
-    if !authenticate(shared, &p.credentials) {
+    let Ok(user) = login(shared, &p.credentials) else {
         reply(shared, tx, frame(0xF4, c, b"Not Authenticated"));
         return;
-    }
+    };
     {
         let mut pending = shared.not_handled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((n, reason)) = pending.as_mut() {
@@ -590,12 +640,29 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         return;
     }
     let bad = |what: &str| frame(0xF0, c, format!("Invalid {what} message").as_bytes());
+    // Access is checked before anything else about the request (expected versions too).
+    let may =
+        |state: &State, stream: &str, access| acl::granted(&state.store, stream, access, user);
     let key: ConsumerKey = (conn, c);
+    // Creating, updating and deleting persistent subscription groups takes write access
+    // to `$settings` (admins by default). The three replies share one shape: a result
+    // (AccessDenied = 3 in each) and a reason.
+    if matches!(p.command, 0xC8 | 0xCA | 0xCE) && !may(&shared.lock(), "$settings", Access::Write) {
+        let denied = wire::CreatePersistentSubscriptionCompleted {
+            result: wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult::AccessDenied as i32,
+            reason: Some("You do not have permissions to manage persistent subscriptions.".into()),
+        };
+        return reply(shared, tx, frame(p.command + 1, c, &denied.encode_to_vec()));
+    }
     let out = match p.command {
         0x82 => match wire::WriteEvents::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
-                let done = append(&mut state, &m.event_stream_id, m.expected_version, m.events);
+                let done = if may(&state, &m.event_stream_id, Access::Write) {
+                    append(&mut state, &m.event_stream_id, m.expected_version, m.events)
+                } else {
+                    store::write_failed(wire::OperationResult::AccessDenied, 0, ACCESS_DENIED)
+                };
                 frame(0x83, c, &done.encode_to_vec())
             }
             Err(_) => bad("WriteEvents"),
@@ -603,6 +670,15 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         0x84 => match wire::TransactionStart::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
+                if !may(&state, &m.event_stream_id, Access::Write) {
+                    let done = wire::TransactionStartCompleted {
+                        transaction_id: -1,
+                        result: wire::OperationResult::AccessDenied as i32,
+                        message: Some(ACCESS_DENIED.into()),
+                    };
+                    drop(state);
+                    return reply(shared, tx, frame(0x85, c, &done.encode_to_vec()));
+                }
                 state.next_transaction += 1;
                 let id = state.next_transaction;
                 state.transactions.insert(
@@ -625,18 +701,16 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         0x86 => match wire::TransactionWrite::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
-                let result = match state.transactions.get_mut(&m.transaction_id) {
-                    Some(t) => {
+                let id = m.transaction_id;
+                let result = transaction_check(&state, id, user).map(|()| {
+                    if let Some(t) = state.transactions.get_mut(&id) {
                         t.events.extend(m.events);
-                        wire::OperationResult::Success
                     }
-                    None => wire::OperationResult::InvalidTransaction,
-                };
+                });
                 let done = wire::TransactionWriteCompleted {
-                    transaction_id: m.transaction_id,
-                    result: result as i32,
-                    message: (result != wire::OperationResult::Success)
-                        .then(|| "Invalid transaction.".to_owned()),
+                    transaction_id: id,
+                    result: result.err().unwrap_or(wire::OperationResult::Success) as i32,
+                    message: result.err().map(|r| failure_message(r).to_owned()),
                 };
                 frame(0x87, c, &done.encode_to_vec())
             }
@@ -645,11 +719,15 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         0x88 => match wire::TransactionCommit::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
-                let done = match state.transactions.remove(&m.transaction_id) {
-                    Some(t) => {
+                let id = m.transaction_id;
+                // A denied commit leaves the transaction open for a user who may commit it.
+                let done = match transaction_check(&state, id, user)
+                    .map(|()| state.transactions.remove(&id))
+                {
+                    Ok(Some(t)) => {
                         let w = append(&mut state, &t.stream, t.expected, t.events);
                         wire::TransactionCommitCompleted {
-                            transaction_id: m.transaction_id,
+                            transaction_id: id,
                             result: w.result,
                             message: w.message,
                             first_event_number: w.first_event_number,
@@ -658,15 +736,20 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
                             commit_position: w.commit_position,
                         }
                     }
-                    None => wire::TransactionCommitCompleted {
-                        transaction_id: m.transaction_id,
-                        result: wire::OperationResult::InvalidTransaction as i32,
-                        message: Some("Invalid transaction.".into()),
-                        first_event_number: -1,
-                        last_event_number: -1,
-                        prepare_position: None,
-                        commit_position: None,
-                    },
+                    failed => {
+                        let result = failed
+                            .err()
+                            .unwrap_or(wire::OperationResult::InvalidTransaction);
+                        wire::TransactionCommitCompleted {
+                            transaction_id: id,
+                            result: result as i32,
+                            message: Some(failure_message(result).into()),
+                            first_event_number: -1,
+                            last_event_number: -1,
+                            prepare_position: None,
+                            commit_position: None,
+                        }
+                    }
                 };
                 frame(0x89, c, &done.encode_to_vec())
             }
@@ -676,6 +759,17 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             Ok(m) => {
                 let hard = m.hard_delete.unwrap_or(false);
                 let mut state = shared.lock();
+                if !may(&state, &m.event_stream_id, Access::Delete) {
+                    let done = wire::DeleteStreamCompleted {
+                        result: wire::OperationResult::AccessDenied as i32,
+                        message: Some(ACCESS_DENIED.into()),
+                        prepare_position: None,
+                        commit_position: None,
+                        current_version: None,
+                    };
+                    drop(state);
+                    return reply(shared, tx, frame(0x8B, c, &done.encode_to_vec()));
+                }
                 let (done, written) =
                     state
                         .store
@@ -689,21 +783,40 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             Err(_) => bad("DeleteStream"),
         },
         0xB0 => match wire::ReadEvent::decode(p.payload) {
-            Ok(m) => frame(
-                0xB1,
-                c,
-                &shared
-                    .lock()
-                    .store
-                    .read_event(&m.event_stream_id, m.event_number, m.resolve_link_tos)
-                    .encode_to_vec(),
-            ),
+            Ok(m) => {
+                let state = shared.lock();
+                let done = if may(&state, &m.event_stream_id, Access::Read) {
+                    state
+                        .store
+                        .read_event(&m.event_stream_id, m.event_number, m.resolve_link_tos)
+                } else {
+                    wire::ReadEventCompleted {
+                        result: wire::read_event_completed::ReadEventResult::AccessDenied as i32,
+                        event: Some(wire::ResolvedIndexedEvent::default()),
+                        error: Some(ACCESS_DENIED.into()),
+                    }
+                };
+                frame(0xB1, c, &done.encode_to_vec())
+            }
             Err(_) => bad("ReadEvent"),
         },
         0xB2 | 0xB4 => match wire::ReadStreamEvents::decode(p.payload) {
             Ok(m) => {
                 let forward = p.command == 0xB2;
                 let state = shared.lock();
+                if !may(&state, &m.event_stream_id, Access::Read) {
+                    use wire::read_stream_events_completed::ReadStreamResult as R;
+                    let denied = wire::ReadStreamEventsCompleted {
+                        events: Vec::new(),
+                        result: R::AccessDenied as i32,
+                        next_event_number: -1,
+                        last_event_number: -1,
+                        is_end_of_stream: true,
+                        last_commit_position: -1,
+                        error: Some(ACCESS_DENIED.into()),
+                    };
+                    return reply(shared, tx, frame(p.command + 1, c, &denied.encode_to_vec()));
+                }
                 let (done, picked) = state.store.stream_page(
                     &m.event_stream_id,
                     m.from_event_number,
@@ -723,6 +836,19 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             Ok(m) => {
                 let forward = p.command == 0xB6;
                 let state = shared.lock();
+                if !may(&state, "$all", Access::Read) {
+                    use wire::read_all_events_completed::ReadAllResult as R;
+                    let denied = wire::ReadAllEventsCompleted {
+                        commit_position: m.commit_position,
+                        prepare_position: m.prepare_position,
+                        events: Vec::new(),
+                        next_commit_position: m.commit_position,
+                        next_prepare_position: m.prepare_position,
+                        result: Some(R::AccessDenied as i32),
+                        error: Some(ACCESS_DENIED.into()),
+                    };
+                    return reply(shared, tx, frame(p.command + 1, c, &denied.encode_to_vec()));
+                }
                 let (done, picked) = state.store.all_page(
                     m.commit_position,
                     m.max_count,
@@ -741,6 +867,10 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             Ok(m) => {
                 let mut state = shared.lock();
                 let stream = (!m.event_stream_id.is_empty()).then(|| m.event_stream_id.clone());
+                if !may(&state, stream.as_deref().unwrap_or("$all"), Access::Read) {
+                    use wire::subscription_dropped::SubscriptionDropReason as R;
+                    return reply(shared, tx, dropped(c, R::AccessDenied));
+                }
                 let last_event_number = stream.as_ref().map(|s| state.store.stream_next(s) - 1);
                 let confirmation = wire::SubscriptionConfirmation {
                     last_commit_position: state.store.end_position(),
@@ -781,6 +911,9 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
                 let mut state = shared.lock();
                 let group = &m.subscription_id;
                 let stream = &m.event_stream_id;
+                if !may(&state, stream, Access::Read) {
+                    return reply(shared, tx, dropped(c, R::AccessDenied));
+                }
                 match state.groups.connect(
                     stream,
                     group,

@@ -26,6 +26,9 @@ const INVALID: i64 = i32::MIN as i64;
 pub(crate) const MAX_READ: i32 = 4096;
 /// Bytes of log per record: positions grow by this much (real positions are byte offsets).
 const RECORD_SPAN: i64 = 128;
+/// Where the first event sits: the servers' log opens with an epoch record, so no event is
+/// ever at 0/0 and "from the start" excludes nothing.
+const LOG_START: i64 = RECORD_SPAN;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
@@ -80,8 +83,19 @@ pub(crate) struct Store {
     streams: HashMap<String, Stream>,
 }
 
+/// The `$all` position of the record at log index `index`.
 fn position(index: usize) -> i64 {
-    index as i64 * RECORD_SPAN
+    LOG_START + index as i64 * RECORD_SPAN
+}
+
+/// The log index of the first record at or after `position` (also: how many records lie
+/// before it).
+fn index_at_or_after(position: i64) -> usize {
+    if position <= LOG_START {
+        0
+    } else {
+        ((position - LOG_START + RECORD_SPAN - 1) / RECORD_SPAN) as usize
+    }
 }
 
 impl Store {
@@ -98,8 +112,18 @@ impl Store {
 
     /// The current metadata document of `stream` (an empty object when it has none).
     pub(crate) fn metadata(&self, stream: &str) -> serde_json::Map<String, serde_json::Value> {
+        self.last_document(&metadata_stream(stream))
+    }
+
+    /// The system settings (`$settings`: `$userStreamAcl`, `$systemStreamAcl`).
+    pub(crate) fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.last_document("$settings")
+    }
+
+    /// The JSON object in the last event of `stream` (an empty object when there is none).
+    fn last_document(&self, stream: &str) -> serde_json::Map<String, serde_json::Value> {
         self.streams
-            .get(&metadata_stream(stream))
+            .get(stream)
             .and_then(|s| s.events.last())
             .and_then(|i| serde_json::from_slice(&self.log[*i].event.data).ok())
             .unwrap_or_default()
@@ -215,15 +239,7 @@ impl Store {
     ) -> (WriteEventsCompleted, Vec<usize>) {
         let state = self.streams.entry(stream.to_owned()).or_default();
         let hard_deleted = state.hard_deleted;
-        let fail = |result: OperationResult, current: i64, message: &str| WriteEventsCompleted {
-            result: result as i32,
-            message: Some(message.to_owned()),
-            first_event_number: INVALID,
-            last_event_number: INVALID,
-            prepare_position: None,
-            commit_position: None,
-            current_version: Some(current),
-        };
+        let fail = write_failed;
         if hard_deleted {
             return (
                 fail(
@@ -332,10 +348,11 @@ impl Store {
             );
         }
         if hard {
-            self.streams
-                .get_mut(stream)
-                .expect("created above")
-                .hard_deleted = true;
+            // The metadata stream goes with the stream: reading `$$stream` answers
+            // StreamDeleted from now on, as the servers do.
+            for name in [stream.to_owned(), metadata_stream(stream)] {
+                self.streams.entry(name).or_default().hard_deleted = true;
+            }
             return (done(OperationResult::Success, None), Vec::new());
         }
         let mut meta = self.metadata(stream);
@@ -455,26 +472,31 @@ impl Store {
         reply.last_event_number = last;
         let count = max_count as usize;
         let picked: Vec<usize> = if forward {
-            self.visible(stream, state, from).take(count).collect()
-        } else {
-            let from = if from < 0 { last } else { from };
-            self.visible(stream, state, 0)
-                .rev()
-                .filter(|i| self.log[*i].number <= from)
-                .take(count)
-                .collect()
-        };
-        if forward {
+            let picked: Vec<usize> = self.visible(stream, state, from).take(count).collect();
             let next = picked
                 .last()
                 .map_or_else(|| from.max(0), |i| self.log[*i].number + 1);
             reply.next_event_number = next;
             reply.is_end_of_stream = next > last;
+            picked
         } else {
-            let next = picked.last().map_or(-1, |i| self.log[*i].number - 1);
-            reply.next_event_number = next;
-            reply.is_end_of_stream = next < first;
-        }
+            // The servers read the range [end - count + 1, end] (`End` = the last event):
+            // from past the end that is an empty page whose next number is the last event.
+            let end = if from < 0 { last } else { from };
+            let start = end.saturating_sub(max_count as i64 - 1).max(0);
+            reply.is_end_of_stream = start <= first;
+            reply.next_event_number = if reply.is_end_of_stream {
+                -1
+            } else {
+                (start - 1).min(last)
+            };
+            self.visible(stream, state, start)
+                .take_while(|i| self.log[*i].number <= end)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect()
+        };
         (
             reply,
             Picked {
@@ -544,26 +566,23 @@ impl Store {
         }
         let count = max_count as usize;
         let len = self.log.len();
+        // `End` (-1/-1) is resolved to the end of the log before reading, and the reply
+        // names the resolved position, as the servers do.
+        let end = self.end_position();
+        let from = if commit < 0 { end } else { commit };
+        reply.commit_position = from;
+        reply.prepare_position = from;
+        // Forward: the records at or after `from`; backward: those before it.
+        let split = index_at_or_after(from).min(len);
         let indices: Vec<usize> = if forward {
-            let start = if commit < 0 {
-                len
-            } else {
-                ((commit + RECORD_SPAN - 1) / RECORD_SPAN) as usize
-            };
-            (start.min(len)..len).take(count).collect()
+            (split..len).take(count).collect()
         } else {
-            // Backward from a position: the records before it (`End` = everything).
-            let end = if commit < 0 {
-                len
-            } else {
-                ((commit / RECORD_SPAN) as usize).min(len)
-            };
-            (0..end).rev().take(count).collect()
+            (0..split).rev().take(count).collect()
         };
         let next = if forward {
             indices
                 .last()
-                .map_or_else(|| commit.max(0).min(position(len)), |i| position(i + 1))
+                .map_or_else(|| from.min(end), |i| position(i + 1))
         } else {
             indices.last().map_or(0, |i| position(*i))
         };
@@ -581,6 +600,23 @@ impl Store {
         let mut out = reply.encode_to_vec();
         self.put_events(&mut out, 3, picked, true);
         out
+    }
+}
+
+/// The reply to a write that failed with `result`; `current` is the stream's version.
+pub(crate) fn write_failed(
+    result: OperationResult,
+    current: i64,
+    message: &str,
+) -> WriteEventsCompleted {
+    WriteEventsCompleted {
+        result: result as i32,
+        message: Some(message.to_owned()),
+        first_event_number: INVALID,
+        last_event_number: INVALID,
+        prepare_position: None,
+        commit_position: None,
+        current_version: Some(current),
     }
 }
 

@@ -215,3 +215,107 @@ fn links_resolve_on_request() {
     assert!(dangling.event.is_none(), "a dangling link comes back alone");
     assert!(dangling.link.is_some());
 }
+
+#[test]
+fn hard_delete_takes_the_metadata_stream_with_it() {
+    let mut s = Store::default();
+    s.write("gone", ANY, vec![event(0)], 0);
+    set_metadata(&mut s, "gone", r#"{"owner": "x"}"#);
+    assert_eq!(
+        s.read_stream("$$gone", 0, 10, true, false).result,
+        ReadStreamResult::Success as i32
+    );
+    assert_eq!(
+        s.delete("gone", ANY, true, 0).0.result,
+        OperationResult::Success as i32
+    );
+    assert_eq!(
+        s.read_stream("$$gone", 0, 10, true, false).result,
+        ReadStreamResult::StreamDeleted as i32,
+        "the server deletes the metastream with the stream"
+    );
+    assert_eq!(
+        s.read_event("$$gone", -1, false).result,
+        ReadEventResult::StreamDeleted as i32
+    );
+    let (w, _) = s.write("$$gone", ANY, vec![event(1)], 0);
+    assert_eq!(w.result, OperationResult::StreamDeleted as i32);
+    // A stream that never had metadata: its metastream is deleted all the same.
+    s.write("bare", ANY, vec![event(2)], 0);
+    s.delete("bare", ANY, true, 0);
+    assert_eq!(
+        s.read_stream("$$bare", 0, 10, false, false).result,
+        ReadStreamResult::StreamDeleted as i32
+    );
+}
+
+#[test]
+fn no_event_sits_at_the_start_of_the_log() {
+    let mut s = Store::default();
+    s.write("a", ANY, vec![event(0), event(1)], 0);
+    let all = s.read_all(0, 10, true, false);
+    assert_eq!(all.events.len(), 2, "from 0/0 nothing is excluded");
+    let first = all.events[0].commit_position;
+    assert!(first > 0, "the log opens with an epoch record: {first}");
+    assert_eq!(all.events[0].prepare_position, first);
+    // A read from an event's own position includes it; from just after, it does not.
+    assert_eq!(s.read_all(first, 10, true, false).events.len(), 2);
+    assert_eq!(s.read_all(first + 1, 10, true, false).events.len(), 1);
+}
+
+#[test]
+fn all_reads_from_the_end_resolve_it() {
+    let mut s = Store::default();
+    s.write("a", ANY, (0..3).map(event).collect(), 0);
+    let end = s.end_position();
+    let back = s.read_all(-1, 2, false, false);
+    assert_eq!(
+        (back.commit_position, back.prepare_position),
+        (end, end),
+        "a backward read from End answers with the resolved end as its fromPosition"
+    );
+    assert_eq!(back.events.len(), 2);
+    let forward = s.read_all(-1, 10, true, false);
+    assert!(forward.events.is_empty(), "nothing after the end");
+    assert_eq!(
+        (forward.next_commit_position, forward.next_prepare_position),
+        (end, end),
+        "the next position of a forward read from End is the end of the log"
+    );
+    // What was written after such a read is what reading on from its next position sees.
+    s.write("a", ANY, vec![event(3)], 0);
+    let next = s.read_all(forward.next_commit_position, 10, true, false);
+    assert_eq!(next.events.len(), 1);
+    assert_eq!(
+        next.events[0].event.as_ref().unwrap().event_number,
+        3,
+        "a subscription from the end sees only what comes after"
+    );
+}
+
+#[test]
+fn backward_stream_reads_past_the_end_read_that_range() {
+    let mut s = Store::default();
+    s.write("a", ANY, (0..5).map(event).collect(), 0);
+    let far = s.read_stream("a", 100, 10, false, false);
+    assert_eq!(far.result, ReadStreamResult::Success as i32);
+    assert!(numbers(&far).is_empty(), "[91, 100] holds no event");
+    assert_eq!(
+        (
+            far.next_event_number,
+            far.last_event_number,
+            far.is_end_of_stream
+        ),
+        (4, 4, false),
+        "the next page starts at the last event"
+    );
+    let overlap = s.read_stream("a", 6, 4, false, false);
+    assert_eq!(numbers(&overlap), [4, 3], "[3, 6] holds 3 and 4");
+    assert_eq!(
+        (overlap.next_event_number, overlap.is_end_of_stream),
+        (2, false)
+    );
+    let rest = s.read_stream("a", overlap.next_event_number, 4, false, false);
+    assert_eq!(numbers(&rest), [2, 1, 0]);
+    assert!(rest.is_end_of_stream);
+}
