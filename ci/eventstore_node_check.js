@@ -132,6 +132,31 @@ async function main() {
   const committed = await tx.commit();
   check(committed.nextExpectedVersion.toNumber() === 1, `transaction committed: next expected ${committed.nextExpectedVersion}`);
 
+  // Access control: a stream only `reader` may read and write, only admins delete. The
+  // emulator runs with `--user reader:r3ad --user stranger:s7ranger`.
+  const guarded = `${stream}-acl`;
+  await connection.appendToStream(guarded, es.expectedVersion.noStream, [json(0)]);
+  await connection.setStreamMetadataRaw(guarded, es.expectedVersion.any, { $acl: { $r: 'reader', $w: 'reader', $d: '$admins' } });
+  const anonymous = es.createConnection({ log: { debug() {}, info() {}, error: console.error } }, { host, port: Number(port) }, 'node-anonymous');
+  await withTimeout(anonymous.connect(), 5000, 'anonymous connect');
+  const denied = async (what, attempt) => {
+    let error = null;
+    try { await attempt(); } catch (e) { error = e; }
+    check(error && /AccessDenied|Access denied/i.test(`${error.name} ${error.message}`), `${what} is refused with AccessDenied: ${error}`);
+  };
+  for (const [who, as] of [['anonymous', null], ['another user', new es.UserCredentials('stranger', 's7ranger')]]) {
+    await denied(`${who}: read`, () => anonymous.readStreamEventsForward(guarded, 0, 10, false, as));
+    await denied(`${who}: write`, () => anonymous.appendToStream(guarded, es.expectedVersion.any, [json(1)], as));
+    await denied(`${who}: delete`, () => anonymous.deleteStream(guarded, es.expectedVersion.any, false, as));
+  }
+  await denied('anonymous: read $all', () => anonymous.readAllEventsForward(es.positions.start, 10, false));
+  const reader = new es.UserCredentials('reader', 'r3ad');
+  await anonymous.appendToStream(guarded, 0, [json(1)], reader);
+  const permitted = await anonymous.readStreamEventsForward(guarded, 0, 10, false, reader);
+  check(permitted.events.length === 2, `the named user reads and writes: ${permitted.events.length} events`);
+  await denied('reader: delete', () => anonymous.deleteStream(guarded, es.expectedVersion.any, false, reader));
+  anonymous.close();
+
   // Delete.
   await connection.deleteStream(stream, 6, true);
   const gone = await connection.readStreamEventsForward(stream, 0, 10, false);

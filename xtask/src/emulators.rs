@@ -123,7 +123,16 @@ pub(crate) fn eventstore_node_check() -> Result<()> {
     let modules = node_modules()?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
-    let (_emulator, _url) = start(&["eventstore", "--listen", &listen])?;
+    // Two users besides admin, for the access-control checks.
+    let (_emulator, _url) = start(&[
+        "eventstore",
+        "--listen",
+        &listen,
+        "--user",
+        "reader:r3ad",
+        "--user",
+        "stranger:s7ranger",
+    ])?;
     run(Command::new("node")
         .env("NODE_PATH", &modules)
         .arg(root().join("ci").join("eventstore_node_check.js"))

@@ -1,57 +1,95 @@
 //! Run an emulator standalone: `headwaters-emulator pulsar --listen 127.0.0.1:8080 [--token T]`,
-//! `headwaters-emulator eventstore --listen 127.0.0.1:1113`, or a simulated three-node
-//! EventStore cluster on free ports: `headwaters-emulator eventstore-cluster [--gossip v20|v5]`.
+//! `headwaters-emulator eventstore --listen 127.0.0.1:1113 [--user NAME:PASSWORD[:GROUPS]]`,
+//! or a simulated three-node EventStore cluster on free ports:
+//! `headwaters-emulator eventstore-cluster [--gossip v20|v5]`. `--help` on each says more.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: headwaters-emulator pulsar [--listen 127.0.0.1:8080] [--token TOKEN]\n       headwaters-emulator eventstore [--listen 127.0.0.1:1113]\n       headwaters-emulator eventstore-cluster [--gossip v20|v5]";
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// In-process emulators of Apache Pulsar's WebSocket API and EventStoreDB's TCP API, for
+/// tests and local development. Each prints one line with its address when it is ready
+/// and runs until interrupted.
+#[derive(Debug, Parser)]
+#[command(name = "headwaters-emulator", version)]
+struct Cli {
+    #[command(subcommand)]
+    emulator: Emulator,
+}
+
+#[derive(Debug, Subcommand)]
+enum Emulator {
+    /// A Pulsar WebSocket API v2 server (producers, consumers, readers).
+    Pulsar {
+        /// Where to listen (the real server's web service port is 8080).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Require this bearer token (header or `token` query parameter).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// An EventStoreDB node speaking the legacy TCP protocol. Users `admin` (in `$admins`)
+    /// and `ops` (in `$ops`), both with password `changeit`, always exist.
+    Eventstore {
+        /// Where to listen (the real server's external TCP port is 1113).
+        #[arg(long, default_value = "127.0.0.1:1113")]
+        listen: SocketAddr,
+        /// Another user, as NAME:PASSWORD or NAME:PASSWORD:GROUP[,GROUP...] (e.g.
+        /// `auditor:s3cret:readers`, or `root:pw:$admins` for another admin); repeatable.
+        #[arg(long = "user", value_name = "NAME:PASSWORD[:GROUPS]", value_parser = parse_user)]
+        users: Vec<headwaters_testkit::eventstore::User>,
+    },
+    /// A simulated three-node EventStoreDB cluster with HTTP gossip, on free ports; node 0
+    /// is the leader. Prints the gossip seeds.
+    EventstoreCluster {
+        /// The gossip document's shape: v20 (Leader/Follower) or v5 (Master/Slave).
+        #[arg(long, value_enum, default_value_t = Gossip::V20)]
+        gossip: Gossip,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Gossip {
+    V20,
+    V5,
+}
+
+/// `NAME:PASSWORD[:GROUP,...]`.
+fn parse_user(spec: &str) -> Result<headwaters_testkit::eventstore::User, String> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(name), Some(password)) = (parts.next(), parts.next()) else {
+        return Err("expected NAME:PASSWORD[:GROUPS]".into());
+    };
+    if name.is_empty() || password.is_empty() {
+        return Err("the name and the password must not be empty".into());
+    }
+    let groups = parts
+        .next()
+        .map(|g| g.split(',').filter(|g| !g.is_empty()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    Ok(headwaters_testkit::eventstore::User::new(
+        name, password, groups,
+    ))
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args).await {
+    match run(Cli::parse().emulator).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("headwaters-emulator: {e}\n{USAGE}");
-            ExitCode::from(2)
+            eprintln!("headwaters-emulator: {e}");
+            ExitCode::from(1)
         }
     }
 }
 
-async fn run(args: &[String]) -> Result<(), String> {
-    let Some((which, rest)) = args.split_first() else {
-        return Err("which emulator?".into());
-    };
-    // The real servers' ports: Pulsar's web service 8080, EventStore's TCP API 1113.
-    let default = if which == "eventstore" {
-        "127.0.0.1:1113"
-    } else {
-        "127.0.0.1:8080"
-    };
-    let mut listen: SocketAddr = default.parse().expect("default address");
-    let mut token = None;
-    let mut gossip = None;
-    let mut it = rest.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--listen" => {
-                listen = value
-                    .parse()
-                    .map_err(|e| format!("--listen {value}: {e}"))?;
-            }
-            "--token" => token = Some(value.clone()),
-            "--gossip" => gossip = Some(value.clone()),
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    match which.as_str() {
-        #[cfg(feature = "pulsar")]
-        "pulsar" => {
+async fn run(emulator: Emulator) -> Result<(), String> {
+    match emulator {
+        Emulator::Pulsar { listen, token } => {
             use headwaters_testkit::pulsar::{EmulatorConfig, PulsarEmulator};
             let mut config = EmulatorConfig::default();
             if let Some(t) = token {
@@ -68,15 +106,12 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        #[cfg(feature = "eventstore")]
-        "eventstore" => {
+        Emulator::Eventstore { listen, users } => {
             use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator};
-            if token.is_some() {
-                return Err(
-                    "--token is for the pulsar emulator (EventStore uses admin / changeit)".into(),
-                );
-            }
-            let emulator = EventStoreEmulator::start_with(EventStoreConfig::default(), listen)
+            let config = users
+                .into_iter()
+                .fold(EventStoreConfig::default(), EventStoreConfig::with_account);
+            let emulator = EventStoreEmulator::start_with(config, listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             // Scripts wait for this line.
@@ -87,15 +122,13 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        #[cfg(feature = "eventstore")]
-        "eventstore-cluster" => {
+        Emulator::EventstoreCluster { gossip } => {
             use headwaters_testkit::eventstore::{
                 EventStoreCluster, EventStoreConfig, GossipFormat,
             };
-            let format = match gossip.as_deref() {
-                None | Some("v20") => GossipFormat::V20,
-                Some("v5") => GossipFormat::V5,
-                Some(other) => return Err(format!("--gossip {other}: v20 or v5")),
+            let format = match gossip {
+                Gossip::V20 => GossipFormat::V20,
+                Gossip::V5 => GossipFormat::V5,
             };
             let cluster = EventStoreCluster::start(EventStoreConfig::default(), format)
                 .await
@@ -117,8 +150,5 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        other => Err(format!(
-            "unknown emulator {other:?} (pulsar, eventstore or eventstore-cluster)"
-        )),
     }
 }

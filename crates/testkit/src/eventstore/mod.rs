@@ -441,6 +441,8 @@ where
     let interval = shared.config.heartbeat_interval;
     let timeout = shared.config.heartbeat_timeout;
     let mut received = false;
+    // The user an `Authenticate` established: requests without credentials act as it.
+    let mut session: Option<User> = None;
     let mut check: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut beats = 0u64;
@@ -471,7 +473,7 @@ where
                 check = None;
                 loop {
                     match parse(&mut buf) {
-                        Ok(Some(p)) => handle(&shared, conn, &tx, p),
+                        Ok(Some(p)) => handle(&shared, conn, &tx, &mut session, p),
                         Ok(None) => break,
                         Err(reason) => {
                             // Not framing: say why (connection-level BadRequest), then close.
@@ -539,13 +541,15 @@ fn failure_message(result: wire::OperationResult) -> &'static str {
 /// Credentials that match no user.
 struct NotAuthenticated;
 
-/// The user a request's credentials name (`None`: anonymous).
+/// The user a request's credentials name; without credentials, the connection's
+/// authenticated user, if any (`None`: anonymous).
 fn login<'a>(
     shared: &'a Shared,
     credentials: &Option<(String, String)>,
+    session: Option<&'a User>,
 ) -> Result<Option<&'a User>, NotAuthenticated> {
     let Some((login, password)) = credentials else {
-        return Ok(None);
+        return Ok(session);
     };
     shared
         .config
@@ -576,7 +580,13 @@ fn reply(shared: &Shared, tx: &mpsc::UnboundedSender<Vec<u8>>, bytes: Vec<u8>) {
     }
 }
 
-fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Package) {
+fn handle(
+    shared: &Shared,
+    conn: u64,
+    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    session: &mut Option<User>,
+    p: Package,
+) {
     let c = p.correlation;
     match p.command {
         0x01 => {
@@ -591,7 +601,11 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
             return;
         }
         0xF2 => {
-            let ok = matches!(login(shared, &p.credentials), Ok(Some(_)));
+            let user = login(shared, &p.credentials, None);
+            let ok = matches!(user, Ok(Some(_)));
+            if let Ok(Some(user)) = user {
+                *session = Some(user.clone());
+            }
             let _ = tx.send(if ok {
                 frame(0xF3, c, &[])
             } else if p.credentials.is_none() {
@@ -611,7 +625,7 @@ fn handle(shared: &Shared, conn: u64, tx: &mpsc::UnboundedSender<Vec<u8>>, p: Pa
         }
         _ => {}
     }
-    let Ok(user) = login(shared, &p.credentials) else {
+    let Ok(user) = login(shared, &p.credentials, session.as_ref()) else {
         reply(shared, tx, frame(0xF4, c, b"Not Authenticated"));
         return;
     };
