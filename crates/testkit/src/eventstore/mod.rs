@@ -1,10 +1,13 @@
 //! An in-memory EventStoreDB speaking the legacy TCP protocol as the servers do: framing
 //! (little-endian length, command, flags, correlation id, credentials), authentication
-//! (`Authenticate` and per-frame credentials), `IdentifyClient`, heartbeats both ways with
-//! the server's rule (a request after `heartbeat_interval` of silence, close after a further
-//! `heartbeat_timeout`), ping, appends with expected-version checks, transactions, reads of
-//! one event, of a stream forward and backward and of `$all` forward and backward (at most
-//! 4,096 per page), stream metadata (`$tb`, `$maxCount`, `$maxAge`), soft and hard deletes,
+//! (`Authenticate`, whose user stands for requests without credentials, and per-frame
+//! credentials), users in groups ([`User`]) and access control (stream `$acl`, the
+//! `$settings` defaults, `$all` and system streams for `$admins`), `IdentifyClient`,
+//! heartbeats both ways with the server's rule (a request after `heartbeat_interval` of
+//! silence, close after a further `heartbeat_timeout`), ping, appends with expected-version
+//! checks, transactions, reads of one event, of a stream forward and backward and of `$all`
+//! forward and backward (at most 4,096 per page), stream metadata (`$tb`, `$maxCount`,
+//! `$maxAge`), soft and hard deletes,
 //! link events, volatile subscriptions to a stream or `$all`, persistent subscription groups
 //! (retry, park, max retry count, message timeout), TLS (feature `tls`), `BadRequest` for
 //! unknown commands and malformed messages, and a simulated three-node cluster with HTTP
