@@ -74,6 +74,7 @@ mod batch;
 mod config;
 mod consumer;
 mod error;
+pub mod etf;
 mod link;
 mod producer;
 pub mod shard;

@@ -3,6 +3,7 @@
 
 mod batch_source;
 mod broker_restart;
+mod etf_vectors;
 mod failures;
 mod ordered;
 mod sac;
