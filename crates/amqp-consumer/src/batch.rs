@@ -64,12 +64,15 @@ impl Source for AmqpShardSource {
             consume_queue(config, &connection, index, "headwaters-batch").await?;
         // The stream owns the connection: it lives as long as the shard run.
         let connection = Arc::new(connection);
+        let wire = config.wire;
         Ok(consumer
             .map(move |delivery| {
                 let _keep_alive = &connection;
                 let delivery = delivery.map_err(|e| Error::Connection(e.to_string()))?;
                 let tag = delivery.delivery_tag;
-                let (key, message) = decode(delivery);
+                // A key that does not decode stays `None` (the record is still delivered).
+                let (key, message) = decode(delivery, wire);
+                let key = key.ok();
                 Ok(SourceEvent::Record(SourceRecord {
                     position: tag,
                     sub: None,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::Error;
+use crate::{Error, WireFormat};
 
 /// Where the broker is and how the shard queues look.
 #[derive(Clone)]
@@ -44,6 +44,9 @@ pub struct AmqpConfig {
     pub ack_interval: Duration,
     /// TLS settings for `amqps://` URLs.
     pub tls: TlsConfig,
+    /// How keys are written and routed: Headwaters' own format (default) or Elixir
+    /// Mississippi's, to share queues with its producers and consumers.
+    pub wire: WireFormat,
 }
 
 /// TLS for `amqps://` (rustls): the server is verified against the system roots, plus
@@ -92,6 +95,7 @@ impl Default for AmqpConfig {
             publish_wait: Duration::ZERO,
             ack_interval: Duration::from_millis(5),
             tls: TlsConfig::default(),
+            wire: WireFormat::Native,
         }
     }
 }
@@ -108,6 +112,7 @@ impl fmt::Debug for AmqpConfig {
             .field("single_active_consumer", &self.single_active_consumer)
             .field("dead_letter_exchange", &self.dead_letter_exchange)
             .field("tls", &self.tls)
+            .field("wire", &self.wire)
             .finish_non_exhaustive()
     }
 }
@@ -213,7 +218,24 @@ impl AmqpConfig {
         self
     }
 
+    /// Write and route keys as `wire` says (see [`WireFormat`]).
+    pub fn with_wire(mut self, wire: WireFormat) -> Self {
+        self.wire = wire;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.wire == WireFormat::Mississippi
+            && (self.single_active_consumer || self.dead_letter_exchange.is_some())
+        {
+            return Err(Error::Config(
+                "the Mississippi wire format declares plain durable queues, as Elixir Mississippi does: \
+                 x-single-active-consumer or x-dead-letter-exchange would make queue.declare fail on \
+                 queues Mississippi created (PRECONDITION_FAILED). Set a dead-letter exchange with a \
+                 broker policy instead (rabbitmqctl set_policy), and split queues with `range`"
+                    .into(),
+            ));
+        }
         if self.tls.client_cert_pem.is_some() != self.tls.client_key_pem.is_some() {
             return Err(Error::Config(
                 "a client certificate needs its key, and a key its certificate".into(),
@@ -278,6 +300,10 @@ mod tests {
     fn bad_config_is_rejected_with_a_reason() {
         let bad = AmqpConfig::default().with_total_count(4).with_range(2..9);
         assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("range")));
+        let bad = AmqpConfig::default()
+            .with_wire(WireFormat::Mississippi)
+            .with_dead_letter_exchange("dlx");
+        assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("policy")));
         let bad = AmqpConfig::new("http://x");
         assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("amqp://")));
     }

@@ -19,12 +19,12 @@ use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::Error;
 use crate::acks::{AckOp, AckWindow};
 use crate::config::{AmqpConfig, target};
 use crate::link::{connect, declare};
 use crate::producer::SHARDING_KEY_HEADER;
 use crate::shard::queue_name;
+use crate::{Error, WireFormat};
 use headwaters_ordering_core::Backoff;
 
 /// Settles one delivery through its channel's ack coalescer.
@@ -271,6 +271,7 @@ async fn consume_range<H: Handler>(
             link.epoch,
             dispatcher,
             counters,
+            config.wire,
         ));
     }
     Ok(())
@@ -430,15 +431,17 @@ async fn read_queue<H: Handler>(
     epoch: Epoch,
     dispatcher: Dispatcher<H, AmqpSettle>,
     counters: Arc<Counters>,
+    wire: WireFormat,
 ) -> Result<(), Error> {
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.map_err(|e| Error::Connection(e.to_string()))?;
         counters.deliveries.fetch_add(1, Relaxed);
         let tag = delivery.delivery_tag;
-        let (key, message) = decode(delivery);
-        let Some(key) = key else {
+        let (key, message) = decode(delivery, wire);
+        let Ok(key) = key else {
             counters.invalid.fetch_add(1, Relaxed);
-            tracing::warn!(tag, message_id = %message.message_id, "delivery without a usable `sharding_key` header: rejected without requeue");
+            let reason = key.err().map(|e| e.to_string()).unwrap_or_default();
+            tracing::warn!(tag, message_id = %message.message_id, %reason, "delivery without a usable `sharding_key` header: rejected without requeue");
             acks.settle(tag, Settlement::Reject { requeue: false });
             continue;
         };
@@ -459,20 +462,33 @@ async fn read_queue<H: Handler>(
     ))
 }
 
-/// A delivery's sharding key (if it has a usable one) and message. A redelivery carries the
-/// header `redelivered = true`.
-pub(crate) fn decode(delivery: lapin::message::Delivery) -> (Option<Key>, Message) {
+/// Why a delivery has no usable sharding key.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error("no `sharding_key` header, or not a string")]
+    Missing,
+    #[error("the `sharding_key` header is not an Erlang term: {0}")]
+    NotATerm(#[from] crate::etf::EtfError),
+}
+
+/// A delivery's sharding key (read as `wire` writes it) and message. A redelivery carries
+/// the header `redelivered = true`.
+pub(crate) fn decode(
+    delivery: lapin::message::Delivery,
+    wire: WireFormat,
+) -> (Result<Key, KeyError>, Message) {
     let props = &delivery.properties;
     let mut headers = Headers::new();
-    let mut key = None;
+    let mut key = Err(KeyError::Missing);
     if let Some(table) = props.headers() {
         for (name, value) in table.inner() {
             if name.as_str() == SHARDING_KEY_HEADER {
-                key = match value {
-                    AMQPValue::LongString(s) => Some(Key::new(s.as_bytes().to_vec())),
-                    AMQPValue::ShortString(s) => Some(Key::new(s.as_str().as_bytes().to_vec())),
+                let bytes = match value {
+                    AMQPValue::LongString(s) => Some(s.as_bytes()),
+                    AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
                     _ => None,
                 };
+                key = bytes.map_or(Err(KeyError::Missing), |b| Ok(wire.key_of(b)?));
                 continue;
             }
             if let Some(v) = header_value(value) {

@@ -62,6 +62,9 @@ pub enum Error {
     /// The broker refused the message (publisher confirm `nack`).
     #[error("the broker nacked the message; it was not stored")]
     Nacked,
+    /// The sharding key cannot be written as an Erlang term (Mississippi wire format).
+    #[error("the sharding key cannot be written as an Erlang term: {0}")]
+    InvalidKey(#[source] crate::etf::EtfError),
     /// The connection or channel failed.
     #[error("AMQP connection error: {0}")]
     Connection(String),

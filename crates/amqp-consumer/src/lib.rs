@@ -78,6 +78,7 @@ pub mod etf;
 mod link;
 mod producer;
 pub mod shard;
+mod wire;
 
 #[cfg(feature = "batch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
@@ -86,3 +87,4 @@ pub use config::{AmqpConfig, TlsConfig};
 pub use consumer::{AmqpSettle, Consumer, ConsumerStats};
 pub use error::Error;
 pub use producer::{Producer, PublishOptions, SHARDING_KEY_HEADER};
+pub use wire::WireFormat;

@@ -11,11 +11,14 @@ use tokio::sync::{Mutex, watch};
 
 use crate::Error;
 use crate::config::AmqpConfig;
+use crate::etf::Term;
 use crate::link::{connect, declare};
-use crate::shard::{queue_name, shard_index};
+use crate::shard::queue_name;
+use crate::wire::Routed;
 use headwaters_ordering_core::Backoff;
 
-/// The header that carries the sharding key (its bytes, as a long string).
+/// The header that carries the sharding key, as a long string: its bytes, or in the
+/// Mississippi wire format `term_to_binary` of its term.
 pub const SHARDING_KEY_HEADER: &str = "sharding_key";
 
 /// What to publish besides the payload (Mississippi's `publish_opts`).
@@ -23,6 +26,9 @@ pub const SHARDING_KEY_HEADER: &str = "sharding_key";
 pub struct PublishOptions {
     /// Selects the shard queue; consumers process messages of one key in order.
     pub sharding_key: Key,
+    /// The key as an Erlang term (see [`PublishOptions::term`]); when set it is what is
+    /// sent and hashed.
+    pub sharding_term: Option<Term>,
     /// Extra headers.
     pub headers: Headers,
     /// Defaults to a fresh UUIDv4.
@@ -36,9 +42,26 @@ impl PublishOptions {
     pub fn key(sharding_key: impl Into<Key>) -> Self {
         Self {
             sharding_key: sharding_key.into(),
+            sharding_term: None,
             headers: Headers::new(),
             message_id: None,
             timestamp: None,
+        }
+    }
+
+    /// Options with an Erlang term as the sharding key — what Elixir Mississippi producers
+    /// send: `(Term::atom("user"), 42)`, `"user-1"` (a binary), an integer… In the
+    /// [`Mississippi`](crate::WireFormat::Mississippi) wire format the header is
+    /// `term_to_binary(term)` and the queue `phash2(term, total_count)`; in the native
+    /// format the header is the term's canonical encoding.
+    pub fn term(term: impl Into<Term>) -> Self {
+        let term = term.into();
+        // The ordering key a consumer in either format derives (empty if the term cannot
+        // be encoded: `publish` then fails with `Error::InvalidKey`).
+        let key = term.to_canonical_etf().unwrap_or_default();
+        Self {
+            sharding_term: Some(term),
+            ..Self::key(key)
         }
     }
 
@@ -96,19 +119,39 @@ impl Producer {
         })
     }
 
-    /// The queue a key goes to.
+    /// The queue a key's bytes go to (in the Mississippi wire format: as an Erlang binary).
     pub fn queue_for(&self, key: &Key) -> String {
+        self.route(&PublishOptions::key(key.clone()))
+            .map_or_else(|_| String::new(), |(_, queue)| queue)
+    }
+
+    /// The queue a term key goes to.
+    pub fn queue_for_term(&self, term: &Term) -> Result<String, Error> {
+        self.route(&PublishOptions::term(term.clone()))
+            .map(|(_, queue)| queue)
+    }
+
+    /// The header bytes and queue of a publish, per the wire format.
+    fn route(&self, options: &PublishOptions) -> Result<(Vec<u8>, String), Error> {
         let c = &self.inner.config;
-        queue_name(&c.prefix, shard_index(key.as_bytes(), c.total_count))
+        let Routed { header, index } = c
+            .wire
+            .route(
+                &options.sharding_key,
+                options.sharding_term.as_ref(),
+                c.total_count,
+            )
+            .map_err(Error::InvalidKey)?;
+        Ok((header, queue_name(&c.prefix, index)))
     }
 
     /// Publish and wait for the broker's confirm.
     pub async fn publish(&self, payload: &[u8], options: PublishOptions) -> Result<(), Error> {
-        let channel = self.channel().await?;
-        let c = &self.inner.config;
         // The default exchange routes by queue name, and a named exchange has every queue
         // bound under its own name: either way the routing key is the shard queue's name.
-        let routing_key = self.queue_for(&options.sharding_key);
+        let (header, routing_key) = self.route(&options)?;
+        let channel = self.channel().await?;
+        let c = &self.inner.config;
         let confirm = channel
             .basic_publish(
                 c.exchange.as_str().into(),
@@ -118,7 +161,7 @@ impl Producer {
                     ..BasicPublishOptions::default()
                 },
                 payload,
-                properties(options),
+                properties(options, header),
             )
             .await;
         let confirmation = match confirm {
@@ -224,7 +267,9 @@ async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), Error> {
     Ok((conn, channel))
 }
 
-fn properties(options: PublishOptions) -> BasicProperties {
+/// The message's properties: headers (the sharding key's `header` among them), message id,
+/// timestamp in whole seconds (as Mississippi sends it), persistent.
+fn properties(options: PublishOptions, header: Vec<u8>) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in options.headers.iter() {
         let v = match value {
@@ -239,7 +284,7 @@ fn properties(options: PublishOptions) -> BasicProperties {
     }
     headers.insert(
         ShortString::from(SHARDING_KEY_HEADER),
-        AMQPValue::LongString(LongString::from(options.sharding_key.as_bytes())),
+        AMQPValue::LongString(LongString::from(header)),
     );
     let id = options
         .message_id
