@@ -56,7 +56,8 @@ usage: cargo xtask <command>
   integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL), run the server tests,
                  check the emulators with third-party clients (Python websockets, node-eventstore-client),
                  smoke-run the benchmarks
-  bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp | pulsar | pulsar_codec | eventstore (default: all);
+  bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp | mississippi | pulsar | pulsar_codec | eventstore
+                 (default: all);
                  ARGS go to criterion (e.g. a filter, --measurement-time 3)
   codegen [--check]  regenerate the prost code from proto/ (or check it is up to date)
   fuzz [SECONDS] run every fuzz target for SECONDS each (default 60; installs cargo-fuzz if missing)
@@ -181,11 +182,12 @@ fn with_node_client(cmd: &mut Command) {
 }
 
 /// The bench targets of `benches/`.
-const BENCHES: [&str; 7] = [
+const BENCHES: [&str; 8] = [
     "ordering",
     "status",
     "flusher",
     "amqp",
+    "mississippi",
     "pulsar",
     "pulsar_codec",
     "eventstore",
@@ -218,10 +220,11 @@ fn bench(args: &[String]) -> Result<()> {
 }
 
 /// The targets under `fuzz/fuzz_targets`.
-const FUZZ_TARGETS: [&str; 3] = [
+const FUZZ_TARGETS: [&str; 4] = [
     "pulsar_ws_frames",
     "eventstore_frames",
     "eventstore_messages",
+    "etf_terms",
 ];
 
 fn fuzz(args: &[String]) -> Result<()> {

@@ -2,7 +2,8 @@
 //! order per key.
 //!
 //! A [`Producer`] publishes each message to shard queue `prefix + hash(key) mod total_count`
-//! (FNV-1a over the key's bytes, see [`shard`]) with publisher confirms and `mandatory`:
+//! (FNV-1a over the key's bytes, see [`shard`]; or, in Elixir Mississippi's
+//! [`WireFormat`], `phash2` over the key's Erlang term) with publisher confirms and `mandatory`:
 //! `publish` succeeds only when the broker stored the message. A [`Consumer`] consumes the
 //! shard queues of its range, one channel each, and runs an ordering-core
 //! [`Handler`](headwaters_ordering_core::Handler) over them: per key in order, one message in
@@ -14,9 +15,12 @@
 //! is rejected, not acked, a stopping handler does not orphan its key's queue, and deliveries
 //! of a dead channel are never acked with stale tags.
 //!
-//! What it does not do: speak Mississippi's Erlang wire format (the key header holds the key's
-//! bytes, not `term_to_binary`, and the hash is not `phash2`), or retry publishes for you
-//! (a failed publish is an error to handle; retrying may duplicate).
+//! It runs beside Elixir Mississippi on the same queues when both sides of the Rust fleet use
+//! [`WireFormat::Mississippi`]: keys are Erlang terms ([`etf`]), written with
+//! `term_to_binary` and routed with `phash2`, exactly as Mississippi does.
+//!
+//! What it does not do: retry publishes for you (a failed publish is an error to handle;
+//! retrying may duplicate).
 //!
 //! # Layout
 //!
@@ -24,7 +28,9 @@
 //! * [`Producer`], [`PublishOptions`] — publishing.
 //! * [`Consumer`] — ordered consumption, reconnection, graceful shutdown.
 //! * [`acks`] — [`AckWindow`](acks::AckWindow), the IO-free ack coalescer.
-//! * [`shard`] — the key → queue function.
+//! * [`shard`] — the key → queue function of the native format.
+//! * [`WireFormat`] — native or Mississippi keys; [`etf`] — Erlang terms (External Term
+//!   Format codec, canonical keys, `phash2`), IO-free.
 //! * [`Error`] — typed errors carrying the broker's reason.
 //! * `AmqpShardSource` (feature `batch`) — a shard queue as a `headwaters-batch-flusher`
 //!   source, acked only for flushed records.

@@ -2,8 +2,8 @@
 
 /// The shard of `key` among `total` queues: FNV-1a (64-bit) of the key's bytes, modulo
 /// `total`. Stable across versions and platforms, so producers and consumers built from
-/// different releases agree. (Mississippi hashes the Erlang term with `phash2`; queues shared
-/// with Elixir producers would need that function instead.)
+/// different releases agree. (Mississippi hashes the key's Erlang term with `phash2`:
+/// [`WireFormat::Mississippi`](crate::WireFormat::Mississippi) does that instead.)
 pub fn shard_index(key: &[u8], total: u32) -> u32 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;

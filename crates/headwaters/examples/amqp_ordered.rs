@@ -1,7 +1,10 @@
 //! Publish messages over many keys to RabbitMQ and consume them in order per key.
 //!
 //! Needs a broker: `AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p headwaters
-//! --example amqp_ordered -- [messages] [keys]`. Prints throughput and checks the order.
+//! --example amqp_ordered -- [messages] [keys] [--wire mississippi]`. Prints throughput and
+//! checks the order. With `--wire mississippi` it speaks Elixir Mississippi's wire format:
+//! keys are Erlang terms (here `{order, N}`), queues are chosen by `phash2`, and an Elixir
+//! Mississippi consumer on the same queues would process the same messages.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::future::join_all;
-use headwaters::amqp::{AmqpConfig, Consumer, Producer, PublishOptions};
+use headwaters::amqp::etf::Term;
+use headwaters::amqp::{AmqpConfig, Consumer, Producer, PublishOptions, WireFormat};
 use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
 
 /// Checks that each key's sequence numbers arrive in order.
@@ -52,15 +56,27 @@ impl Handler for CheckOrder {
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("AMQP_URL")
         .context("set AMQP_URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f")?;
+    let mut wire = WireFormat::Native;
+    let mut numbers = Vec::new();
     let mut args = std::env::args().skip(1);
-    let messages: u64 = args
-        .next()
-        .map_or(Ok(20_000), |a| a.parse())
-        .context("messages")?;
-    let keys: u64 = args.next().map_or(Ok(100), |a| a.parse()).context("keys")?;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--wire" => {
+                wire = match args.next().as_deref() {
+                    Some("mississippi") => WireFormat::Mississippi,
+                    Some("native") => WireFormat::Native,
+                    other => bail!("--wire {other:?}: native or mississippi"),
+                }
+            }
+            _ => numbers.push(arg.parse::<u64>().with_context(|| format!("{arg:?}"))?),
+        }
+    }
+    let messages = numbers.first().copied().unwrap_or(20_000);
+    let keys = numbers.get(1).copied().unwrap_or(100);
     let config = AmqpConfig::new(url)
         .with_prefix(format!("hw_example_{}_", std::process::id()))
-        .with_total_count(8);
+        .with_total_count(8)
+        .with_wire(wire);
     let processed = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
     let handler = CheckOrder {
@@ -74,11 +90,13 @@ async fn main() -> anyhow::Result<()> {
     for seq in 0..messages / keys {
         let sends = (0..keys).map(|key| {
             let producer = producer.clone();
-            async move {
-                producer
-                    .publish(seq.to_string().as_bytes(), PublishOptions::key(key))
-                    .await
-            }
+            // Mississippi keys are Erlang terms, as an Elixir producer would send them.
+            let options = if wire == WireFormat::Mississippi {
+                PublishOptions::term((Term::atom("order"), key))
+            } else {
+                PublishOptions::key(key)
+            };
+            async move { producer.publish(seq.to_string().as_bytes(), options).await }
         });
         for result in join_all(sends).await {
             result?;

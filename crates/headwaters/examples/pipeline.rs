@@ -7,7 +7,8 @@
 //! EventStore (both embedded emulators) through the batch processor, in appends of up to
 //! 1,000 events, acked at Pulsar only once written, and checks every event arrived. With
 //! `AMQP_URL` set, a last stage sends the stream through RabbitMQ (the Headwaters producer
-//! and ordered consumer).
+//! and ordered consumer); `--wire mississippi` runs it in Elixir Mississippi's wire format
+//! (keys as Erlang terms, queues by `phash2`).
 //!
 //! Run it with `cargo xtask demo` (or `cargo run --release -p headwaters --example pipeline --
 //! --messages 1000000 --keys 10000`). Exits non-zero if any per-key order violation or lost
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use headwaters::amqp::WireFormat;
 use headwaters::ordering::{
     Config, Delivery, Dispatcher, Epoch, Handler, Key, Message, Outcome, RetryPolicy, Settle,
     Settlement, Timestamp,
@@ -43,6 +45,8 @@ struct Args {
     messages: u64,
     keys: u64,
     db: Option<PathBuf>,
+    /// The AMQP stage's wire format.
+    wire: WireFormat,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -50,6 +54,7 @@ fn args() -> anyhow::Result<Args> {
         messages: 1_000_000,
         keys: 10_000,
         db: None,
+        wire: WireFormat::Native,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,8 +63,17 @@ fn args() -> anyhow::Result<Args> {
             "--messages" => args.messages = value()?.parse().context("--messages")?,
             "--keys" => args.keys = value()?.parse().context("--keys")?,
             "--db" => args.db = Some(value()?.into()),
+            "--wire" => {
+                args.wire = match value()?.as_str() {
+                    "native" => WireFormat::Native,
+                    "mississippi" => WireFormat::Mississippi,
+                    other => bail!("--wire {other:?}: native or mississippi"),
+                }
+            }
             "-h" | "--help" => {
-                println!("pipeline [--messages N] [--keys K] [--db status.sqlite]");
+                println!(
+                    "pipeline [--messages N] [--keys K] [--db status.sqlite] [--wire native|mississippi]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}; try --help"),
@@ -79,6 +93,23 @@ struct OrderChecker {
     /// Counted, not violations, when the producer may resend (at-least-once): a message
     /// already processed arriving again without a redelivery flag.
     duplicates: Option<Arc<AtomicU64>>,
+    /// The process-status entity of a key.
+    entity: fn(&Key) -> String,
+}
+
+/// A key's bytes as its entity name.
+fn key_text(key: &Key) -> String {
+    key.to_string()
+}
+
+/// A Mississippi key (an Erlang term): a binary's text, else the term.
+fn term_text(key: &Key) -> String {
+    use headwaters::amqp::etf::{self, Term};
+    match etf::decode(key.as_bytes()) {
+        Ok(Term::Binary(text)) => String::from_utf8_lossy(&text).into_owned(),
+        Ok(term) => format!("{term:?}"),
+        Err(_) => key.to_string(),
+    }
 }
 
 #[derive(Debug)]
@@ -108,7 +139,7 @@ impl Handler for OrderChecker {
 
     async fn init(&self, key: &Key) -> Result<Self::State, InjectedFailure> {
         // A fresh handler resumes from the process status: it is the key's checkpoint.
-        let entity = key.to_string();
+        let entity = (self.entity)(key);
         let last = self
             .status
             .last_processed(&entity)
@@ -263,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
         violations: Arc::clone(&violations),
         failed_once: Mutex::new(HashSet::new()),
         duplicates: None,
+        entity: key_text,
     };
     let config = Config::default().with_retry(RetryPolicy {
         backoff_base: Duration::from_millis(1),
@@ -365,7 +397,16 @@ async fn main() -> anyhow::Result<()> {
     pulsar_stage(args.messages.min(50_000), args.keys.min(1_000), &db).await?;
     flusher_stage(args.messages.min(40_000)).await?;
     match std::env::var("AMQP_URL") {
-        Ok(url) => amqp_stage(&url, args.messages.min(50_000), args.keys.min(1_000), &db).await?,
+        Ok(url) => {
+            amqp_stage(
+                &url,
+                args.messages.min(50_000),
+                args.keys.min(1_000),
+                &db,
+                args.wire,
+            )
+            .await?
+        }
         Err(_) => println!(
             "amqp stage:        skipped (set AMQP_URL to run the same check through RabbitMQ)"
         ),
@@ -381,11 +422,13 @@ async fn amqp_stage(
     messages: u64,
     keys: u64,
     db: &std::path::Path,
+    wire: WireFormat,
 ) -> anyhow::Result<()> {
     use headwaters::amqp::{AmqpConfig, Consumer, Producer, PublishOptions};
     let config = AmqpConfig::new(url)
         .with_prefix(format!("hw_demo_{}_", std::process::id()))
-        .with_total_count(16);
+        .with_total_count(16)
+        .with_wire(wire);
     let status = ProcessStatus::open(SqliteStore::open(db).await?, WriteBehind::default()).await?;
     let violations = Arc::new(AtomicU64::new(0));
     let checker = OrderChecker {
@@ -393,6 +436,11 @@ async fn amqp_stage(
         violations: Arc::clone(&violations),
         failed_once: Mutex::new(HashSet::new()),
         duplicates: None,
+        entity: if wire == WireFormat::Mississippi {
+            term_text
+        } else {
+            key_text
+        },
     };
     let consumer = Consumer::start(config.clone(), checker, Config::default()).await?;
     let producer = Producer::connect(config).await?;
@@ -430,7 +478,7 @@ async fn amqp_stage(
     status.close().await?;
     let violations = violations.load(Relaxed);
     println!(
-        "amqp stage:        {total} messages over {keys} keys through RabbitMQ in {elapsed:.2?} ({:.0} msgs/s published, confirmed and consumed); order violations: {violations}",
+        "amqp stage:        {total} messages over {keys} keys through RabbitMQ ({wire:?} wire format) in {elapsed:.2?} ({:.0} msgs/s published, confirmed and consumed); order violations: {violations}",
         total as f64 / elapsed.as_secs_f64()
     );
     if violations > 0 {
@@ -475,6 +523,7 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
             violations: Arc::clone(&violations),
             failed_once: Mutex::new(HashSet::new()),
             duplicates: Some(Arc::clone(&duplicates)),
+            entity: key_text,
         };
         runs.push(tokio::spawn(run_ordered(
             consumer,
