@@ -52,8 +52,12 @@ impl Backoff {
         self.seed ^= self.seed << 17;
         self.failures = self.failures.saturating_add(1);
         let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base * ((self.seed % 500) as u32 + 500) / 1000
+        self.next = self.next.saturating_mul(2).min(self.max);
+        // 50–100 % of the step; for steps too large to multiply, divide first (the error,
+        // under a thousandth, does not matter there).
+        let per_mille = (self.seed % 500) as u32 + 500;
+        base.checked_mul(per_mille)
+            .map_or_else(|| base / 1000 * per_mille, |d| d / 1000)
     }
 
     /// Failures since the last reset.
@@ -61,9 +65,60 @@ impl Backoff {
         self.failures
     }
 
+    /// Whether the failure just counted deserves a warning: the first, then every 30th, so
+    /// that a long outage says it is still going on without a line per attempt.
+    pub fn worth_reporting(&self) -> bool {
+        self.failures == 1 || self.failures.is_multiple_of(30)
+    }
+
     /// Back to the first delay (after a success).
     pub fn reset(&mut self) {
         self.next = self.min;
         self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_durations_saturate_instead_of_panicking() {
+        let mut b = Backoff::new(Duration::MAX / 3, Duration::MAX);
+        for _ in 0..70 {
+            let delay = b.step();
+            assert!(delay >= Duration::MAX / 6 - Duration::from_secs(1));
+        }
+        let mut b = Backoff::new(Duration::from_secs(u64::MAX / 2), Duration::MAX);
+        assert!(b.step() >= Duration::from_secs(u64::MAX / 4));
+        assert!(b.step() <= Duration::MAX);
+        assert_eq!(b.failures(), 2);
+    }
+
+    #[test]
+    fn a_long_outage_is_reported_now_and_then() {
+        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(1));
+        let reported: Vec<u32> = (1..=100)
+            .filter(|_| {
+                b.step();
+                b.worth_reporting()
+            })
+            .collect();
+        assert_eq!(reported, [1, 30, 60, 90]);
+    }
+
+    #[test]
+    fn steps_double_up_to_the_cap_with_jitter() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(800));
+        let mut b = Backoff::new(min, max);
+        let caps = [100, 200, 400, 800, 800, 800];
+        for cap in caps {
+            let cap = Duration::from_millis(cap);
+            let delay = b.step();
+            assert!(
+                delay >= cap / 2 && delay <= cap,
+                "{delay:?} for a {cap:?} step"
+            );
+        }
     }
 }
