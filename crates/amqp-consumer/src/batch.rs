@@ -10,7 +10,7 @@ use headwaters_ordering_core::{Key, Message};
 use crate::Error;
 use crate::config::AmqpConfig;
 use crate::consumer::{AmqpSettle, QueueConsumer, consume_queue, decode};
-use crate::link::connect;
+use crate::link::{bounded, connect};
 
 /// One delivery of a shard queue, for a flusher.
 #[derive(Debug)]
@@ -61,7 +61,10 @@ impl Source for AmqpShardSource {
             })?;
         let connection = connect(config).await?;
         let QueueConsumer { consumer, acks, .. } =
-            consume_queue(config, &connection, index, "headwaters-batch").await?;
+            bounded(config, "setting up the shard queue", async {
+                consume_queue(config, &connection, index, "headwaters-batch").await
+            })
+            .await?;
         // The stream owns the connection: it lives as long as the shard run.
         let connection = Arc::new(connection);
         let wire = config.wire;

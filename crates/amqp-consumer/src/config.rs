@@ -35,8 +35,14 @@ pub struct AmqpConfig {
     pub dead_letter_exchange: Option<String>,
     /// Reconnect backoff: first delay (with jitter), doubled up to `reconnect_max`.
     pub reconnect_min: Duration,
-    /// Reconnect backoff cap.
+    /// Reconnect backoff cap. Default 1 s: during a long outage attempts stay cheap (one a
+    /// second), and once the broker is back the consumer resumes within about a second.
     pub reconnect_max: Duration,
+    /// The longest a connection attempt may take — TCP, TLS and the AMQP handshake, then
+    /// opening the channels and declaring the queues — before it counts as failed and the
+    /// next attempt follows the backoff. Default 10 s. An endpoint that accepts and then says
+    /// nothing (a stalled proxy or load balancer) is a failed attempt, never a hang.
+    pub connect_timeout: Duration,
     /// While reconnecting, `publish` waits up to this long for the link before failing with
     /// [`Error::Reconnecting`]. Default: zero (fail at once, like Mississippi).
     pub publish_wait: Duration,
@@ -91,7 +97,8 @@ impl Default for AmqpConfig {
             single_active_consumer: false,
             dead_letter_exchange: None,
             reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(10),
+            reconnect_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(10),
             publish_wait: Duration::ZERO,
             ack_interval: Duration::from_millis(5),
             tls: TlsConfig::default(),
@@ -195,6 +202,12 @@ impl AmqpConfig {
         self
     }
 
+    /// Bound every connection attempt (see [`AmqpConfig::connect_timeout`]).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Let `publish` wait this long for a reconnect.
     pub fn with_publish_wait(mut self, wait: Duration) -> Self {
         self.publish_wait = wait;
@@ -249,6 +262,11 @@ impl AmqpConfig {
                 "range {:?} must be a non-empty part of 0..{}",
                 self.range, self.total_count
             )));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::Config(
+                "connect_timeout must be above zero (it bounds every connection attempt)".into(),
+            ));
         }
         if self.prefetch == 0 {
             return Err(Error::Config(

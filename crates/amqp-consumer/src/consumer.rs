@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::acks::{AckOp, AckWindow};
 use crate::config::{AmqpConfig, target};
-use crate::link::{connect, declare};
+use crate::link::{bounded, connect, declare};
 use crate::producer::SHARDING_KEY_HEADER;
 use crate::shard::queue_name;
 use crate::{Error, WireFormat};
@@ -245,7 +245,8 @@ async fn establish<H: Handler>(
         coalescers: Vec::new(),
         consumers: Vec::new(),
     };
-    if let Err(e) = consume_range(config, &mut link, dispatcher, counters).await {
+    let setup = consume_range(config, &mut link, dispatcher, counters);
+    if let Err(e) = bounded(config, "setting up the shard queues", setup).await {
         dispatcher.epoch_lost(epoch);
         return Err(e);
     }
@@ -345,7 +346,11 @@ async fn supervise<H: Handler>(
                 Ok(link) => link,
                 Err(e) => {
                     let delay = backoff.step();
-                    tracing::warn!(error = %e, ?delay, "consumer reconnect failed");
+                    if backoff.worth_reporting() {
+                        tracing::warn!(error = %e, ?delay, attempts = backoff.failures(), "consumer reconnect failed");
+                    } else {
+                        tracing::debug!(error = %e, ?delay, "consumer reconnect failed");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue,
                         _ = phase.wait_for(|p| *p != Phase::Running) => return,

@@ -9,7 +9,28 @@ use crate::Error;
 use crate::config::{AmqpConfig, target};
 use crate::shard::queue_name;
 
-/// Open a connection (TLS per [`AmqpConfig::tls`] for `amqps://`).
+/// Run `step` of establishing a link within [`AmqpConfig::connect_timeout`]: an endpoint
+/// that accepts and then says nothing fails the attempt instead of hanging it.
+pub(crate) async fn bounded<T>(
+    config: &AmqpConfig,
+    what: &str,
+    step: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(config.connect_timeout, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unreachable {
+                target: target(&config.url),
+                reason: format!(
+                    "{what} did not finish within {:?} (the endpoint accepted the connection but did not answer)",
+                    config.connect_timeout
+                ),
+            })
+        })
+}
+
+/// Open a connection (TLS per [`AmqpConfig::tls`] for `amqps://`), within the connect
+/// timeout.
 pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, Error> {
     let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
     let tls = &config.tls;
@@ -25,9 +46,12 @@ pub(crate) async fn connect(config: &AmqpConfig) -> Result<Connection, Error> {
         cert_chain: tls.ca_pem.clone(),
     };
     let runtime = lapin::runtime::default_runtime().map_err(err)?;
-    Connection::connect_with_config(&config.url, ConnectionProperties::default(), tls, runtime)
-        .await
-        .map_err(err)
+    let handshake =
+        Connection::connect_with_config(&config.url, ConnectionProperties::default(), tls, runtime);
+    bounded(config, "the AMQP handshake", async {
+        handshake.await.map_err(err)
+    })
+    .await
 }
 
 /// Declare the exchange (if named), the queues of `indices` and their bindings.

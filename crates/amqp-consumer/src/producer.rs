@@ -1,6 +1,7 @@
 //! [`Producer`]: publish to the shard queue of a key, with publisher confirms and `mandatory`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use headwaters_ordering_core::{HeaderValue, Headers, Key, Timestamp};
@@ -12,7 +13,7 @@ use tokio::sync::{Mutex, watch};
 use crate::Error;
 use crate::config::AmqpConfig;
 use crate::etf::Term;
-use crate::link::{connect, declare};
+use crate::link::{bounded, connect, declare};
 use crate::shard::queue_name;
 use crate::wire::Routed;
 use headwaters_ordering_core::Backoff;
@@ -103,6 +104,8 @@ struct Inner {
     /// The live channel, or `None` while reconnecting.
     link: watch::Sender<Option<(Connection, Channel)>>,
     reconnect: Mutex<()>,
+    /// Publishes failed by a lost link since the last reconnect (reported with it).
+    failed_publishes: AtomicU64,
 }
 
 impl Producer {
@@ -115,6 +118,7 @@ impl Producer {
                 config,
                 link: watch::Sender::new(Some(link)),
                 reconnect: Mutex::new(()),
+                failed_publishes: AtomicU64::new(0),
             }),
         })
     }
@@ -180,8 +184,11 @@ impl Producer {
                 "publisher confirms are not enabled on the channel".into(),
             )),
             Err(e) => {
-                tracing::warn!(error = %e, "publish failed; re-establishing the channel");
-                self.start_reconnect();
+                // Every publish in flight fails the same way when the connection goes: one
+                // line says so (the reconnect's), the rest stay at debug level.
+                tracing::debug!(error = %e, "publish failed");
+                self.inner.failed_publishes.fetch_add(1, Relaxed);
+                self.start_reconnect(Some(e.to_string()));
                 // A broker-reported error (e.g. 404 for a missing exchange) is returned as
                 // such; a lost connection or channel means "retry".
                 match Error::from_lapin(&e, &crate::config::target(&c.url)) {
@@ -205,14 +212,16 @@ impl Producer {
                 .map(|(_, ch)| ch.clone())
                 .ok_or(Error::Reconnecting),
             _ => {
-                self.start_reconnect();
+                self.start_reconnect(None);
                 Err(Error::Reconnecting)
             }
         }
     }
 
     /// Start reconnecting in the background unless that is already happening.
-    fn start_reconnect(&self) {
+    /// `cause`: the publish error that showed the link is gone, logged once by the task
+    /// that reconnects.
+    fn start_reconnect(&self, cause: Option<String>) {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let Ok(_guard) = inner.reconnect.try_lock() else {
@@ -221,18 +230,30 @@ impl Producer {
             if inner.link.borrow().as_ref().is_some_and(link_up) {
                 return;
             }
+            tracing::warn!(
+                cause = cause.as_deref().unwrap_or("the link is down"),
+                "producer lost its channel; re-establishing it"
+            );
             inner.link.send_replace(None);
             let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
             loop {
                 match open(&inner.config).await {
                     Ok(link) => {
-                        tracing::info!("producer reconnected");
+                        let failed = inner.failed_publishes.swap(0, Relaxed);
+                        tracing::info!(
+                            failed_publishes = failed,
+                            "producer reconnected (publishes failed meanwhile: {failed})"
+                        );
                         inner.link.send_replace(Some(link));
                         return;
                     }
                     Err(e) => {
                         let delay = backoff.step();
-                        tracing::warn!(error = %e, ?delay, "producer reconnect failed");
+                        if backoff.worth_reporting() {
+                            tracing::warn!(error = %e, ?delay, attempts = backoff.failures(), "producer reconnect failed");
+                        } else {
+                            tracing::debug!(error = %e, ?delay, "producer reconnect failed");
+                        }
                         tokio::time::sleep(delay).await;
                     }
                 }
@@ -258,12 +279,16 @@ fn link_up((connection, channel): &(Connection, Channel)) -> bool {
 async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), Error> {
     let conn = connect(config).await?;
     let err = |e: lapin::Error| Error::from_lapin(&e, &crate::config::target(&config.url));
-    let channel = conn.create_channel().await.map_err(err)?;
-    declare(config, &channel, 0..config.total_count).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(err)?;
+    let setup = async {
+        let channel = conn.create_channel().await.map_err(err)?;
+        declare(config, &channel, 0..config.total_count).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(err)?;
+        Ok(channel)
+    };
+    let channel = bounded(config, "setting up the channel", setup).await?;
     Ok((conn, channel))
 }
 

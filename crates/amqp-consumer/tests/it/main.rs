@@ -8,5 +8,6 @@ mod failures;
 mod mississippi;
 mod ordered;
 mod sac;
+mod stall;
 mod support;
 mod tls;

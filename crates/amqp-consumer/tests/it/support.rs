@@ -111,3 +111,92 @@ pub(crate) async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream`, for fault tests: it forwards, or — while
+/// frozen — stops forwarding on the connections it holds (no FIN, no RST) and accepts new
+/// ones without a word, as a stalled proxy or load balancer does.
+pub(crate) struct Proxy {
+    pub(crate) addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub(crate) async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = tokio::sync::watch::Sender::new(false);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let frozen = frozen.clone();
+            let accepted = Arc::clone(&accepted);
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    accepted.fetch_add(1, SeqCst);
+                    tokio::spawn(Self::serve(client, upstream, frozen.subscribe()));
+                }
+            }
+        });
+        Self {
+            addr,
+            frozen,
+            accepted,
+            task,
+        }
+    }
+
+    /// Forward until frozen; while frozen hold the socket and say nothing. A connection
+    /// accepted while frozen never reaches the upstream.
+    async fn serve(
+        mut client: tokio::net::TcpStream,
+        upstream: std::net::SocketAddr,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if *frozen.borrow() {
+            // Hold it open, silent, until the client gives up.
+            let mut sink = [0u8; 1024];
+            while tokio::io::AsyncReadExt::read(&mut client, &mut sink)
+                .await
+                .is_ok_and(|n| n > 0)
+            {}
+            return;
+        }
+        let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            _ = async { let _ = frozen.wait_for(|f| *f).await; } => {
+                // Frozen mid-stream: keep both sockets open and forward nothing.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub(crate) fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+
+    /// Connections accepted so far.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `host:port` of an AMQP URL.
+pub(crate) fn broker_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .unwrap()
+        .next()
+        .unwrap()
+}
