@@ -87,6 +87,19 @@ async def main():
     check(await refused(url(f"/ws/v2/consumer/{TOPIC}/s", ackTimeoutMillis=500)) == 400, "ackTimeout 500 must give 400")
     check(await refused(url(f"/ws/v2/consumer/{TOPIC}/s", subscriptionType="Key_shared")) == 400, "bad enum must give 400")
 
+    # A malformed percent-escape in the path is a bad request.
+    check(await refused(url(f"/ws/v2/producer/persistent/public/default/bad%ZZtopic")) == 400, "%ZZ in the path must give 400")
+
+    # A text frame over the server's limit (webSocketMaxTextFrameSize, 1 MiB): close 1009.
+    async with websockets.connect(url(f"/ws/v2/producer/{TOPIC}"), max_size=None) as big:
+        await big.send("x" * (1024 * 1024 + 1))
+        try:
+            await asyncio.wait_for(big.recv(), 5)
+            code = None
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if getattr(exc, "rcvd", None) else getattr(exc, "code", None)
+        check(code == 1009, f"an oversized frame closes with 1009 (message too big), got {code}")
+
     # Subscribe first (pull mode, from the earliest message), then produce.
     async with websockets.connect(url(f"/ws/v2/consumer/{TOPIC}/sub", pullMode="true", subscriptionInitialPosition="Earliest", negativeAckRedeliveryDelay=0)) as consumer:
         check(await refused(url(f"/ws/v2/consumer/{TOPIC}/sub")) == 409, "second exclusive consumer must give 409")

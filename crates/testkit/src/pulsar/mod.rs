@@ -34,7 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 pub use broker::StoredMessage;
 use broker::{Broker, ConnId, ConsumerSpec, Out, ReaderStart, Refused, SubKind};
@@ -371,6 +373,16 @@ where
                             break;
                         }
                     }
+                    // Over the limit (`webSocketMaxTextFrameSize`): the server closes with
+                    // 1009, saying why, as Jetty does.
+                    Some(Err(tungstenite::Error::Capacity(e))) => {
+                        let close = CloseFrame {
+                            code: CloseCode::Size,
+                            reason: format!("Text message too large: {e} (max {MAX_TEXT_FRAME} bytes)").into(),
+                        };
+                        let _ = ws.close(Some(close)).await;
+                        break;
+                    }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                 }
             }
@@ -431,6 +443,17 @@ fn refuse(status: u16, body: impl Into<String>) -> Refused {
         status,
         body: body.into(),
     }
+}
+
+/// Whether every `%` in `path` starts an escape of two hex digits.
+fn valid_escapes(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 fn decode(segment: &str) -> String {
@@ -520,6 +543,13 @@ fn open(
     let path = req.uri().path();
     if path == "/ws/pingpong" || path == "/ws/v2/pingpong" {
         return Ok(Role::PingPong);
+    }
+    // The server's HTTP layer refuses a malformed escape (`%ZZ`, a lone `%`) before routing.
+    if !valid_escapes(path) {
+        return Err(refuse(
+            400,
+            format!("Bad Request: invalid percent-encoding in {path}"),
+        ));
     }
     let parts: Vec<&str> = path.split('/').collect();
     if parts.len() < 8 || parts[1] != "ws" || parts[2] != "v2" {
