@@ -215,11 +215,19 @@ pub(crate) async fn fetch(
             .write_all(request.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
+        // A gossip document is a few KiB per member: read no more than the cap (a peer that
+        // streams without end must not fill our memory).
         let mut response = Vec::new();
-        stream
+        (&mut stream)
+            .take(MAX_GOSSIP_RESPONSE + 1)
             .read_to_end(&mut response)
             .await
             .map_err(|e| e.to_string())?;
+        if response.len() as u64 > MAX_GOSSIP_RESPONSE {
+            return Err(format!(
+                "the gossip answer is longer than {MAX_GOSSIP_RESPONSE} bytes"
+            ));
+        }
         http_body(&response)
     };
     tokio::time::timeout(timeout, get)
@@ -227,40 +235,45 @@ pub(crate) async fn fetch(
         .map_err(|_| format!("no gossip answer within {timeout:?}"))?
 }
 
+/// The most bytes of a gossip answer we read.
+const MAX_GOSSIP_RESPONSE: u64 = 1 << 20;
+
 /// The body of a complete HTTP/1.1 response (status 200; `Content-Length`, chunked or to
-/// the end of the connection).
+/// the end of the connection), parsed with `httparse`.
 fn http_body(response: &[u8]) -> Result<Vec<u8>, String> {
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("an incomplete HTTP response")?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let body = &response[split + 4..];
-    let mut lines = head.lines();
-    let status = lines.next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("gossip answered {status:?}"));
+    use httparse::Status;
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Response::new(&mut headers);
+    let head_len = match head.parse(response) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Err("an incomplete HTTP response".into()),
+        Err(e) => return Err(format!("not an HTTP response: {e}")),
+    };
+    if head.code != Some(200) {
+        return Err(format!(
+            "gossip answered {} {}",
+            head.code.unwrap_or_default(),
+            head.reason.unwrap_or_default()
+        ));
     }
     let header = |name: &str| {
-        head.lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_owned())
+        head.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
     };
+    let body = &response[head_len..];
     if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         let mut out = Vec::new();
         let mut rest = body;
         loop {
-            let line_end = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or("a truncated chunk")?;
-            let size_text = String::from_utf8_lossy(&rest[..line_end]);
-            let size_text = size_text.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size_text, 16)
-                .map_err(|_| format!("a bad chunk size {size_text:?}"))?;
-            rest = &rest[line_end + 2..];
+            let (consumed, size) = match httparse::parse_chunk_size(rest) {
+                Ok(Status::Complete(chunk)) => chunk,
+                Ok(Status::Partial) => return Err("a truncated chunk".into()),
+                Err(_) => return Err("a bad chunk size".into()),
+            };
+            rest = &rest[consumed..];
+            let size = usize::try_from(size).map_err(|_| "a chunk too large")?;
             if size == 0 {
                 return Ok(out);
             }
@@ -271,9 +284,10 @@ fn http_body(response: &[u8]) -> Result<Vec<u8>, String> {
             rest = rest.get(size + 2..).unwrap_or_default();
         }
     }
-    match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        Some(n) if body.len() < n => Err("a truncated body".into()),
-        Some(n) => Ok(body[..n].to_vec()),
+    match header("content-length").map(|v| v.parse::<usize>()) {
+        Some(Err(_)) => Err("a bad Content-Length".into()),
+        Some(Ok(n)) if body.len() < n => Err("a truncated body".into()),
+        Some(Ok(n)) => Ok(body[..n].to_vec()),
         None => Ok(body.to_vec()),
     }
 }
@@ -393,6 +407,23 @@ mod tests {
         assert_eq!(odd[0].state, NodeState::Unknown);
     }
 
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_at_the_cap() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let seed = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let _ = peer.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+            let block = vec![b' '; 64 * 1024];
+            while peer.write_all(&block).await.is_ok() {}
+        });
+        let err = fetch(&seed, None, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
+    }
+
     #[test]
     fn http_bodies_by_length_chunks_or_close() {
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}xx";
@@ -404,6 +435,9 @@ mod tests {
         assert!(http_body(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
         assert!(http_body(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
         assert!(http_body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+        assert!(http_body(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}").is_err());
+        assert!(http_body(b"HTTP/1.1 503 Unavailable\r\n\r\n").is_err());
+        assert!(http_body(b"garbage\r\n\r\n").is_err());
         assert!(http_body(b"garbage").is_err());
     }
 }
