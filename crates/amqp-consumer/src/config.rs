@@ -5,6 +5,7 @@ use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
+use headwaters_ordering_core::{HeaderValue, Headers};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::{Error, WireFormat};
@@ -33,6 +34,10 @@ pub struct AmqpConfig {
     pub single_active_consumer: bool,
     /// Declare the queues with this `x-dead-letter-exchange`, so discarded messages reach it.
     pub dead_letter_exchange: Option<String>,
+    /// More arguments for every shard queue's declaration (`x-queue-type` = `quorum`,
+    /// `x-max-length`, `x-overflow`, `x-message-ttl`…). Producers and consumers must agree:
+    /// the broker refuses a declaration whose arguments differ from the queue's.
+    pub queue_arguments: Headers,
     /// Reconnect backoff: first delay (with jitter), doubled up to `reconnect_max`.
     pub reconnect_min: Duration,
     /// Reconnect backoff cap. Default 1 s: during a long outage attempts stay cheap (one a
@@ -96,6 +101,7 @@ impl Default for AmqpConfig {
             prefetch: 300,
             single_active_consumer: false,
             dead_letter_exchange: None,
+            queue_arguments: Headers::new(),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
@@ -118,6 +124,7 @@ impl fmt::Debug for AmqpConfig {
             .field("prefetch", &self.prefetch)
             .field("single_active_consumer", &self.single_active_consumer)
             .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("queue_arguments", &self.queue_arguments)
             .field("tls", &self.tls)
             .field("wire", &self.wire)
             .finish_non_exhaustive()
@@ -195,6 +202,17 @@ impl AmqpConfig {
         self
     }
 
+    /// Declare every shard queue with this argument too (see
+    /// [`AmqpConfig::queue_arguments`]).
+    pub fn with_queue_argument(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<HeaderValue>,
+    ) -> Self {
+        self.queue_arguments.insert(name, value);
+        self
+    }
+
     /// Set the reconnect backoff.
     pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min;
@@ -238,12 +256,10 @@ impl AmqpConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        if self.wire == WireFormat::Mississippi
-            && (self.single_active_consumer || self.dead_letter_exchange.is_some())
-        {
+        if self.wire == WireFormat::Mississippi && !self.declare_arguments().inner().is_empty() {
             return Err(Error::Config(
                 "the Mississippi wire format declares plain durable queues, as Elixir Mississippi does: \
-                 x-single-active-consumer or x-dead-letter-exchange would make queue.declare fail on \
+                 queue arguments (x-single-active-consumer, x-dead-letter-exchange, …) would make queue.declare fail on \
                  queues Mississippi created (PRECONDITION_FAILED). Set a dead-letter exchange with a \
                  broker policy instead (rabbitmqctl set_policy), and split queues with `range`"
                     .into(),
@@ -283,7 +299,7 @@ impl AmqpConfig {
     }
 
     /// Arguments every declaration of a shard queue carries (they must match everywhere).
-    pub(crate) fn queue_arguments(&self) -> FieldTable {
+    pub(crate) fn declare_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         if self.single_active_consumer {
             args.insert(
@@ -297,8 +313,25 @@ impl AmqpConfig {
                 AMQPValue::LongString(LongString::from(dlx.as_bytes())),
             );
         }
+        for (name, value) in self.queue_arguments.iter() {
+            if let Some(value) = amqp_value(value) {
+                args.insert(ShortString::from(name), value);
+            }
+        }
         args
     }
+}
+
+/// A header value as AMQP writes it (`None` for kinds AMQP tables do not carry).
+pub(crate) fn amqp_value(value: &HeaderValue) -> Option<AMQPValue> {
+    Some(match value {
+        HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
+        HeaderValue::Float(f) => AMQPValue::Double(*f),
+        HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
+        HeaderValue::Bytes(b) => AMQPValue::LongString(LongString::from(&b[..])),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -322,6 +355,17 @@ mod tests {
             .with_wire(WireFormat::Mississippi)
             .with_dead_letter_exchange("dlx");
         assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("policy")));
+        let bad = AmqpConfig::default()
+            .with_wire(WireFormat::Mississippi)
+            .with_queue_argument("x-queue-type", "quorum");
+        assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("plain durable")));
+        let args = AmqpConfig::default()
+            .with_queue_argument("x-max-length", 10_i64)
+            .declare_arguments();
+        assert_eq!(
+            args.inner().get("x-max-length"),
+            Some(&AMQPValue::LongLongInt(10))
+        );
         let bad = AmqpConfig::new("http://x");
         assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("amqp://")));
     }

@@ -75,7 +75,7 @@ pub(crate) async fn declare(
             .await
             .map_err(err)?;
     }
-    let args = config.queue_arguments();
+    let args = config.declare_arguments();
     for index in indices {
         let name = queue_name(&config.prefix, index);
         channel

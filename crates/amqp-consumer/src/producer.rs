@@ -11,7 +11,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{Mutex, watch};
 
 use crate::Error;
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, amqp_value};
 use crate::etf::Term;
 use crate::link::{bounded, connect, declare};
 use crate::shard::queue_name;
@@ -297,15 +297,9 @@ async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), Error> {
 fn properties(options: PublishOptions, header: Vec<u8>) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in options.headers.iter() {
-        let v = match value {
-            HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
-            HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
-            HeaderValue::Float(f) => AMQPValue::Double(*f),
-            HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
-            HeaderValue::Bytes(b) => AMQPValue::LongString(LongString::from(&b[..])),
-            _ => continue,
-        };
-        headers.insert(ShortString::from(name), v);
+        if let Some(v) = amqp_value(value) {
+            headers.insert(ShortString::from(name), v);
+        }
     }
     headers.insert(
         ShortString::from(SHARDING_KEY_HEADER),

@@ -5,6 +5,7 @@ mod batch_source;
 mod broker_restart;
 mod etf_vectors;
 mod failures;
+mod limits;
 mod mississippi;
 mod ordered;
 mod sac;
