@@ -493,8 +493,8 @@ async fn amqp_stage(
 /// pending sends are resent and unacked messages redelivered.
 async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow::Result<()> {
     use headwaters::pulsar::{
-        ClientConfig, Consumer, ConsumerOptions, ConsumerParams, OutgoingMessage, Producer,
-        ProducerOptions, SubscriptionType, Topic, run_ordered,
+        ClientConfig, Consumer, ConsumerOptions, ConsumerParams, OnDiscard, OutgoingMessage,
+        Producer, ProducerOptions, SubscriptionType, Topic, run_ordered,
     };
     use headwaters_testkit::pulsar::PulsarEmulator;
 
@@ -530,6 +530,8 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
             checker,
             Config::default(),
             Duration::from_secs(10),
+            // The checker never discards; were it to, the message would be acknowledged.
+            OnDiscard::Acknowledge,
         )));
     }
     let producer = Producer::connect(&config, topic.clone(), ProducerOptions::default()).await?;

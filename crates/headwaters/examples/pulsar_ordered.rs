@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
 use headwaters::pulsar::{
-    ClientConfig, Consumer, ConsumerOptions, ConsumerParams, Producer, ProducerOptions,
+    ClientConfig, Consumer, ConsumerOptions, ConsumerParams, OnDiscard, Producer, ProducerOptions,
     SubscriptionType, Topic, run_ordered,
 };
 
@@ -106,6 +106,8 @@ async fn main() -> anyhow::Result<()> {
             handler.clone(),
             Config::default(),
             Duration::from_secs(10),
+            // The handler never discards; were it to, the message would be acknowledged.
+            OnDiscard::Acknowledge,
         ));
         consumers.push((handle, run));
     }

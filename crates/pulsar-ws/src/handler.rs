@@ -14,6 +14,8 @@ use tokio::task::JoinSet;
 
 use crate::consumer::Message;
 use crate::error::Error;
+use crate::producer::Producer;
+use crate::proto::OutgoingMessage;
 
 /// What a [`MessageHandler`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,14 +120,15 @@ pub fn to_ordering_message(m: &Message) -> ordering::Message {
 /// Messages without a key are keyed by their id (no order among them).
 ///
 /// Settlements map to Pulsar as: `Ack` → ack; `Reject { requeue: true }` → nack;
-/// `Reject { requeue: false }` (a discard) → ack, logged, because the WebSocket API has no
-/// reject-to-dead-letter frame (use `maxRedeliverCount` with nacks for a dead-letter topic).
+/// `Reject { requeue: false }` (a discard) → as `on_discard` says: the WebSocket API has no
+/// reject-to-dead-letter frame, so the choice of what a discard means is yours to make.
 /// When the stream ends the dispatcher drains for up to `grace`.
 pub async fn run_ordered<S, H>(
     mut stream: S,
     handler: H,
     config: ordering::Config,
     grace: Duration,
+    on_discard: OnDiscard,
 ) -> Result<ShutdownReport, Error>
 where
     S: Stream<Item = Result<Message, Error>> + Send + Unpin + 'static,
@@ -155,7 +158,10 @@ where
         let delivery = Delivery {
             key,
             message: to_ordering_message(&m),
-            settle: Settler(m),
+            settle: Settler {
+                message: m,
+                on_discard: on_discard.clone(),
+            },
             epoch,
         };
         if dispatcher.dispatch(delivery).await.is_err() {
@@ -166,18 +172,52 @@ where
     fatal.map_or(Ok(report), Err)
 }
 
+/// What a `Discard` outcome does to a Pulsar message in [`run_ordered`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum OnDiscard {
+    /// Produce it to this dead-letter topic — payload, key, properties, plus
+    /// `pulsar.origin.topic` and `pulsar.origin.message_id` — and ack it once the dead-letter
+    /// topic has it; if that send fails, nack it, so it comes back: a discard loses nothing.
+    DeadLetter(Producer),
+    /// Acknowledge it: the message is gone. Choose this only where losing a discarded message
+    /// is acceptable.
+    Acknowledge,
+}
+
 /// Settles a Pulsar message from the ordered dispatcher.
 #[derive(Debug)]
-pub struct Settler(Message);
+pub struct Settler {
+    message: Message,
+    on_discard: OnDiscard,
+}
 
 impl ordering::Settle for Settler {
     fn settle(self, settlement: Settlement) {
-        match settlement {
-            Settlement::Ack => self.0.ack(),
-            Settlement::Reject { requeue: true } => self.0.nack(),
-            Settlement::Reject { requeue: false } => {
-                tracing::warn!(message_id = %self.0.message_id.as_str(), "pulsar-ws ordered: discarded message acknowledged (no reject frame in the WebSocket API)");
-                self.0.ack();
+        let m = self.message;
+        match (settlement, self.on_discard) {
+            (Settlement::Ack, _) => m.ack(),
+            (Settlement::Reject { requeue: true }, _) => m.nack(),
+            (Settlement::Reject { requeue: false }, OnDiscard::Acknowledge) => m.ack(),
+            (Settlement::Reject { requeue: false }, OnDiscard::DeadLetter(dead_letter)) => {
+                let mut out = OutgoingMessage::new(m.payload.clone());
+                out.key.clone_from(&m.key);
+                out.properties.clone_from(&m.properties);
+                out.properties
+                    .insert("pulsar.origin.topic".into(), m.topic.to_string());
+                out.properties.insert(
+                    "pulsar.origin.message_id".into(),
+                    m.message_id.as_str().to_owned(),
+                );
+                tokio::spawn(async move {
+                    match dead_letter.send(out).await {
+                        Ok(_) => m.ack(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, message_id = %m.message_id.as_str(), "pulsar-ws ordered: the dead-letter topic did not take a discarded message; nacked, it will come back");
+                            m.nack();
+                        }
+                    }
+                });
             }
         }
     }

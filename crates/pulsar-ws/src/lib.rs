@@ -106,7 +106,7 @@ pub use consumer::{
 pub use error::Error;
 #[cfg(feature = "client")]
 pub use handler::{
-    Handled, MessageHandler, Settler, run_handler, run_ordered, to_ordering_message,
+    Handled, MessageHandler, OnDiscard, Settler, run_handler, run_ordered, to_ordering_message,
 };
 #[cfg(feature = "client")]
 pub use producer::{PendingPolicy, Producer, ProducerOptions, SendFuture};

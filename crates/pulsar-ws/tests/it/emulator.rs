@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use headwaters_ordering_core::{self as ordering, Key, Outcome};
 use headwaters_pulsar_ws::{
     Client, ClientConfig, Component, Consumer, ConsumerOptions, ConsumerParams, Error, Handled,
-    Message, MessageHandler, OutgoingMessage, PendingPolicy, Producer, ProducerOptions, Reader,
-    ReaderOptions, ReaderParams, ReaderStart, RegistryKey, SendErrorCode, SubscriptionType,
+    Message, MessageHandler, OnDiscard, OutgoingMessage, PendingPolicy, Producer, ProducerOptions,
+    Reader, ReaderOptions, ReaderParams, ReaderStart, RegistryKey, SendErrorCode, SubscriptionType,
     TokenPlacement, Topic,
 };
 use headwaters_testkit::eventually;
@@ -786,6 +786,7 @@ async fn ordered_mode_keeps_per_key_order_over_a_key_shared_group() {
             Ordered(seen.clone()),
             ordering::Config::default(),
             Duration::from_secs(5),
+            OnDiscard::Acknowledge,
         )));
     }
     let producer = connect_producer(&config, "ord").await;
@@ -906,4 +907,104 @@ async fn live_round_trip_against_a_real_pulsar() {
         m.ack();
     }
     consumer.unsubscribe().await.unwrap();
+}
+
+/// Discards payloads that start with "poison", acks the rest.
+struct DiscardPoison;
+
+impl ordering::Handler for DiscardPoison {
+    type State = ();
+    type Continue = ();
+    type Signal = ();
+    type Reply = ();
+    type Error = String;
+
+    async fn init(&self, _: &Key) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn handle_message(&self, m: &ordering::Message, (): &mut ()) -> Result<Outcome, String> {
+        Ok(if m.payload.starts_with(b"poison") {
+            Outcome::discard("poison")
+        } else {
+            Outcome::ack()
+        })
+    }
+
+    async fn handle_signal(&self, (): (), (): &mut ()) {}
+}
+
+/// Runs `run_ordered` over ten messages, two of them discarded.
+async fn discard_two(
+    config: &ClientConfig,
+    source: &str,
+    on_discard: OnDiscard,
+) -> tokio::task::JoinHandle<Result<ordering::ShutdownReport, Error>> {
+    let c = Consumer::subscribe(
+        config,
+        topic(source),
+        "s",
+        consumer_options(SubscriptionType::Shared),
+    )
+    .await
+    .unwrap();
+    let run = tokio::spawn(headwaters_pulsar_ws::run_ordered(
+        c,
+        DiscardPoison,
+        ordering::Config::default(),
+        Duration::from_secs(5),
+        on_discard,
+    ));
+    let producer = connect_producer(config, source).await;
+    for i in 0..10 {
+        let body = if i % 5 == 2 {
+            format!("poison-{i}")
+        } else {
+            format!("ok-{i}")
+        };
+        producer.send((format!("k{i}"), body)).await.unwrap();
+    }
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_discards_go_to_the_dead_letter_topic_before_the_ack() {
+    let (e, config) = emulator().await;
+    let mut dead = Consumer::subscribe(
+        &config,
+        topic("discard-dlq"),
+        "inspect",
+        consumer_options(SubscriptionType::Exclusive),
+    )
+    .await
+    .unwrap();
+    let dlq = connect_producer(&config, "discard-dlq").await;
+    let _run = discard_two(&config, "discard-src", OnDiscard::DeadLetter(dlq)).await;
+    eventually("every source message acked", || {
+        e.backlog(&full("discard-src"), "s") == Some(0)
+    })
+    .await;
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let m = next(&mut dead).await;
+        assert_eq!(
+            m.properties.get("pulsar.origin.topic").map(String::as_str),
+            Some(full("discard-src").as_str())
+        );
+        assert!(m.properties.contains_key("pulsar.origin.message_id"));
+        bodies.push(String::from_utf8(m.payload.to_vec()).unwrap());
+        m.ack();
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["poison-2", "poison-7"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_discards_are_acknowledged_only_when_asked() {
+    let (e, config) = emulator().await;
+    let _run = discard_two(&config, "discard-ack", OnDiscard::Acknowledge).await;
+    eventually("every source message acked", || {
+        e.backlog(&full("discard-ack"), "s") == Some(0)
+    })
+    .await;
 }
