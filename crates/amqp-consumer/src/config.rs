@@ -32,8 +32,9 @@ pub struct AmqpConfig {
     /// Declare the queues with `x-single-active-consumer`: every instance consumes every
     /// queue, the broker keeps one active consumer per queue and fails over when it dies.
     pub single_active_consumer: bool,
-    /// Declare the queues with this `x-dead-letter-exchange`, so discarded messages reach it.
-    pub dead_letter_exchange: Option<String>,
+    /// Where discarded messages and deliveries without a usable key go (see [`DeadLetter`];
+    /// default: a dead-letter exchange and queue this client declares).
+    pub dead_letter: DeadLetter,
     /// More arguments for every shard queue's declaration (`x-queue-type` = `quorum`,
     /// `x-max-length`, `x-overflow`, `x-message-ttl`…). Producers and consumers must agree:
     /// the broker refuses a declaration whose arguments differ from the queue's.
@@ -100,7 +101,7 @@ impl Default for AmqpConfig {
             range: 0..128,
             prefetch: 300,
             single_active_consumer: false,
-            dead_letter_exchange: None,
+            dead_letter: DeadLetter::Declared,
             queue_arguments: Headers::new(),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(1),
@@ -123,7 +124,7 @@ impl fmt::Debug for AmqpConfig {
             .field("range", &self.range)
             .field("prefetch", &self.prefetch)
             .field("single_active_consumer", &self.single_active_consumer)
-            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("dead_letter", &self.dead_letter)
             .field("queue_arguments", &self.queue_arguments)
             .field("tls", &self.tls)
             .field("wire", &self.wire)
@@ -196,10 +197,29 @@ impl AmqpConfig {
         self
     }
 
-    /// Dead-letter discarded messages to `exchange`.
-    pub fn with_dead_letter_exchange(mut self, exchange: impl Into<String>) -> Self {
-        self.dead_letter_exchange = Some(exchange.into());
+    /// Dead-letter discarded messages to `exchange`, which you declare and bind.
+    pub fn with_dead_letter_exchange(self, exchange: impl Into<String>) -> Self {
+        self.with_dead_letter(DeadLetter::Exchange(exchange.into()))
+    }
+
+    /// Choose where discarded and key-less messages go.
+    pub fn with_dead_letter(mut self, dead_letter: DeadLetter) -> Self {
+        self.dead_letter = dead_letter;
         self
+    }
+
+    /// The dead-letter exchange the shard queues point at, if this client sets one.
+    pub(crate) fn dead_letter_exchange(&self) -> Option<String> {
+        match &self.dead_letter {
+            DeadLetter::Declared => Some(self.declared_dead_letter()),
+            DeadLetter::Exchange(name) => Some(name.clone()),
+            DeadLetter::Policy | DeadLetter::Drop => None,
+        }
+    }
+
+    /// The name of the exchange and queue of [`DeadLetter::Declared`]: `{prefix}dead_letter`.
+    pub fn declared_dead_letter(&self) -> String {
+        format!("{}dead_letter", self.prefix)
     }
 
     /// Declare every shard queue with this argument too (see
@@ -260,8 +280,9 @@ impl AmqpConfig {
             return Err(Error::Config(
                 "the Mississippi wire format declares plain durable queues, as Elixir Mississippi does: \
                  queue arguments (x-single-active-consumer, x-dead-letter-exchange, …) would make queue.declare fail on \
-                 queues Mississippi created (PRECONDITION_FAILED). Set a dead-letter exchange with a \
-                 broker policy instead (rabbitmqctl set_policy), and split queues with `range`"
+                 queues Mississippi created (PRECONDITION_FAILED). Give the queues a dead-letter exchange with a \
+                 broker policy (rabbitmqctl set_policy) and say so with with_dead_letter(DeadLetter::Policy), \
+                 and split queues with `range`"
                     .into(),
             ));
         }
@@ -307,7 +328,7 @@ impl AmqpConfig {
                 AMQPValue::Boolean(true),
             );
         }
-        if let Some(dlx) = &self.dead_letter_exchange {
+        if let Some(dlx) = &self.dead_letter_exchange() {
             args.insert(
                 ShortString::from("x-dead-letter-exchange"),
                 AMQPValue::LongString(LongString::from(dlx.as_bytes())),
@@ -320,6 +341,27 @@ impl AmqpConfig {
         }
         args
     }
+}
+
+/// Where a consumer's discarded messages (`basic.reject` without requeue) and deliveries
+/// without a usable sharding key go. RabbitMQ drops a rejected message unless its queue has a
+/// dead-letter exchange, so dropping is never the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetter {
+    /// Declare a durable fanout exchange and a durable queue both named
+    /// `{prefix}dead_letter`, bound together, and point every shard queue at the exchange
+    /// (`x-dead-letter-exchange`). The default.
+    Declared,
+    /// Point the shard queues at this exchange, which you declare and bind.
+    Exchange(String),
+    /// The queues get their dead-letter exchange from a broker policy (`rabbitmqctl
+    /// set_policy … '{"dead-letter-exchange": …}' --apply-to queues`), as queues declared
+    /// elsewhere — such as Elixir Mississippi's, which carry no arguments — must: the client
+    /// declares nothing for it.
+    Policy,
+    /// No dead-lettering: the broker drops what is rejected. Only on explicit request.
+    Drop,
 }
 
 /// A header value as AMQP writes it (`None` for kinds AMQP tables do not carry).
@@ -351,12 +393,25 @@ mod tests {
     fn bad_config_is_rejected_with_a_reason() {
         let bad = AmqpConfig::default().with_total_count(4).with_range(2..9);
         assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("range")));
+        let bad = AmqpConfig::default().with_wire(WireFormat::Mississippi);
+        assert!(
+            matches!(bad.validate(), Err(Error::Config(r)) if r.contains("DeadLetter::Policy")),
+            "the declared default would clash with Mississippi's queues"
+        );
+        assert!(
+            AmqpConfig::default()
+                .with_wire(WireFormat::Mississippi)
+                .with_dead_letter(DeadLetter::Policy)
+                .validate()
+                .is_ok()
+        );
         let bad = AmqpConfig::default()
             .with_wire(WireFormat::Mississippi)
             .with_dead_letter_exchange("dlx");
         assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("policy")));
         let bad = AmqpConfig::default()
             .with_wire(WireFormat::Mississippi)
+            .with_dead_letter(DeadLetter::Drop)
             .with_queue_argument("x-queue-type", "quorum");
         assert!(matches!(bad.validate(), Err(Error::Config(r)) if r.contains("plain durable")));
         let args = AmqpConfig::default()

@@ -89,7 +89,7 @@ mod wire;
 #[cfg(feature = "batch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "batch")))]
 pub use batch::{AmqpRecord, AmqpShardSource};
-pub use config::{AmqpConfig, TlsConfig};
+pub use config::{AmqpConfig, DeadLetter, TlsConfig};
 pub use consumer::{AmqpSettle, Consumer, ConsumerStats};
 pub use error::Error;
 pub use producer::{Producer, PublishOptions, SHARDING_KEY_HEADER};

@@ -6,7 +6,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::Error;
-use crate::config::{AmqpConfig, target};
+use crate::config::{AmqpConfig, DeadLetter, target};
 use crate::shard::queue_name;
 
 /// Run `step` of establishing a link within [`AmqpConfig::connect_timeout`]: an endpoint
@@ -70,6 +70,39 @@ pub(crate) async fn declare(
                     durable: true,
                     ..ExchangeDeclareOptions::default()
                 },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+    }
+    if config.dead_letter == DeadLetter::Declared {
+        let name = config.declared_dead_letter();
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                name.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::future::join_all;
 use headwaters::amqp::etf::Term;
-use headwaters::amqp::{AmqpConfig, Consumer, Producer, PublishOptions, WireFormat};
+use headwaters::amqp::{AmqpConfig, Consumer, DeadLetter, Producer, PublishOptions, WireFormat};
 use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
 
 /// Checks that each key's sequence numbers arrive in order.
@@ -73,10 +73,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let messages = numbers.first().copied().unwrap_or(20_000);
     let keys = numbers.get(1).copied().unwrap_or(100);
-    let config = AmqpConfig::new(url)
+    let mut config = AmqpConfig::new(url)
         .with_prefix(format!("hw_example_{}_", std::process::id()))
         .with_total_count(8)
         .with_wire(wire);
+    if wire == WireFormat::Mississippi {
+        // Mississippi's queues carry no arguments: their dead-letter exchange comes from a
+        // broker policy, e.g. `rabbitmqctl set_policy hw-dlx '^hw_example_' \
+        // '{"dead-letter-exchange":"hw.dlx"}' --apply-to queues`.
+        config = config.with_dead_letter(DeadLetter::Policy);
+    }
     let processed = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
     let handler = CheckOrder {

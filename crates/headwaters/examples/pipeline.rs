@@ -424,11 +424,16 @@ async fn amqp_stage(
     db: &std::path::Path,
     wire: WireFormat,
 ) -> anyhow::Result<()> {
-    use headwaters::amqp::{AmqpConfig, Consumer, Producer, PublishOptions};
-    let config = AmqpConfig::new(url)
+    use headwaters::amqp::{AmqpConfig, Consumer, DeadLetter, Producer, PublishOptions};
+    let mut config = AmqpConfig::new(url)
         .with_prefix(format!("hw_demo_{}_", std::process::id()))
         .with_total_count(16)
         .with_wire(wire);
+    if wire == WireFormat::Mississippi {
+        // Mississippi's queues carry no arguments; in production a broker policy gives them
+        // a dead-letter exchange. The demo discards nothing.
+        config = config.with_dead_letter(DeadLetter::Policy);
+    }
     let status = ProcessStatus::open(SqliteStore::open(db).await?, WriteBehind::default()).await?;
     let violations = Arc::new(AtomicU64::new(0));
     let checker = OrderChecker {

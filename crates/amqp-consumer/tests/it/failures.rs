@@ -225,3 +225,56 @@ async fn clashing_queue_arguments_fail_start_with_the_brokers_reason() {
         "the broker's reason names the argument: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: cargo xtask integration"]
+async fn by_default_key_less_and_discarded_messages_reach_a_declared_dead_letter_queue() {
+    let cfg = config("default_dlx", 1);
+    let recorder = Arc::new(Recorder {
+        discard_seq: Some(2),
+        ..Recorder::default()
+    });
+    let consumer = Consumer::start(cfg.clone(), Recording(recorder.clone()), Config::default())
+        .await
+        .unwrap();
+    let producer = Producer::connect(cfg.clone()).await.unwrap();
+    for seq in 1..=3 {
+        producer
+            .publish(&payload(1, seq), PublishOptions::key("1"))
+            .await
+            .unwrap();
+    }
+    // A message without the sharding_key header, published around the producer.
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let raw = conn.create_channel().await.unwrap();
+    let queue = producer.queue_for(&"1".into());
+    raw.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        b"no key",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    eventually("processed and rejected", Duration::from_secs(10), || {
+        recorder.unique() == 3 && consumer.stats().invalid == 1
+    })
+    .await;
+    // Both are dead-lettered (asynchronously, by the broker) to `{prefix}dead_letter`.
+    let dead_letters = cfg.declared_dead_letter();
+    let mut bodies = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bodies.len() < 2 && tokio::time::Instant::now() < deadline {
+        bodies.extend(count(&raw, &dead_letters).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bodies.sort();
+    assert_eq!(bodies, [b"1:2".to_vec(), b"no key".to_vec()]);
+    consumer.shutdown(Duration::from_secs(5)).await;
+    producer.close().await;
+}

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use headwaters_amqp_consumer::etf::{self, Term};
-use headwaters_amqp_consumer::{Consumer, Producer, PublishOptions, WireFormat};
+use headwaters_amqp_consumer::{
+    AmqpConfig, Consumer, DeadLetter, Producer, PublishOptions, WireFormat,
+};
 use headwaters_ordering_core::{Config, Handler, Key, Message, Outcome};
 
 use crate::support::{amqp_url, config, eventually};
@@ -93,8 +95,16 @@ impl Handler for Check {
     async fn handle_signal(&self, (): (), _: &mut Key) {}
 }
 
+/// Mississippi's queues carry no arguments, so no dead-letter exchange either: nothing is
+/// discarded in these tests (in production, a broker policy gives them one).
+fn mississippi_config(test: &str, total: u32) -> AmqpConfig {
+    config(test, total)
+        .with_wire(WireFormat::Mississippi)
+        .with_dead_letter(DeadLetter::Drop)
+}
+
 async fn erlang_to_headwaters(total: u32) {
-    let config = config(&format!("miss_in{total}"), total).with_wire(WireFormat::Mississippi);
+    let config = mississippi_config(&format!("miss_in{total}"), total);
     // Erlang declares the queues first (plain durable, as Mississippi does); our consumer's
     // declarations must not clash with them.
     run_peer(&[
@@ -151,7 +161,7 @@ fn key(i: u32) -> Term {
 }
 
 async fn headwaters_to_erlang(total: u32) {
-    let config = config(&format!("miss_out{total}"), total).with_wire(WireFormat::Mississippi);
+    let config = mississippi_config(&format!("miss_out{total}"), total);
     let producer = Producer::connect(config.clone()).await.unwrap();
     for seq in 1..=PER_KEY {
         // One round per sequence number: keys in parallel, each key's messages in order.
