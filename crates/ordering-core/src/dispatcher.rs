@@ -34,6 +34,14 @@ pub struct Config {
     /// Deliveries accepted but not yet settled or dropped, across all keys. When reached,
     /// [`Dispatcher::dispatch`] waits: backpressure to the source. Default 10,000.
     pub max_in_flight: usize,
+    /// Deliveries waiting at keys parked by
+    /// [`PoisonAction::StopKey`](crate::PoisonAction::StopKey) do not count against
+    /// `max_in_flight` — none of them runs until the key is resumed, so one parked key must
+    /// not stall the others — up to this many (beyond it they count again and backpressure
+    /// returns, so parked keys never hold unbounded memory). They keep their order; the
+    /// source's own window (AMQP prefetch, Pulsar receiver queue, EventStore allowed
+    /// in-flight) bounds them too. Default: as many as `max_in_flight`.
+    pub max_parked: usize,
     /// A key with no work for this long has its handler terminated and its slot freed.
     /// Default 10 minutes.
     pub idle_timeout: Duration,
@@ -49,6 +57,7 @@ impl Default for Config {
         Self {
             lanes: std::thread::available_parallelism().map_or(1, usize::from),
             max_in_flight: 10_000,
+            max_parked: 10_000,
             idle_timeout: Duration::from_secs(600),
             retry: RetryPolicy::default(),
             drop_grace: Duration::from_secs(30),
@@ -63,9 +72,17 @@ impl Config {
         self
     }
 
-    /// Set [`max_in_flight`](Self::max_in_flight).
+    /// Set [`max_in_flight`](Self::max_in_flight) (and [`max_parked`](Self::max_parked)
+    /// to the same).
     pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
         self.max_in_flight = max_in_flight;
+        self.max_parked = max_in_flight;
+        self
+    }
+
+    /// Set [`max_parked`](Self::max_parked).
+    pub fn with_max_parked(mut self, max_parked: usize) -> Self {
+        self.max_parked = max_parked;
         self
     }
 
@@ -213,8 +230,11 @@ impl std::error::Error for SignalError {}
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Metrics {
-    /// Deliveries accepted and not yet settled or dropped.
+    /// Deliveries accepted and not yet settled or dropped, except those waiting at parked
+    /// keys.
     pub in_flight: u64,
+    /// Deliveries waiting at parked keys (see [`Config::max_parked`]).
+    pub parked: u64,
     /// Keys with a live handler or queued work.
     pub live_keys: u64,
     /// Deliveries settled with ack.
@@ -292,6 +312,7 @@ enum Cmd<H: Handler, S> {
 #[derive(Default)]
 struct LaneCounters {
     live_keys: AtomicU64,
+    parked: AtomicU64,
     acked: AtomicU64,
     discarded: AtomicU64,
     retried: AtomicU64,
@@ -444,6 +465,7 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
         };
         for c in &self.inner.counters {
             m.live_keys += c.live_keys.load(Relaxed);
+            m.parked += c.parked.load(Relaxed);
             m.acked += c.acked.load(Relaxed);
             m.discarded += c.discarded.load(Relaxed);
             m.retried += c.retried.load(Relaxed);
@@ -517,8 +539,12 @@ impl<H: Handler> Lane<H> {
         let mut stop_timer = pin!(tokio::time::sleep(Duration::ZERO));
         let mut report = LaneReport::default();
         let mut timed_out = false;
+        let mut budget = Budget {
+            max_parked: (self.config.max_parked / self.config.lanes.max(1)).max(1),
+            ..Budget::default()
+        };
         loop {
-            self.drain(&mut tracker, &mut running);
+            self.drain(&mut tracker, &mut running, &mut budget);
             if deadline.is_some() && running.is_empty() && tracker.is_quiet() {
                 break;
             }
@@ -564,7 +590,7 @@ impl<H: Handler> Lane<H> {
                     // Cancel what still runs; its deliveries are redelivered by the source.
                     running = FuturesUnordered::new();
                     report.abandoned += tracker.abandon() as u64;
-                    self.drain(&mut tracker, &mut running);
+                    self.drain(&mut tracker, &mut running, &mut budget);
                     timed_out = true;
                     break;
                 }
@@ -573,7 +599,7 @@ impl<H: Handler> Lane<H> {
         if !timed_out {
             report.drained = true;
             tracker.terminate_all();
-            self.drain(&mut tracker, &mut running);
+            self.drain(&mut tracker, &mut running, &mut budget);
             while let Some((key, done)) = running.next().await {
                 tracker.complete(&key, done, Instant::now().into_std());
             }
@@ -596,6 +622,7 @@ impl<H: Handler> Lane<H> {
         &self,
         tracker: &mut Tracker<H, S, SignalCall<H>>,
         running: &mut FuturesUnordered<JobFuture<H>>,
+        budget: &mut Budget,
     ) {
         let mut t = Tally::default();
         let mut now = None;
@@ -632,10 +659,10 @@ impl<H: Handler> Lane<H> {
                 Output::Event(event) => record(event, &mut t),
             }
         }
-        if t.released > 0 {
-            self.permits.add_permits(t.released);
-        }
+        let parked = tracker.parked();
+        budget.balance(&self.permits, t.released, parked);
         let c = &self.counters;
+        c.parked.store(parked as u64, Relaxed);
         for (counter, n) in [
             (&c.acked, t.acked),
             (&c.discarded, t.discarded),
@@ -649,6 +676,46 @@ impl<H: Handler> Lane<H> {
             }
         }
         c.live_keys.store(tracker.live_keys() as u64, Relaxed);
+    }
+}
+
+/// A lane's account with the in-flight semaphore beyond one permit per delivery: the
+/// permits it gave back on behalf of deliveries waiting at parked keys, and those it owes
+/// back since such deliveries count again (resumed, settled or dropped) while no permit was
+/// free to take.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Permits given back for parked deliveries (at most `max_parked`).
+    given: usize,
+    /// Permits owed to the semaphore.
+    owed: usize,
+    /// This lane's share of [`Config::max_parked`].
+    max_parked: usize,
+}
+
+impl Budget {
+    /// `released` deliveries left the lane (settled or dropped) and `parked` now wait at
+    /// parked keys: return and take permits so that every other delivery holds exactly one.
+    fn balance(&mut self, permits: &Semaphore, mut released: usize, parked: usize) {
+        let parked = parked.min(self.max_parked);
+        if parked >= self.given {
+            released += parked - self.given;
+        } else {
+            self.owed += self.given - parked;
+        }
+        self.given = parked;
+        let paid = self.owed.min(released);
+        self.owed -= paid;
+        released -= paid;
+        if released > 0 {
+            permits.add_permits(released);
+        } else if self.owed > 0 {
+            let free = self.owed.min(permits.available_permits());
+            if let Ok(taken) = permits.try_acquire_many(u32::try_from(free).unwrap_or(u32::MAX)) {
+                self.owed -= taken.num_permits();
+                taken.forget();
+            }
+        }
     }
 }
 

@@ -290,6 +290,8 @@ pub struct Tracker<H: Handler, S, X> {
     dead: HashSet<Epoch, RandomState>,
     out: VecDeque<Output<H, S, X>>,
     policy: RetryPolicy,
+    /// Deliveries queued at parked keys (kept up to date by every input).
+    parked: usize,
 }
 
 impl<H: Handler, S, X> fmt::Debug for Tracker<H, S, X> {
@@ -352,6 +354,11 @@ impl<H: Handler, S, X> Slot<H, S, X> {
         !self.queue.is_empty() || !self.side.is_empty() || self.cont.is_some()
     }
 
+    /// The deliveries this slot holds while parked (none when it is not).
+    fn parked_len(&self) -> usize {
+        if self.parked { self.queue.len() } else { 0 }
+    }
+
     /// Remove the head: it was settled, poisoned or dropped.
     fn pop_head(&mut self) -> Option<Entry<S>> {
         self.attempts = 0;
@@ -373,7 +380,15 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
             dead: HashSet::default(),
             out: VecDeque::new(),
             policy,
+            parked: 0,
         }
+    }
+
+    /// Deliveries waiting at parked keys ([`PoisonAction::StopKey`]): their order is kept,
+    /// and a driver need not count them against its in-flight bound, since none of them
+    /// runs until the key is resumed.
+    pub fn parked(&self) -> usize {
+        self.parked
     }
 
     /// The next thing the driver must do.
@@ -418,12 +433,15 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
         let (key, slot) = match self.slots.entry(key) {
             MapEntry::Occupied(o) if o.get().busy != Busy::No => {
                 // The common case under load: the key is busy, just queue.
-                o.into_mut().queue.push_back(entry);
+                let slot = o.into_mut();
+                self.parked += usize::from(slot.parked);
+                slot.queue.push_back(entry);
                 return;
             }
             MapEntry::Occupied(o) => (o.key().clone(), o.into_mut()),
             MapEntry::Vacant(v) => (v.key().clone(), v.insert(Slot::new(now))),
         };
+        self.parked += usize::from(slot.parked);
         slot.queue.push_back(entry);
         advance(&key, slot, &mut self.out, now);
     }
@@ -446,6 +464,7 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
         let Some(slot) = self.slots.get_mut(key) else {
             return false;
         };
+        self.parked -= slot.parked_len();
         let was = mem::replace(&mut slot.parked, false);
         slot.attempts = 0;
         if slot.busy == Busy::No {
@@ -464,6 +483,7 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
             if !slot.queue.iter().any(|e| e.epoch == epoch) {
                 continue;
             }
+            self.parked -= slot.parked_len();
             let running_head = slot.busy == Busy::Message;
             let old = mem::take(&mut slot.queue);
             let mut head_dropped = false;
@@ -481,6 +501,7 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
                 slot.attempts = 0;
                 slot.parked = false;
             }
+            self.parked += slot.parked_len();
             if slot.busy == Busy::No {
                 advance(key, slot, &mut self.out, now);
             }
@@ -504,7 +525,9 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
             ) => {
                 slot.state = state;
                 let policy = self.policy;
-                if let Some(next) = finish_message(
+                // Only here can a key be parked, or its parked head leave.
+                let parked_before = slot.parked_len();
+                let next = finish_message(
                     key,
                     slot,
                     message,
@@ -512,7 +535,9 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
                     &self.dead,
                     &policy,
                     &mut self.out,
-                ) {
+                );
+                self.parked = self.parked + slot.parked_len() - parked_before;
+                if let Some(next) = next {
                     slot.busy = next;
                     return;
                 }
@@ -590,6 +615,7 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
     /// Give up on everything (a shutdown deadline passed and the driver dropped its running
     /// jobs): every delivery is dropped unsettled and every slot removed.
     pub fn abandon(&mut self) -> usize {
+        self.parked = 0;
         let mut dropped = 0;
         for (_, slot) in self.slots.drain() {
             for entry in slot.queue {

@@ -400,3 +400,153 @@ fn outside_a_runtime_is_an_error_not_a_panic() {
     assert_eq!(err, ConfigError::NoRuntime);
     assert!(err.to_string().contains("tokio runtime"));
 }
+
+/// Fails on key `poison` until healed; holds key `block` until the gate opens.
+struct Flaky {
+    healed: std::sync::atomic::AtomicBool,
+    gate: Semaphore,
+    seen: Mutex<HashMap<Key, Vec<u64>>>,
+}
+
+impl Default for Flaky {
+    fn default() -> Self {
+        Self {
+            healed: std::sync::atomic::AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            seen: Mutex::default(),
+        }
+    }
+}
+
+impl Handler for Arc<Flaky> {
+    type State = ();
+    type Continue = ();
+    type Signal = ();
+    type Reply = ();
+    type Error = String;
+
+    async fn init(&self, _: &Key) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn handle_message(&self, m: &Message, (): &mut ()) -> Result<Outcome, String> {
+        let key = Key::new(
+            m.headers
+                .get("key")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned(),
+        );
+        if key.as_bytes() == b"poison" && !self.healed.load(Relaxed) {
+            return Err("poison".into());
+        }
+        if key.as_bytes() == b"block" {
+            let _open = self.gate.acquire().await;
+        }
+        let id = m.message_id.parse().map_err(|e| format!("{e}"))?;
+        self.seen.lock().unwrap().entry(key).or_default().push(id);
+        Ok(Outcome::ack())
+    }
+
+    async fn handle_signal(&self, (): (), (): &mut ()) {}
+}
+
+fn keyed(key: &str, id: u64, epoch: Epoch) -> Delivery<NoSettle> {
+    let mut message = msg(id, 0, None);
+    message.headers.insert("key", key.to_owned());
+    Delivery {
+        key: Key::new(key.to_owned()),
+        message,
+        settle: NoSettle,
+        epoch,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_key_does_not_stall_the_others_and_resumes_in_order() {
+    let flaky = Arc::new(Flaky::default());
+    let max = 16;
+    let config = Config {
+        lanes: 2,
+        retry: RetryPolicy {
+            max_attempts: 1,
+            on_poison: PoisonAction::StopKey,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+        },
+        ..Config::default()
+    }
+    .with_max_in_flight(max);
+    let d = Dispatcher::new(Arc::clone(&flaky), config).unwrap();
+    let epoch = d.new_epoch();
+    let within = |what: &'static str| move |_| panic!("dispatch blocked: {what}");
+    // A whole window of messages for the poison key: the first fails and parks the key.
+    for id in 0..max as u64 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            d.dispatch(keyed("poison", id, epoch)),
+        )
+        .await
+        .unwrap_or_else(within("filling the window"))
+        .unwrap();
+    }
+    wait_for("the key to park with its window", || {
+        d.metrics().parked == max as u64
+    })
+    .await;
+    // Ten windows' worth of other keys go through while it is parked.
+    for id in 1_000..1_000 + 10 * max as u64 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            d.dispatch(keyed(&format!("k{}", id % 7), id, epoch)),
+        )
+        .await
+        .unwrap_or_else(within("the parked key stalled every key"))
+        .unwrap();
+    }
+    wait_for("the other keys", || d.metrics().acked == 10 * max as u64).await;
+    assert!(
+        !flaky
+            .seen
+            .lock()
+            .unwrap()
+            .contains_key(&Key::from("poison"))
+    );
+
+    // Resumed through the dispatcher, the key runs its messages in order.
+    flaky.healed.store(true, Relaxed);
+    d.resume_key("poison");
+    wait_for("the parked key's messages", || {
+        flaky
+            .seen
+            .lock()
+            .unwrap()
+            .get(&Key::from("poison"))
+            .is_some_and(|ids| ids.len() == max)
+    })
+    .await;
+    assert_eq!(
+        flaky.seen.lock().unwrap()[&Key::from("poison")],
+        (0..max as u64).collect::<Vec<_>>()
+    );
+    wait_for("nothing left in flight", || {
+        let m = d.metrics();
+        m.parked == 0 && m.in_flight == 0
+    })
+    .await;
+
+    // The budget is whole again, not larger: a window of held deliveries fills it exactly.
+    for id in 0..max as u64 {
+        d.try_dispatch(keyed("block", 5_000 + id, epoch))
+            .unwrap_or_else(|_| panic!("permit {id} of {max} is missing"));
+    }
+    assert!(
+        matches!(
+            d.try_dispatch(keyed("block", 9_999, epoch)),
+            Err(TryDispatchError::Full(_))
+        ),
+        "more permits than max_in_flight"
+    );
+    flaky.gate.add_permits(1_000);
+    d.shutdown(Duration::from_secs(5)).await;
+}

@@ -586,9 +586,13 @@ fn run_model(ops: Vec<Op>, policy: RetryPolicy) {
             }
         }
     };
+    // The parked count is kept incrementally; it must always equal a recount.
+    let recount = |t: &T| t.slots.values().map(Slot::parked_len).sum::<usize>();
     for op in ops {
+        let shown = format!("{op:?}");
         apply(op, &mut t, &mut model, &mut running, &mut epoch, &mut now);
         pump(&mut t, &mut model, &mut running);
+        assert_eq!(t.parked(), recount(&t), "after {shown}");
     }
     // Drain: everything succeeds from now on; parked keys are resumed.
     for _ in 0..100_000 {
@@ -631,6 +635,7 @@ fn run_model(ops: Vec<Op>, policy: RetryPolicy) {
         );
     }
     assert!(t.is_quiet());
+    assert_eq!(t.parked(), 0);
 }
 
 proptest! {
