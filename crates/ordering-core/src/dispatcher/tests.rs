@@ -479,7 +479,6 @@ async fn a_parked_key_does_not_stall_the_others_and_resumes_in_order() {
     .with_max_in_flight(max);
     let d = Dispatcher::new(Arc::clone(&flaky), config).unwrap();
     let epoch = d.new_epoch();
-    let within = |what: &'static str| move |_| panic!("dispatch blocked: {what}");
     // A whole window of messages for the poison key: the first fails and parks the key.
     for id in 0..max as u64 {
         tokio::time::timeout(
@@ -487,7 +486,7 @@ async fn a_parked_key_does_not_stall_the_others_and_resumes_in_order() {
             d.dispatch(keyed("poison", id, epoch)),
         )
         .await
-        .unwrap_or_else(within("filling the window"))
+        .expect("dispatch blocked while filling the window")
         .unwrap();
     }
     wait_for("the key to park with its window", || {
@@ -501,7 +500,7 @@ async fn a_parked_key_does_not_stall_the_others_and_resumes_in_order() {
             d.dispatch(keyed(&format!("k{}", id % 7), id, epoch)),
         )
         .await
-        .unwrap_or_else(within("the parked key stalled every key"))
+        .expect("dispatch blocked: the parked key stalled every key")
         .unwrap();
     }
     wait_for("the other keys", || d.metrics().acked == 10 * max as u64).await;
