@@ -176,6 +176,10 @@ pub struct CatchUpSettings {
     /// Live events allowed to wait before falling back to paging (default 10,000, the .NET
     /// client's `MaxLiveQueueSize`).
     pub max_live_queue: usize,
+    /// Deliver the events that link events (`$>`) point at, with the link beside them
+    /// (Extreme's `read_and_stay_subscribed` `resolve_link_tos`): what category (`$ce-…`)
+    /// and event-type (`$et-…`) streams need. Default off.
+    pub resolve_link_tos: bool,
 }
 
 impl Default for CatchUpSettings {
@@ -183,6 +187,7 @@ impl Default for CatchUpSettings {
         Self {
             page_size: 500,
             max_live_queue: 10_000,
+            resolve_link_tos: false,
         }
     }
 }
@@ -197,6 +202,12 @@ impl CatchUpSettings {
     /// Live events allowed to wait before falling back to paging.
     pub fn with_max_live_queue(mut self, max: usize) -> Self {
         self.max_live_queue = max.max(1);
+        self
+    }
+
+    /// Resolve link events (see [`CatchUpSettings::resolve_link_tos`]).
+    pub fn with_resolve_link_tos(mut self, resolve: bool) -> Self {
+        self.resolve_link_tos = resolve;
         self
     }
 }
@@ -219,11 +230,13 @@ impl Connection {
         last_processed: Option<u64>,
         settings: impl Into<CatchUpSettings>,
     ) -> CatchUp {
+        let settings = settings.into();
         let cursor = StreamCursor {
             stream: stream.to_owned(),
             next: last_processed.map_or(0, |n| n as i64 + 1),
+            resolve: settings.resolve_link_tos,
         };
-        CatchUp::spawn(self.clone(), cursor, settings.into())
+        CatchUp::spawn(self.clone(), cursor, settings)
     }
 
     /// A catch-up subscription to `$all`: every event after the position `last_processed`
@@ -234,11 +247,13 @@ impl Connection {
         last_processed: Option<Position>,
         settings: impl Into<CatchUpSettings>,
     ) -> CatchUp {
+        let settings = settings.into();
         let cursor = AllCursor {
             last: last_processed,
             from: last_processed.unwrap_or(Position::START),
+            resolve: settings.resolve_link_tos,
         };
-        CatchUp::spawn(self.clone(), cursor, settings.into())
+        CatchUp::spawn(self.clone(), cursor, settings)
     }
 }
 
@@ -380,6 +395,8 @@ impl Drop for CatchUp {
 trait Cursor: Send + 'static {
     /// The stream to subscribe to (`None` = `$all`).
     fn stream(&self) -> Option<&str>;
+    /// Whether reads and the subscription resolve link events.
+    fn resolve(&self) -> bool;
     /// Read the next page after what was delivered: the events and whether it was the end.
     fn page(
         &mut self,
@@ -397,11 +414,16 @@ struct StreamCursor {
     stream: String,
     /// The first event number not delivered.
     next: i64,
+    resolve: bool,
 }
 
 impl Cursor for StreamCursor {
     fn stream(&self) -> Option<&str> {
         Some(&self.stream)
+    }
+
+    fn resolve(&self) -> bool {
+        self.resolve
     }
 
     async fn page(
@@ -415,7 +437,7 @@ impl Cursor for StreamCursor {
                 self.next,
                 count,
                 ReadDirection::Forward,
-                false,
+                self.resolve,
             )
             .await?;
         Ok((slice.events, slice.is_end_of_stream))
@@ -438,11 +460,16 @@ struct AllCursor {
     last: Option<Position>,
     /// Where the next page starts.
     from: Position,
+    resolve: bool,
 }
 
 impl Cursor for AllCursor {
     fn stream(&self) -> Option<&str> {
         None
+    }
+
+    fn resolve(&self) -> bool {
+        self.resolve
     }
 
     async fn page(
@@ -451,7 +478,7 @@ impl Cursor for AllCursor {
         count: u32,
     ) -> Result<(Vec<ResolvedEvent>, bool), Error> {
         let slice = connection
-            .read_all(self.from, count, ReadDirection::Forward, false)
+            .read_all(self.from, count, ReadDirection::Forward, self.resolve)
             .await?;
         let end = slice.is_end || slice.next_position == self.from;
         self.from = slice.next_position;
@@ -558,7 +585,10 @@ async fn catch_up(
     loop {
         let pass: Result<(), Over> = async {
             read_to_end(&connection, &mut cursor, page, &tx).await?;
-            let subscription = match connection.subscribe_to(cursor.stream(), false).await {
+            let subscription = match connection
+                .subscribe_to(cursor.stream(), cursor.resolve())
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx

@@ -823,3 +823,88 @@ async fn ordered_processing_keeps_each_streams_order_and_acks() {
         .unwrap();
     assert_eq!(report.abandoned, 0, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volatile_subscription_is_restored_after_a_reconnect() {
+    use headwaters_eventstore_tcp::{DropReason, SubscriptionEvent};
+
+    let (e, c) = setup().await;
+    let mut sub = c.subscribe_to(Some("vol"), false).await.unwrap();
+    assert!(matches!(
+        next_event(&mut sub).await,
+        Some(SubscriptionEvent::Confirmed { .. })
+    ));
+    e.drop_connections();
+    assert_eq!(
+        next_event(&mut sub).await,
+        Some(SubscriptionEvent::Dropped(DropReason::ConnectionLost))
+    );
+    assert!(
+        matches!(
+            next_event(&mut sub).await,
+            Some(SubscriptionEvent::Confirmed { .. })
+        ),
+        "subscribed again on the new connection"
+    );
+    c.append_to_stream("vol", ExpectedVersion::Any, &events(0..2))
+        .await
+        .unwrap();
+    for expected in [0, 1] {
+        let Some(SubscriptionEvent::Event(ev)) = next_event(&mut sub).await else {
+            panic!("a live event after the reconnect");
+        };
+        assert_eq!(ev.original_event_number(), Some(expected));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_resolves_links_for_category_streams() {
+    use headwaters_eventstore_tcp::{CatchUpEvent, CatchUpSettings, EventData};
+
+    let (_e, c) = setup().await;
+    // A category stream as the $by_category projection writes it: links to the events.
+    let link = |n: u32, stream: &str| EventData::binary("$>", format!("{n}@{stream}").into_bytes());
+    for (stream, n) in [("order-1", 0), ("order-2", 0), ("order-1", 1)] {
+        c.append_to_stream(stream, ExpectedVersion::Any, &events(n..n + 1))
+            .await
+            .unwrap();
+        c.append_to_stream("$ce-order", ExpectedVersion::Any, &[link(n, stream)])
+            .await
+            .unwrap();
+    }
+    let settings = CatchUpSettings::default().with_resolve_link_tos(true);
+    let mut sub = c.subscribe_to_stream_from("$ce-order", None, settings);
+    let mut seen = Vec::new();
+    loop {
+        match next_catch_up(&mut sub).await {
+            CatchUpEvent::Event(ev) => {
+                let target = ev.event.as_ref().expect("the linked event, resolved");
+                assert!(ev.link.is_some(), "the link beside it");
+                seen.push((target.stream_id.clone(), ev.original_event_number()));
+            }
+            CatchUpEvent::CaughtUp => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("order-1".to_owned(), Some(0)),
+            ("order-2".to_owned(), Some(1)),
+            ("order-1".to_owned(), Some(2))
+        ],
+        "each linked event once, ordered by the category stream's numbers"
+    );
+    // Live, resolved too.
+    c.append_to_stream("order-3", ExpectedVersion::Any, &events(7..8))
+        .await
+        .unwrap();
+    c.append_to_stream("$ce-order", ExpectedVersion::Any, &[link(0, "order-3")])
+        .await
+        .unwrap();
+    let CatchUpEvent::Event(ev) = next_catch_up(&mut sub).await else {
+        panic!("a live event");
+    };
+    assert_eq!(ev.event.as_ref().unwrap().stream_id, "order-3");
+    assert_eq!(ev.original_event_number(), Some(3));
+}

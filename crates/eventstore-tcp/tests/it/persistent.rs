@@ -235,3 +235,24 @@ async fn unacknowledged_events_come_again_after_a_timeout_or_a_reconnect() {
         .unwrap();
     assert_eq!(n(&next_message(&mut s2).await), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nak_with_an_unknown_action_is_retried_as_the_server_does() {
+    let (_e, c) = setup().await;
+    c.append_to_stream("u", ExpectedVersion::Any, &events(0..1))
+        .await
+        .unwrap();
+    c.create_persistent_subscription("u", "g", &from_start())
+        .await
+        .unwrap();
+    let mut s = c
+        .connect_to_persistent_subscription("u", "g", 1)
+        .await
+        .unwrap();
+    let m = next_message(&mut s).await;
+    assert_eq!((n(&m), m.retry_count), (0, 0));
+    s.nak(&m, NakAction::Unknown, "no idea").unwrap();
+    let m = next_message(&mut s).await;
+    assert_eq!((n(&m), m.retry_count), (0, 1), "Unknown is a retry");
+    s.ack(&m).unwrap();
+}
