@@ -42,6 +42,11 @@ pub struct ProducerOptions {
     pub max_in_flight: usize,
     /// What happens to pending sends on a reconnect.
     pub on_disconnect: PendingPolicy,
+    /// How long every send (`send`, `enqueue`, `send_with_callback`) may wait for its
+    /// receipt, from the moment it is handed over, before it fails with
+    /// [`Error::Timeout`] (the Java client's `sendTimeout`; default 30 s; `None`: no
+    /// deadline). A send that timed out may still be stored: retrying may duplicate.
+    pub send_timeout: Option<Duration>,
 }
 
 impl Default for ProducerOptions {
@@ -50,6 +55,7 @@ impl Default for ProducerOptions {
             params: ProducerParams::default(),
             max_in_flight: 1000,
             on_disconnect: PendingPolicy::Resend,
+            send_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -70,6 +76,12 @@ impl ProducerOptions {
     /// Set the reconnect policy for pending sends.
     pub fn with_on_disconnect(mut self, policy: PendingPolicy) -> Self {
         self.on_disconnect = policy;
+        self
+    }
+
+    /// Set the deadline of every send (see [`ProducerOptions::send_timeout`]).
+    pub fn with_send_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.send_timeout = timeout;
         self
     }
 }
@@ -114,6 +126,7 @@ struct Inner {
     max_frame: usize,
     failure: Arc<Mutex<Option<Error>>>,
     runtime: tokio::runtime::Handle,
+    send_timeout: Option<Duration>,
 }
 
 /// A producer on one topic. Clones share the connection; sends are pipelined and matched
@@ -151,18 +164,28 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Resolves to the message id when the broker's receipt arrives.
+/// Resolves to the message id when the broker's receipt arrives, or to
+/// [`Error::Timeout`] once the send timeout has passed.
 #[derive(Debug)]
 #[must_use = "the receipt says whether the broker stored the message"]
-pub struct SendFuture(oneshot::Receiver<Result<MessageId, Error>>);
+pub struct SendFuture {
+    receipt: oneshot::Receiver<Result<MessageId, Error>>,
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+}
 
 impl Future for SendFuture {
     type Output = Result<MessageId, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Error::Closed)))
+        if let Poll::Ready(r) = Pin::new(&mut self.receipt).poll(cx) {
+            return Poll::Ready(r.unwrap_or(Err(Error::Closed)));
+        }
+        if let Some((sleep, timeout)) = &mut self.deadline
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(Error::Timeout(*timeout)));
+        }
+        Poll::Pending
     }
 }
 
@@ -211,6 +234,7 @@ impl Producer {
                 max_frame: config.max_frame,
                 failure,
                 runtime: tokio::runtime::Handle::current(),
+                send_timeout: options.send_timeout,
             }),
         })
     }
@@ -270,8 +294,16 @@ impl Producer {
     /// pending) and return a future for its receipt. Await many of these to pipeline.
     pub async fn enqueue(&self, message: impl Into<OutgoingMessage>) -> Result<SendFuture, Error> {
         let (tx, rx) = oneshot::channel();
+        // The deadline runs from the hand-over, waiting for a slot included.
+        let deadline = self
+            .inner
+            .send_timeout
+            .map(|t| (Box::pin(tokio::time::sleep(t)), t));
         self.submit(message.into(), Done::Future(tx)).await?;
-        Ok(SendFuture(rx))
+        Ok(SendFuture {
+            receipt: rx,
+            deadline,
+        })
     }
 
     /// Send and wait for the receipt.
@@ -287,7 +319,28 @@ impl Producer {
         message: impl Into<OutgoingMessage>,
         callback: impl FnOnce(Result<MessageId, Error>) + Send + 'static,
     ) -> Result<(), Error> {
-        self.submit(message.into(), Done::Callback(Box::new(callback)))
+        let Some(timeout) = self.inner.send_timeout else {
+            return self
+                .submit(message.into(), Done::Callback(Box::new(callback)))
+                .await;
+        };
+        // Whichever comes first — the receipt or the deadline — calls it, once.
+        let once = Arc::new(Mutex::new(Some(callback)));
+        let on_timeout = Arc::clone(&once);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let callback = on_timeout.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(callback) = callback {
+                callback(Err(Error::Timeout(timeout)));
+            }
+        });
+        let call = move |result| {
+            let callback = once.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(callback) = callback {
+                callback(result);
+            }
+        };
+        self.submit(message.into(), Done::Callback(Box::new(call)))
             .await
     }
 

@@ -1008,3 +1008,78 @@ async fn ordered_discards_are_acknowledged_only_when_asked() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_fail_with_timeout_after_their_deadline() {
+    let (e, config) = emulator().await;
+    let options = ProducerOptions::default().with_send_timeout(Some(Duration::from_millis(200)));
+    let producer = Producer::connect(&config, topic("deadline"), options)
+        .await
+        .unwrap();
+    producer.send("fast").await.unwrap();
+    e.delay_receipts(Duration::from_secs(3));
+    let err = producer.send("slow").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(t) if t == Duration::from_millis(200)),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    let receipt = producer.enqueue("slow too").await.unwrap();
+    assert!(matches!(receipt.await, Err(Error::Timeout(_))));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    producer
+        .send_with_callback("slow as well", move |result| {
+            let _ = tx.send(result);
+        })
+        .await
+        .unwrap();
+    let first = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+    e.delay_receipts(Duration::ZERO);
+    // The late receipts do not call the callback a second time.
+    producer.send("fast again").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rx.try_recv().is_err(), "the callback ran twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_asked_for_again_on_reconnect() {
+    let e = PulsarEmulator::start_with(
+        EmulatorConfig::default().with_token("first"),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let current = Arc::new(Mutex::new("first".to_owned()));
+    let calls = Arc::new(Mutex::new(0));
+    let (token, counted) = (current.clone(), calls.clone());
+    let config = ClientConfig::new(&e.url())
+        .unwrap()
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .with_token_provider(move || {
+            let (token, counted) = (token.clone(), counted.clone());
+            async move {
+                *counted.lock().unwrap() += 1;
+                let value = token.lock().unwrap().clone();
+                Ok(headwaters_pulsar_ws::Secret::new(value))
+            }
+        });
+    let producer = Producer::connect(&config, topic("rotate"), ProducerOptions::default())
+        .await
+        .unwrap();
+    producer.send("before").await.unwrap();
+    // The key is rotated: the server takes only the new token, and drops the connections.
+    *current.lock().unwrap() = "second".to_owned();
+    e.set_token(Some("second".into()));
+    e.drop_connections();
+    eventually("the reconnect to ask for the token again", || {
+        *calls.lock().unwrap() >= 2
+    })
+    .await;
+    // Only the new token is accepted now: this goes through the new connection.
+    timeout(WAIT, producer.send("after"))
+        .await
+        .expect("the producer reconnected with the new token")
+        .unwrap();
+    assert_eq!(e.open_connections(), 1);
+}

@@ -113,6 +113,8 @@ impl EmulatorConfig {
 struct Shared {
     broker: Mutex<Broker>,
     config: EmulatorConfig,
+    /// The token required now (starts as the configured one; see `set_token`).
+    token: Mutex<Option<String>>,
     receipt_delay_ms: AtomicU64,
     frozen: watch::Sender<bool>,
     next_conn: AtomicU64,
@@ -159,6 +161,7 @@ impl PulsarEmulator {
         let offset = time::UtcOffset::from_whole_seconds(config.time_offset_seconds)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let shared = Arc::new(Shared {
+            token: Mutex::new(config.token.clone()),
             broker: Mutex::new(Broker::new(config.auto_create_topics, offset)),
             config,
             receipt_delay_ms: AtomicU64::new(0),
@@ -212,6 +215,12 @@ impl PulsarEmulator {
     /// with a stalled proxy. New connections are still accepted.
     pub fn freeze(&self, frozen: bool) {
         self.shared.frozen.send_replace(frozen);
+    }
+
+    /// Require another token from now on (`None`: none), as after a key rotation; open
+    /// connections stay.
+    pub fn set_token(&self, token: Option<String>) {
+        *self.shared.token.lock().unwrap_or_else(|e| e.into_inner()) = token;
     }
 
     /// Hold every receipt back for `delay` (zero turns it off).
@@ -478,7 +487,12 @@ fn authenticate(
     req: &Request,
     q: &HashMap<String, String>,
 ) -> Result<(), Refused> {
-    let Some(expected) = &shared.config.token else {
+    let expected = shared
+        .token
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(expected) = expected else {
         return Ok(());
     };
     let header = req
