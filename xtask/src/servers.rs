@@ -418,7 +418,7 @@ impl LocalRabbit {
                  ssl_options.certfile = {d}/tls/server.pem\n\
                  ssl_options.keyfile = {d}/tls/server.key\n\
                  ssl_options.verify = verify_peer\n\
-                 ssl_options.fail_if_no_peer_cert = false\n"
+                 ssl_options.fail_if_no_peer_cert = true\n"
             ),
         )?;
         std::fs::write(dir.join("ctl.sh"), RABBIT_CTL)?;

@@ -1,4 +1,5 @@
-//! `amqps://` through rustls against the test broker's TLS listener.
+//! `amqps://` through rustls against the test broker's TLS listener, which requires a client
+//! certificate (`fail_if_no_peer_cert`), so a client that sends none is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,9 @@ fn config(url: &str, test: &str) -> AmqpConfig {
 #[ignore = "needs RabbitMQ: cargo xtask integration"]
 async fn amqps_round_trip_trusting_the_test_ca() {
     let (url, dir) = tls();
-    let cfg = config(&url, "tls").with_ca_pem(read(&dir, "ca.pem"));
+    let cfg = config(&url, "tls")
+        .with_ca_pem(read(&dir, "ca.pem"))
+        .with_client_identity(read(&dir, "client.pem"), read(&dir, "client.key"));
     let recorder = Arc::new(Recorder::default());
     let consumer = Consumer::start(
         cfg.clone(),
@@ -68,11 +71,19 @@ async fn amqps_with_a_client_certificate() {
         !format!("{cfg:?}").contains("PRIVATE KEY"),
         "the key never shows in Debug"
     );
-    let producer = Producer::connect(cfg).await.unwrap();
+    let producer = Producer::connect(cfg.clone()).await.unwrap();
     producer
         .publish(b"x", PublishOptions::key("k"))
         .await
         .unwrap();
+    // The broker requires a certificate: without one the same connection is refused, so
+    // the success above proves the client sent it.
+    let mut without = cfg;
+    without.tls.client_cert_pem = None;
+    without.tls.client_key_pem = None;
+    let without = without.with_connect_timeout(Duration::from_secs(5));
+    let refused = Producer::connect(without).await;
+    assert!(refused.is_err(), "a client without a certificate got in");
 }
 
 #[tokio::test]
