@@ -49,6 +49,10 @@ pub struct AmqpConfig {
     /// next attempt follows the backoff. Default 10 s. An endpoint that accepts and then says
     /// nothing (a stalled proxy or load balancer) is a failed attempt, never a hang.
     pub connect_timeout: Duration,
+    /// The largest message body the broker takes (its `max_message_size`; RabbitMQ's default
+    /// since 3.8 is 128 MiB). Larger publishes fail with [`Error::TooLarge`] before they are
+    /// sent, instead of making the broker close the channel under every publish in flight.
+    pub max_message_size: usize,
     /// While reconnecting, `publish` waits up to this long for the link before failing with
     /// [`Error::Reconnecting`]. Default: zero (fail at once, like Mississippi).
     pub publish_wait: Duration,
@@ -107,6 +111,7 @@ impl Default for AmqpConfig {
             reconnect_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             publish_wait: Duration::ZERO,
+            max_message_size: 128 * 1024 * 1024,
             ack_interval: Duration::from_millis(5),
             tls: TlsConfig::default(),
             wire: WireFormat::Native,
@@ -243,6 +248,12 @@ impl AmqpConfig {
     /// Bound every connection attempt (see [`AmqpConfig::connect_timeout`]).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Set [`AmqpConfig::max_message_size`] (as the broker's `max_message_size` says).
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
         self
     }
 

@@ -62,6 +62,18 @@ pub enum Error {
     /// The broker refused the message (publisher confirm `nack`).
     #[error("the broker nacked the message; it was not stored")]
     Nacked,
+    /// The message is larger than the broker takes: it was not sent, and the publishes on
+    /// the same channel are unaffected (the broker would have closed it).
+    #[error("the {what} take {size} bytes, over the limit of {limit}; the message was not sent")]
+    TooLarge {
+        /// Which part.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit (the negotiated frame size, the broker's `max_message_size`, or 255 for
+        /// short strings).
+        limit: usize,
+    },
     /// The sharding key cannot be written as an Erlang term (Mississippi wire format).
     #[error("the sharding key cannot be written as an Erlang term: {0}")]
     InvalidKey(#[source] crate::etf::EtfError),

@@ -154,8 +154,28 @@ impl Producer {
         // The default exchange routes by queue name, and a named exchange has every queue
         // bound under its own name: either way the routing key is the shard queue's name.
         let (header, routing_key) = self.route(&options)?;
-        let channel = self.channel().await?;
         let c = &self.inner.config;
+        // What the broker would refuse by closing the channel — failing every publish in
+        // flight on it — is refused here, for this publish alone.
+        if payload.len() > c.max_message_size {
+            return Err(Error::TooLarge {
+                what: "message body",
+                size: payload.len(),
+                limit: c.max_message_size,
+            });
+        }
+        let (properties, properties_size) = properties(options, header)?;
+        let (channel, frame_max) = self.channel().await?;
+        // The properties travel in one content-header frame (8 bytes of framing, 14 of
+        // class, weight, body size and flags).
+        let header_frame = properties_size + 22;
+        if header_frame > frame_max {
+            return Err(Error::TooLarge {
+                what: "message's properties and headers (one frame)",
+                size: header_frame,
+                limit: frame_max,
+            });
+        }
         let confirm = channel
             .basic_publish(
                 c.exchange.as_str().into(),
@@ -165,7 +185,7 @@ impl Producer {
                     ..BasicPublishOptions::default()
                 },
                 payload,
-                properties(options, header),
+                properties,
             )
             .await;
         let confirmation = match confirm {
@@ -202,14 +222,15 @@ impl Producer {
     }
 
     /// The live channel, waiting up to `publish_wait` for a reconnect.
-    async fn channel(&self) -> Result<Channel, Error> {
+    /// The live channel and its connection's negotiated frame size.
+    async fn channel(&self) -> Result<(Channel, usize), Error> {
         let mut rx = self.inner.link.subscribe();
         let wait = self.inner.config.publish_wait;
         let ready = tokio::time::timeout(wait, rx.wait_for(|l| l.as_ref().is_some_and(link_up)));
         match ready.await {
             Ok(Ok(link)) => link
                 .as_ref()
-                .map(|(_, ch)| ch.clone())
+                .map(|(conn, ch)| (ch.clone(), conn.configuration().frame_max() as usize))
                 .ok_or(Error::Reconnecting),
             _ => {
                 self.start_reconnect(None);
@@ -292,15 +313,31 @@ async fn open(config: &AmqpConfig) -> Result<(Connection, Channel), Error> {
     Ok((conn, channel))
 }
 
-/// The message's properties: headers (the sharding key's `header` among them), message id,
-/// timestamp in whole seconds (as Mississippi sends it), persistent.
-fn properties(options: PublishOptions, header: Vec<u8>) -> BasicProperties {
+/// The message's properties — headers (the sharding key's `header` among them), message id,
+/// timestamp in whole seconds (as Mississippi sends it), persistent — and their encoded size.
+/// Short strings (header names, the message id) over 255 bytes cannot be sent.
+fn properties(options: PublishOptions, header: Vec<u8>) -> Result<(BasicProperties, usize), Error> {
+    let short = |what: &'static str, text: &str| {
+        if text.len() > 255 {
+            Err(Error::TooLarge {
+                what,
+                size: text.len(),
+                limit: 255,
+            })
+        } else {
+            Ok(1 + text.len())
+        }
+    };
     let mut headers = FieldTable::default();
+    // The table's length, then per entry its name, a type byte and the value.
+    let mut size = 4;
     for (name, value) in options.headers.iter() {
         if let Some(v) = amqp_value(value) {
+            size += short("header name", name)? + 1 + encoded_len(&v);
             headers.insert(ShortString::from(name), v);
         }
     }
+    size += 1 + SHARDING_KEY_HEADER.len() + 1 + 4 + header.len();
     headers.insert(
         ShortString::from(SHARDING_KEY_HEADER),
         AMQPValue::LongString(LongString::from(header)),
@@ -308,10 +345,22 @@ fn properties(options: PublishOptions, header: Vec<u8>) -> BasicProperties {
     let id = options
         .message_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // Message id, timestamp, delivery mode.
+    size += short("message id", &id)? + 8 + 1;
     let ts = options.timestamp.unwrap_or_else(Timestamp::now);
-    BasicProperties::default()
+    let properties = BasicProperties::default()
         .with_headers(headers)
         .with_message_id(id.into())
         .with_timestamp(u64::try_from(ts.as_micros() / 1_000_000).unwrap_or(0))
-        .with_delivery_mode(2)
+        .with_delivery_mode(2);
+    Ok((properties, size))
+}
+
+/// The encoded size of a header value of the kinds [`amqp_value`] makes.
+fn encoded_len(value: &AMQPValue) -> usize {
+    match value {
+        AMQPValue::Boolean(_) => 1,
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        _ => 8,
+    }
 }

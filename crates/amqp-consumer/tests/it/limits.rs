@@ -180,3 +180,56 @@ async fn a_queue_that_refuses_the_message_nacks_the_publish() {
     assert!(matches!(err, Error::Nacked), "{err}");
     producer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: cargo xtask integration"]
+async fn an_oversized_publish_fails_alone() {
+    let config = config("oversized", 4).with_max_message_size(64 * 1024);
+    let producer = Producer::connect(config).await.unwrap();
+    let huge_key = "k".repeat(200 * 1024);
+    // A hundred ordinary publishes in flight around three that the broker would refuse by
+    // closing the channel under all of them.
+    let ordinary = (0..100).map(|i| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .publish(b"fine", PublishOptions::key(format!("k{i}")))
+                .await
+        }
+    });
+    let big_body = vec![0; 65 * 1024];
+    let (ordinary, bad_key, bad_body, bad_id) = tokio::join!(
+        futures_util::future::join_all(ordinary),
+        producer.publish(b"x", PublishOptions::key(huge_key)),
+        producer.publish(&big_body, PublishOptions::key("k")),
+        producer.publish(
+            b"x",
+            PublishOptions::key("k").with_message_id("i".repeat(300))
+        ),
+    );
+    assert!(ordinary.iter().all(Result::is_ok), "{ordinary:?}");
+    assert!(
+        matches!(bad_key, Err(Error::TooLarge { size, limit, .. }) if size > 200 * 1024 && limit == 131_072),
+        "{bad_key:?}"
+    );
+    assert!(
+        matches!(
+            bad_body,
+            Err(Error::TooLarge {
+                what: "message body",
+                ..
+            })
+        ),
+        "{bad_body:?}"
+    );
+    assert!(
+        matches!(bad_id, Err(Error::TooLarge { limit: 255, .. })),
+        "{bad_id:?}"
+    );
+    // The channel is still the same good one.
+    producer
+        .publish(b"after", PublishOptions::key("k"))
+        .await
+        .unwrap();
+    producer.close().await;
+}
