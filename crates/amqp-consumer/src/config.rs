@@ -29,6 +29,11 @@ pub struct AmqpConfig {
     pub range: Range<u32>,
     /// Unacknowledged deliveries per shard queue. Default 300.
     pub prefetch: u16,
+    /// Shard queues (one channel each) per connection: a consumer spreads its range over
+    /// `ceil(queues / channels_per_connection)` connections, as Mississippi's `channels`
+    /// setting does (10 there) — more connections, more broker parallelism. Default: all
+    /// on one connection.
+    pub channels_per_connection: Option<u16>,
     /// Declare the queues with `x-single-active-consumer`: every instance consumes every
     /// queue, the broker keeps one active consumer per queue and fails over when it dies.
     pub single_active_consumer: bool,
@@ -104,6 +109,7 @@ impl Default for AmqpConfig {
             exchange: String::new(),
             range: 0..128,
             prefetch: 300,
+            channels_per_connection: None,
             single_active_consumer: false,
             dead_letter: DeadLetter::Declared,
             queue_arguments: Headers::new(),
@@ -194,6 +200,20 @@ impl AmqpConfig {
     pub fn with_prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch;
         self
+    }
+
+    /// Put at most `channels` shard queues on one connection (see
+    /// [`AmqpConfig::channels_per_connection`]).
+    pub fn with_channels_per_connection(mut self, channels: u16) -> Self {
+        self.channels_per_connection = Some(channels.max(1));
+        self
+    }
+
+    /// How many of the range's queues share a connection.
+    pub(crate) fn queues_per_connection(&self) -> usize {
+        self.channels_per_connection
+            .map_or_else(|| self.range.len(), usize::from)
+            .max(1)
     }
 
     /// Use single-active-consumer queues.

@@ -219,9 +219,11 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-/// A connection with a consumer, an ack coalescer and a reader per shard queue.
+/// The connections (one, or a pool: [`AmqpConfig::channels_per_connection`]) with a
+/// channel, a consumer, an ack coalescer and a reader per shard queue; they live and die
+/// together, as one epoch.
 struct Link {
-    connection: Connection,
+    connections: Vec<Connection>,
     epoch: Epoch,
     readers: tokio::task::JoinSet<Result<(), Error>>,
     coalescers: Vec<JoinHandle<()>>,
@@ -236,10 +238,14 @@ async fn establish<H: Handler>(
     dispatcher: &Dispatcher<H, AmqpSettle>,
     counters: &Arc<Counters>,
 ) -> Result<Link, Error> {
-    let connection = connect(config).await?;
+    let pool = config.range.len().div_ceil(config.queues_per_connection());
+    let mut connections = Vec::with_capacity(pool);
+    for _ in 0..pool.max(1) {
+        connections.push(connect(config).await?);
+    }
     let epoch = dispatcher.new_epoch();
     let mut link = Link {
-        connection,
+        connections,
         epoch,
         readers: tokio::task::JoinSet::new(),
         coalescers: Vec::new(),
@@ -261,8 +267,9 @@ async fn consume_range<H: Handler>(
     dispatcher: &Dispatcher<H, AmqpSettle>,
     counters: &Arc<Counters>,
 ) -> Result<(), Error> {
-    for index in config.range.clone() {
-        let queue = consume_queue(config, &link.connection, index, "headwaters").await?;
+    let per = config.queues_per_connection();
+    for (n, index) in config.range.clone().enumerate() {
+        let queue = consume_queue(config, &link.connections[n / per], index, "headwaters").await?;
         link.coalescers.push(queue.coalescer);
         link.consumers.push((queue.channel, queue.tag));
         let (dispatcher, counters) = (dispatcher.clone(), Arc::clone(counters));
@@ -362,22 +369,14 @@ async fn supervise<H: Handler>(
         let result = run_link(link, &mut phase).await;
         let aborted = *phase.borrow() == Phase::Aborted;
         match result {
-            Ok(connection) | Err((connection, _)) if aborted => {
+            Ok(connections) | Err((connections, _)) if aborted => {
                 dispatcher.epoch_lost(epoch);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    connection.close(320, "aborted".into()),
-                )
-                .await;
+                close_all(connections, 320, "aborted").await;
                 return;
             }
-            Ok(connection) => {
+            Ok(connections) => {
                 // Stopped and drained: the last acks are sent.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    connection.close(200, "shutdown".into()),
-                )
-                .await;
+                close_all(connections, 200, "shutdown").await;
                 return;
             }
             Err((_, e)) => {
@@ -390,13 +389,24 @@ async fn supervise<H: Handler>(
     }
 }
 
+/// Close `connections`, each within 5 s.
+async fn close_all(connections: Vec<Connection>, code: u16, reason: &str) {
+    for connection in connections {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.close(code, reason.into()),
+        )
+        .await;
+    }
+}
+
 /// Run a link until one of its readers fails (`Err`, the connection or a channel is gone), or
 /// until a shutdown has cancelled the consumers and the dispatcher drained (`Ok`). The
 /// connection is handed back for closing.
 async fn run_link(
     mut link: Link,
     phase: &mut watch::Receiver<Phase>,
-) -> Result<Connection, (Connection, Error)> {
+) -> Result<Vec<Connection>, (Vec<Connection>, Error)> {
     tokio::select! {
         Some(ended) = link.readers.join_next() => {
             link.readers.abort_all();
@@ -405,13 +415,13 @@ async fn run_link(
                 Ok(Ok(())) => Error::Connection("a queue reader stopped: the dispatcher is shut down".into()),
                 Err(join) => Error::Connection(format!("a queue reader failed: {join}")),
             };
-            return Err((link.connection, error));
+            return Err((link.connections, error));
         }
         _ = phase.wait_for(|p| *p != Phase::Running) => {}
     }
     if *phase.borrow() == Phase::Aborted {
         link.readers.abort_all();
-        return Ok(link.connection);
+        return Ok(link.connections);
     }
     // Stopping: no new deliveries; what was received is still dispatched, or redelivered.
     for (channel, tag) in &link.consumers {
@@ -426,7 +436,7 @@ async fn run_link(
     for coalescer in link.coalescers {
         let _ = tokio::time::timeout(Duration::from_secs(5), coalescer).await;
     }
-    Ok(link.connection)
+    Ok(link.connections)
 }
 
 /// Turn one queue's deliveries into dispatcher deliveries.

@@ -233,3 +233,32 @@ async fn an_oversized_publish_fails_alone() {
         .unwrap();
     producer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: cargo xtask integration"]
+async fn channels_per_connection_spreads_the_queues_over_a_pool() {
+    let proxy =
+        crate::support::Proxy::start(crate::support::broker_addr(&crate::support::amqp_url()))
+            .await;
+    let direct = config("pool", 8);
+    let mut pooled = direct.clone().with_channels_per_connection(3);
+    pooled.url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let gate = Gate::new(true);
+    let consumer = Consumer::start(pooled, gate.share(), Config::default())
+        .await
+        .unwrap();
+    assert_eq!(proxy.accepted(), 3, "8 queues, 3 channels per connection");
+    let producer = Producer::connect(direct).await.unwrap();
+    let sends = (0..80).map(|k| producer.publish(b"x", PublishOptions::key(format!("k{k}"))));
+    for sent in futures_util::future::join_all(sends).await {
+        sent.unwrap();
+    }
+    eventually(
+        "every message over the pool",
+        Duration::from_secs(20),
+        || gate.done.load(SeqCst) == 80,
+    )
+    .await;
+    consumer.shutdown(Duration::from_secs(5)).await;
+    producer.close().await;
+}
