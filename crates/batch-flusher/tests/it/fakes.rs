@@ -124,6 +124,9 @@ pub(crate) struct Script {
     pub(crate) reverse: bool,
     /// Keep one token back on full flushes (a buggy flusher).
     pub(crate) lose_one_on_full: bool,
+    /// Write the buffer from `heartbeat` and return its tokens there (a flusher with its own
+    /// schedule, erlmld's deadlock escape); partial flushes then return nothing.
+    pub(crate) flush_in_heartbeat: bool,
 }
 
 /// Writes records to a shared sink per shard.
@@ -133,6 +136,33 @@ pub(crate) struct SinkFactory {
     pub(crate) sinks: Arc<Mutex<HashMap<String, Vec<u64>>>>,
     pub(crate) flushes: Arc<AtomicUsize>,
     pub(crate) inits: Arc<AtomicUsize>,
+    /// Also append what is written to this file, synced before the tokens are returned (for
+    /// crash tests across processes).
+    pub(crate) file: Option<std::path::PathBuf>,
+}
+
+impl SinkFactory {
+    /// Record `records` as written for `shard`.
+    fn write(&self, shard: &str, records: impl Iterator<Item = u64> + Clone) {
+        if let Some(path) = &self.file {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("sink file");
+            for r in records.clone() {
+                writeln!(f, "{r}").expect("sink file");
+            }
+            f.sync_data().expect("sink file");
+        }
+        self.sinks
+            .lock()
+            .unwrap()
+            .entry(shard.to_owned())
+            .or_default()
+            .extend(records);
+    }
 }
 
 pub(crate) struct SinkFlusher {
@@ -179,21 +209,29 @@ impl Flusher for SinkFlusher {
         if script.hang_flush.contains(&n) {
             std::future::pending::<()>().await;
         }
+        if script.flush_in_heartbeat && kind == FlushKind::Partial {
+            return Ok(Vec::new());
+        }
         let mut batch = std::mem::take(&mut self.buffer);
         if script.lose_one_on_full && kind == FlushKind::Full && !batch.is_empty() {
             batch.pop();
         }
         self.factory
-            .sinks
-            .lock()
-            .unwrap()
-            .entry(self.shard.clone())
-            .or_default()
-            .extend(batch.iter().map(|(r, _)| *r));
+            .write(&self.shard, batch.iter().map(|(r, _)| *r));
         let mut tokens: Vec<Token> = batch.into_iter().map(|(_, t)| t).collect();
         if script.reverse {
             tokens.reverse();
         }
         Ok(tokens)
+    }
+
+    async fn heartbeat(&mut self) -> Result<Vec<Token>, String> {
+        if !self.factory.script.flush_in_heartbeat {
+            return Ok(Vec::new());
+        }
+        let batch = std::mem::take(&mut self.buffer);
+        self.factory
+            .write(&self.shard, batch.iter().map(|(r, _)| *r));
+        Ok(batch.into_iter().map(|(_, t)| t).collect())
     }
 }

@@ -271,3 +271,38 @@ async fn a_full_flush_that_keeps_records_is_an_error_at_shard_end() {
     .unwrap_err();
     assert!(matches!(err, ShardError::Leftover(_)), "{err}");
 }
+
+#[tokio::test]
+async fn tokens_from_heartbeat_count_as_a_partial_flush() {
+    let source = LogSource::default();
+    source.push("s", [1, 2, 3, 4, 5]);
+    let factory = SinkFactory {
+        script: Script {
+            flush_in_heartbeat: true,
+            ..Script::default()
+        },
+        ..SinkFactory::default()
+    };
+    let store = MemoryCheckpoints::new();
+    // The timer would flush only after a minute: what is written comes from heartbeats.
+    let p = BatchProcessor::new(
+        source.clone(),
+        factory.clone(),
+        store.clone(),
+        config(60_000),
+    );
+    p.start("s");
+    eventually("heartbeat writes", || {
+        sink(&factory, "s") == [1, 2, 3, 4, 5]
+    })
+    .await;
+    eventually("checkpoint from heartbeat tokens", || {
+        store.get("s").as_deref() == Some("5")
+    })
+    .await;
+    eventually("acks from heartbeat tokens", || {
+        source.acked.lock().unwrap().get("s").map(Vec::len) == Some(5)
+    })
+    .await;
+    assert_eq!(p.stop().await, [("s".to_owned(), ShardEnd::Stopped)]);
+}

@@ -1,5 +1,8 @@
-//! Crash safety: kill a shard mid-stream, restart from the stored checkpoint.
+//! Crash safety: a shard's process is killed with SIGKILL mid-stream, and a new processor
+//! restarts it from the checkpoint stored in SQLite.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use headwaters_batch_flusher::{BatchProcessor, Checkpointer, SqliteCheckpoints, run_shard};
@@ -7,87 +10,122 @@ use headwaters_batch_flusher::{BatchProcessor, Checkpointer, SqliteCheckpoints, 
 use crate::fakes::{End, LogSource, Script, SinkFactory};
 use crate::processor::config;
 
-#[tokio::test]
-async fn killed_mid_stream_then_restarted_flushes_every_record_and_skips_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("checkpoints.sqlite");
-    let source = LogSource::default();
-    source.push("s", 1..=2_000);
-    let factory = SinkFactory {
+const RECORDS: u64 = 2_000;
+
+fn factory(file: Option<std::path::PathBuf>) -> SinkFactory {
+    SinkFactory {
         script: Script {
             capacity: 64,
             reverse: true,
             ..Script::default()
         },
+        file,
         ..SinkFactory::default()
+    }
+}
+
+/// The first life of `killed_mid_stream_then_restarted_flushes_every_record_and_skips_none`,
+/// run in a child process that the parent kills with SIGKILL. Run on its own, it processes a
+/// short shard to its end.
+#[tokio::test]
+async fn child_first_life() {
+    let (dir, records, ends) = match std::env::var("HEADWATERS_FLUSHER_CRASH_DIR") {
+        Ok(dir) => (std::path::PathBuf::from(dir), RECORDS, false),
+        Err(_) => (tempfile::tempdir().unwrap().keep(), 50, true),
     };
-    // First life: abort the task (like kill -9) while it is mid-stream.
-    let store = SqliteCheckpoints::open(&path).await.unwrap();
+    let source = LogSource::default();
+    source.push("s", 1..=records);
+    if ends {
+        source.end("s", End::ShardEnded);
+    }
+    let factory = factory(Some(dir.join("sink")));
+    let store = SqliteCheckpoints::open(dir.join("checkpoints.sqlite"))
+        .await
+        .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let cfg = config(5).with_batch_records(8);
-    let first = tokio::spawn({
-        let (source, factory, cfg) = (source.clone(), factory.clone(), cfg.clone());
-        async move { run_shard("s", &source, &factory, &store, &cfg, rx).await }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let stored = SqliteCheckpoints::open(&path)
-            .await
-            .unwrap()
-            .acquire("s")
-            .await
-            .unwrap();
-        if stored.is_some_and(|p| p.parse::<u64>().unwrap() > 200) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no checkpoint stored"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    first.abort();
-    let _ = first.await;
-    let checkpoint: u64 = SqliteCheckpoints::open(&path)
-        .await
-        .unwrap()
-        .acquire("s")
-        .await
-        .unwrap()
-        .unwrap()
-        .parse()
+    println!("started");
+    // Never returns while the shard is open: the parent kills this process.
+    let end = run_shard("s", &source, &factory, &store, &cfg, rx).await;
+    assert!(end.is_ok(), "{end:?}");
+    assert_eq!(factory.sinks.lock().unwrap()["s"].len() as u64, records);
+}
+
+#[test]
+fn killed_mid_stream_then_restarted_flushes_every_record_and_skips_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("checkpoints.sqlite");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sqlite::child_first_life",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("HEADWATERS_FLUSHER_CRASH_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
-    let flushed_before = factory.sinks.lock().unwrap()["s"].clone();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert!(
-        (1..=checkpoint).all(|r| flushed_before.contains(&r)),
-        "the checkpoint never passes an unflushed record"
+        lines.any(|l| l.is_ok_and(|l| l.contains("started"))),
+        "the child did not start"
     );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stored = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let store = SqliteCheckpoints::open(&db).await.ok()?;
+            store.acquire("s").await.ok().flatten()
+        })
+        .map(|p| p.parse::<u64>().unwrap())
+    };
+    // Kill it once it has checkpointed past the first tenth, mid-stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stored(&rt).is_none_or(|p| p <= RECORDS / 10) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child stored no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let checkpoint = stored(&rt).expect("a checkpoint survives the kill");
+    let written_before: Vec<u64> = std::fs::read_to_string(dir.path().join("sink"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        (1..=checkpoint).all(|r| written_before.contains(&r)),
+        "the checkpoint {checkpoint} passes a record that was never written"
+    );
+    assert!(checkpoint < RECORDS, "killed mid-stream, not at the end");
 
     // Second life: a new processor on the same file resumes after the checkpoint.
+    let source = LogSource::default();
+    source.push("s", 1..=RECORDS);
     source.end("s", End::ShardEnded);
-    let store = SqliteCheckpoints::open(&path).await.unwrap();
-    let p = BatchProcessor::new(source.clone(), factory.clone(), store, cfg);
-    p.start("s");
-    p.wait().await;
-    assert_eq!(
-        source.opened_from.lock().unwrap()["s"],
-        [None, Some(checkpoint)]
-    );
-    let mut all = factory.sinks.lock().unwrap()["s"].clone();
-    all.sort();
+    let factory = factory(None);
+    rt.block_on(async {
+        let store = SqliteCheckpoints::open(&db).await.unwrap();
+        let p = BatchProcessor::new(source.clone(), factory.clone(), store, config(5));
+        p.start("s");
+        p.wait().await;
+    });
+    assert_eq!(source.opened_from.lock().unwrap()["s"], [Some(checkpoint)]);
+    let mut all = written_before;
+    all.extend(&factory.sinks.lock().unwrap()["s"]);
+    all.sort_unstable();
     all.dedup();
     assert_eq!(
         all,
-        (1..=2_000).collect::<Vec<_>>(),
-        "every record flushed at least once"
+        (1..=RECORDS).collect::<Vec<_>>(),
+        "every record written at least once across the two lives"
     );
-    let stored = SqliteCheckpoints::open(&path)
-        .await
-        .unwrap()
-        .acquire("s")
-        .await
-        .unwrap();
-    assert_eq!(stored.as_deref(), Some("2000"));
+    assert_eq!(stored(&rt), Some(RECORDS));
 }
 
 #[tokio::test]
