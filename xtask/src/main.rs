@@ -7,7 +7,7 @@
 //! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the server tests (those marked ignored for plain `cargo test`), checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
 //! | `codegen [--check]`     | prost code from `proto/` into the crates (protox: no `protoc` needed) |
-//! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (stable toolchain) |
+//! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
 //! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
 
