@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use headwaters_amqp_consumer::{Consumer, Error, Producer, PublishOptions};
+use headwaters_amqp_consumer::{AmqpConfig, Consumer, Error, Producer, PublishOptions};
 use headwaters_ordering_core::Config;
 
 use crate::support::{Recorder, Recording, config, eventually, payload};
@@ -25,7 +25,11 @@ fn ctl(action: &str) {
 async fn broker_restart_loses_nothing_and_keeps_order() {
     const KEYS: u32 = 50;
     const PER_KEY: u32 = 60;
-    let cfg = config("restart", 8).with_publish_wait(Duration::from_secs(30));
+    // The default reconnect backoff: the resume time measured below is what users get.
+    let defaults = AmqpConfig::default();
+    let cfg = config("restart", 8)
+        .with_publish_wait(Duration::from_secs(30))
+        .with_reconnect(defaults.reconnect_min, defaults.reconnect_max);
     let producer = Producer::connect(cfg.clone()).await.unwrap();
     let recorder = Arc::new(Recorder::default());
     let consumer = Consumer::start(cfg, Recording(Arc::clone(&recorder)), Config::default())
@@ -63,8 +67,20 @@ async fn broker_restart_loses_nothing_and_keeps_order() {
     })
     .await;
     ctl("kill");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    ctl("start");
+    // Down long enough for the reconnect backoff to reach its cap.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ctl("start"); // returns once the broker is ready
+    let ready = std::time::Instant::now();
+    eventually("the consumer to reconnect", Duration::from_secs(30), || {
+        consumer.stats().connections >= 2
+    })
+    .await;
+    let resumed = ready.elapsed();
+    println!("restart: the consumer resumed {resumed:?} after the broker was ready");
+    assert!(
+        resumed < Duration::from_secs(3),
+        "recovery took {resumed:?} after the broker was ready (the backoff cap is 1 s)"
+    );
     let retries = publisher.await.unwrap();
     let total = u64::from(KEYS * PER_KEY);
     eventually(
