@@ -737,6 +737,10 @@ impl headwaters_ordering_core::Handler for PerStream {
             .entry(stream.clone())
             .or_default()
             .push(n);
+        if n == 13 {
+            // Discarded: in a persistent subscription that is a nak with Park.
+            return Ok(headwaters_ordering_core::Outcome::discard("unlucky"));
+        }
         Ok(headwaters_ordering_core::Outcome::ack())
     }
 
@@ -799,7 +803,24 @@ async fn ordered_processing_keeps_each_streams_order_and_acks() {
             assert!(ns.windows(2).all(|w| w[0] < w[1]), "{stream}: {ns:?}");
         }
     }
-    // Everything was acknowledged: another consumer of the group gets nothing.
+    // The discarded event was parked: the group's parked stream links to it.
+    let parked = c
+        .read_stream(
+            "$persistentsubscription-$ce-account::ordered-parked",
+            0,
+            10,
+            ReadDirection::Forward,
+            true,
+        )
+        .await
+        .unwrap();
+    let targets: Vec<u64> = parked
+        .events
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().event_number)
+        .collect();
+    assert_eq!(targets, [13], "the discarded event, parked");
+    // Everything else was acknowledged: another consumer of the group gets nothing.
     let mut other = c
         .connect_to_persistent_subscription("$ce-account", "ordered", 10)
         .await
