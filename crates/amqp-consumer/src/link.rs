@@ -61,32 +61,25 @@ pub(crate) async fn declare(
     indices: impl Iterator<Item = u32>,
 ) -> Result<(), Error> {
     let err = |e: lapin::Error| Error::from_lapin(&e, &target(&config.url));
+    let durable_exchange = |name: &str, kind: ExchangeKind| {
+        channel.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+    };
     if !config.exchange.is_empty() {
-        channel
-            .exchange_declare(
-                config.exchange.as_str().into(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        durable_exchange(&config.exchange, ExchangeKind::Direct)
             .await
             .map_err(err)?;
     }
     if config.dead_letter == DeadLetter::Declared {
         let name = config.declared_dead_letter();
-        channel
-            .exchange_declare(
-                name.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        durable_exchange(&name, ExchangeKind::Fanout)
             .await
             .map_err(err)?;
         channel

@@ -49,6 +49,28 @@ async fn dead_letter_queue(name: &str) -> lapin::Channel {
     ch
 }
 
+/// Publish "no key" to `queue` without the sharding_key header, around the producer; the
+/// channel stays open for the test.
+async fn publish_without_key(queue: &str) -> lapin::Channel {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        b"no key",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    std::mem::forget(conn); // keep it open for the test
+    ch
+}
+
 async fn count(ch: &lapin::Channel, queue: &str) -> Vec<Vec<u8>> {
     let mut bodies = vec![];
     while let Some(m) = ch
@@ -86,23 +108,7 @@ async fn discarded_and_invalid_messages_reach_the_dead_letter_queue_and_stop_kee
             .await
             .unwrap();
     }
-    // A message without a sharding key, straight to a shard queue.
-    let raw = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = raw.create_channel().await.unwrap();
-    let queue = producer.queue_for(&"1".into());
-    ch.basic_publish(
-        "".into(),
-        queue.as_str().into(),
-        BasicPublishOptions::default(),
-        b"no key",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_without_key(&producer.queue_for(&"1".into())).await;
     eventually("all ten processed", Duration::from_secs(30), || {
         recorder.unique() == 10
     })
@@ -244,23 +250,7 @@ async fn by_default_key_less_and_discarded_messages_reach_a_declared_dead_letter
             .await
             .unwrap();
     }
-    // A message without the sharding_key header, published around the producer.
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let raw = conn.create_channel().await.unwrap();
-    let queue = producer.queue_for(&"1".into());
-    raw.basic_publish(
-        "".into(),
-        queue.as_str().into(),
-        BasicPublishOptions::default(),
-        b"no key",
-        BasicProperties::default(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let raw = publish_without_key(&producer.queue_for(&"1".into())).await;
     eventually("processed and rejected", Duration::from_secs(10), || {
         recorder.unique() == 3 && consumer.stats().invalid == 1
     })
