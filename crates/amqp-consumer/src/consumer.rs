@@ -436,6 +436,15 @@ async fn run_link(
     for coalescer in link.coalescers {
         let _ = tokio::time::timeout(Duration::from_secs(5), coalescer).await;
     }
+    // Close the channels ourselves, before the connection: lapin closes a channel when its
+    // last handle drops, and that close racing the connection's logs a spurious error.
+    for (channel, _) in &link.consumers {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.close(200, "shutdown".into()),
+        )
+        .await;
+    }
     Ok(link.connections)
 }
 

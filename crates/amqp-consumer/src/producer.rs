@@ -285,7 +285,10 @@ impl Producer {
     /// Close the connection.
     pub async fn close(&self) {
         let link = self.inner.link.send_replace(None);
-        if let Some((conn, _)) = link {
+        if let Some((conn, channel)) = link {
+            // The channel first (see the consumer's shutdown), then the connection.
+            let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into()))
+                .await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
         }

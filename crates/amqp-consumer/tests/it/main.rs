@@ -6,6 +6,7 @@ mod broker_restart;
 mod etf_vectors;
 mod failures;
 mod limits;
+mod logs;
 mod mississippi;
 mod ordered;
 mod sac;
