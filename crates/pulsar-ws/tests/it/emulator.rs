@@ -1081,5 +1081,5 @@ async fn a_rotated_token_is_asked_for_again_on_reconnect() {
         .await
         .expect("the producer reconnected with the new token")
         .unwrap();
-    assert_eq!(e.open_connections(), 1);
+    eventually("only the new connection open", || e.open_connections() == 1).await;
 }

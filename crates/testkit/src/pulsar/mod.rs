@@ -325,6 +325,9 @@ where
         match open(&shared, conn, tx.clone(), req) {
             Ok(r) => {
                 role = Some(r);
+                // Counted before the 101 answer leaves: a client that sees itself
+                // connected sees itself counted.
+                shared.open.fetch_add(1, Ordering::Relaxed);
                 Ok(resp)
             }
             Err(refused) => {
@@ -340,11 +343,13 @@ where
         .max_frame_size(Some(MAX_TEXT_FRAME));
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
     let (Ok(mut ws), Some(role)) = (ws, role) else {
+        if role.is_some() {
+            shared.open.fetch_sub(1, Ordering::Relaxed);
+        }
         shared.broker().disconnect(conn);
         return;
     };
     drop(tx);
-    shared.open.fetch_add(1, Ordering::Relaxed);
     let mut kill = shared.kill.subscribe();
     let mut frozen = shared.frozen.subscribe();
     let idle = shared.config.idle_timeout;
