@@ -5,6 +5,7 @@
 //! * `pulsar` (feature `pulsar`, on by default): the Pulsar WebSocket API v2.
 //! * `eventstore` (feature `eventstore`, on by default): EventStoreDB's legacy TCP API.
 //! * `tls` (feature `tls`): `wss://` for the emulators and throwaway certificates for tests.
+//! * [`proxy`]: a TCP proxy that freezes, slows, cuts and refuses connections, for fault tests.
 //!
 //! The `headwaters-emulator` binary runs them standalone:
 //! `headwaters-emulator pulsar --listen 127.0.0.1:8080`,
@@ -23,6 +24,8 @@ pub mod eventstore;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
+
+pub mod proxy;
 
 /// Wait until `check` holds, polling every 10 ms for up to 5 s; panics naming `what`
 /// otherwise. For tests that watch an emulator's state change.

@@ -237,12 +237,14 @@ async fn an_oversized_publish_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: cargo xtask integration"]
 async fn channels_per_connection_spreads_the_queues_over_a_pool() {
-    let proxy =
-        crate::support::Proxy::start(crate::support::broker_addr(&crate::support::amqp_url()))
-            .await;
+    let proxy = headwaters_testkit::proxy::FaultProxy::start(crate::support::broker_addr(
+        &crate::support::amqp_url(),
+    ))
+    .await
+    .unwrap();
     let direct = config("pool", 8);
     let mut pooled = direct.clone().with_channels_per_connection(3);
-    pooled.url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    pooled.url = format!("amqp://guest:guest@{}/%2f", proxy.addr());
     let gate = Gate::new(true);
     let consumer = Consumer::start(pooled, gate.share(), Config::default())
         .await

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use headwaters_amqp_consumer::{AmqpConfig, Consumer, Error, Producer, PublishOptions};
 use headwaters_ordering_core::Config;
+use headwaters_testkit::proxy::FaultProxy;
 
-use crate::support::{
-    Proxy, Recorder, Recording, amqp_url, broker_addr, config, eventually, payload,
-};
+use crate::support::{Recorder, Recording, amqp_url, broker_addr, config, eventually, payload};
 
 /// A listener that accepts and never answers (sockets held open).
 async fn silent_endpoint() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -56,11 +55,11 @@ async fn a_silent_endpoint_fails_the_connect_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: cargo xtask integration"]
 async fn a_consumer_resumes_by_itself_after_a_proxy_froze_and_thawed() {
-    let proxy = Proxy::start(broker_addr(&amqp_url())).await;
+    let proxy = FaultProxy::start(broker_addr(&amqp_url())).await.unwrap();
     let direct = config("stall", 4);
     // The consumer goes through the proxy; heartbeats every second notice a frozen stream.
     let mut via_proxy = direct.clone();
-    via_proxy.url = format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr);
+    via_proxy.url = format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr());
     let via_proxy = via_proxy
         .with_connect_timeout(Duration::from_millis(500))
         .with_reconnect(Duration::from_millis(50), Duration::from_millis(200));
