@@ -9,7 +9,8 @@
 //! | `codegen [--check]`     | prost code from `proto/` into the crates (protox: no `protoc` needed) |
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
-//! | `ci`                    | fmt, clippy, `test`, docs, the demo, `cargo package` checks         |
+//! | `chaos [--minutes N]`   | the chaos soak (`examples/chaos.rs`, release) against a throwaway RabbitMQ and the emulators |
+//! | `ci`                    | fmt, clippy, `test`, a 1-minute chaos soak, docs, the demo, `cargo package` checks |
 
 mod emulators;
 mod servers;
@@ -36,6 +37,7 @@ fn main() -> Result<()> {
             emulators::eventstore_node_check()
         }
         Some("fuzz") => fuzz(rest),
+        Some("chaos") => chaos(rest, true),
         Some("codegen") => run(cargo()
             .args(["run", "-q", "-p", "xtask-codegen", "--locked", "--"])
             .args(rest)),
@@ -62,6 +64,9 @@ usage: cargo xtask <command>
   codegen [--check]  regenerate the prost code from proto/ (or check it is up to date)
   fuzz [SECONDS] run every fuzz target for SECONDS each (default 600; installs cargo-fuzz if missing)
   emulators      only the third-party checks of the emulators (Python websockets, node-eventstore-client)
+  chaos [ARGS]   the chaos soak against a throwaway RabbitMQ (kill -9 and restart) and the emulators, with
+                 frozen, cut and slow connections and handler panics; ARGS: --minutes N (default 1) --keys K
+                 --rate MSGS_PER_S --seed S --hang-limit SECONDS; exits non-zero on loss, disorder or a hang
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
 fn root() -> PathBuf {
@@ -227,6 +232,27 @@ fn bench(args: &[String]) -> Result<()> {
     outcome
 }
 
+/// The chaos soak, in release mode unless `release` is false (CI reuses its debug build).
+fn chaos(args: &[String], release: bool) -> Result<()> {
+    let rabbit = Rabbit::from_env_or_start()?;
+    let mut cmd = cargo();
+    cmd.arg("run");
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["-p", "headwaters", "--example", "chaos"])
+        .args(locked())
+        .arg("--")
+        .args(args)
+        .env("AMQP_URL", rabbit.url())
+        .envs(rabbit.test_env());
+    let outcome = run(&mut cmd);
+    if outcome.is_err() {
+        rabbit.print_log();
+    }
+    outcome
+}
+
 /// The targets under `fuzz/fuzz_targets`.
 const FUZZ_TARGETS: [&str; 5] = [
     "pulsar_ws_frames",
@@ -322,6 +348,8 @@ fn ci() -> Result<()> {
     ]))?;
     step("test");
     test()?;
+    step("chaos soak: 1 minute");
+    chaos(&["--minutes".to_owned(), "1".to_owned()], false)?;
     step("generated code is up to date");
     run(cargo().args([
         "run",
