@@ -95,7 +95,7 @@ impl Settings {
             operation_retries: 10,
             max_reconnect_attempts: None,
             backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(1),
             seeds: None,
             node_preference: NodePreference::Leader,
             gossip_timeout: Duration::from_secs(1),
@@ -224,7 +224,9 @@ impl Settings {
         self
     }
 
-    /// Reconnect backoff: from `min`, doubling to `max`, with 50–100 % jitter.
+    /// Reconnect backoff: from `min`, doubling to `max`, with 50–100 % jitter. Default
+    /// 100 ms to 1 s: during a long outage attempts stay cheap (one a second), and once the
+    /// node is back the connection resumes within about a second.
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min.max(Duration::from_millis(1));
         self.backoff_max = max.max(self.backoff_min);

@@ -738,8 +738,9 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // Reconnects and retried panics are the point here; RUST_LOG=warn shows them.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                // Reconnects and retried panics are the point here (RUST_LOG=warn shows
+                // them), and lapin reports every connection the soak breaks at ERROR.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,lapin=off")),
         )
         .init();
     // Injected panics are expected: only the others are printed.

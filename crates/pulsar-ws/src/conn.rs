@@ -145,7 +145,7 @@ impl ClientConfig {
             pong_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(1),
             max_reconnect_attempts: None,
             max_frame: DEFAULT_MAX_FRAME,
         };
@@ -199,6 +199,8 @@ impl ClientConfig {
     }
 
     /// Reconnect backoff: starts at `min`, doubles up to `max`, with 50–100 % jitter.
+    /// Default 100 ms to 1 s: during a long outage attempts stay cheap (one a second), and
+    /// once the broker is back the client resumes within about a second.
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min.max(Duration::from_millis(1));
         self.backoff_max = max.max(self.backoff_min);
