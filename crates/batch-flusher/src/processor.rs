@@ -483,6 +483,35 @@ where
         }
     }
 
+    /// The shards started and not yet reaped by [`wait`](Self::wait) or
+    /// [`take_ended`](Self::take_ended).
+    pub fn shards(&self) -> Vec<String> {
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(shard, _)| shard.clone())
+            .collect()
+    }
+
+    /// The shards whose runs have ended by themselves (shard end or lease lost) since the
+    /// last call, without waiting for the others: what a lease coordinator polls.
+    pub async fn take_ended(&self) -> Vec<(String, ShardEnd)> {
+        let ended: Vec<(String, JoinHandle<ShardEnd>)> = {
+            let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+            let (done, running) = std::mem::take(&mut *shards)
+                .into_iter()
+                .partition(|(_, task)| task.is_finished());
+            *shards = running;
+            done
+        };
+        let mut ends = Vec::with_capacity(ended.len());
+        for (shard, task) in ended {
+            ends.push((shard, task.await.unwrap_or(ShardEnd::Stopped)));
+        }
+        ends
+    }
+
     /// Wait until every started shard has ended by itself (shard end or lease lost).
     pub async fn wait(&self) -> Vec<(String, ShardEnd)> {
         let shards = std::mem::take(&mut *self.shards.lock().unwrap_or_else(|p| p.into_inner()));
