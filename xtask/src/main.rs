@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::servers::{Postgres, Rabbit};
+use crate::servers::{Kinesis, Postgres, Rabbit};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -80,7 +80,7 @@ fn cargo() -> Command {
 }
 
 /// Run a command, echoing it; fail with its exit status.
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}").replace('"', "");
     println!("$ {shown}");
     let status = cmd
@@ -124,9 +124,11 @@ fn test() -> Result<()> {
 fn integration() -> Result<()> {
     let pg = Postgres::from_env_or_start()?;
     let rabbit = Rabbit::from_env_or_start()?;
+    let kinesis = Kinesis::from_env_or_start()?;
     let with_servers = |cmd: &mut Command| {
         cmd.env("DATABASE_URL", pg.url())
-            .env("AMQP_URL", rabbit.url());
+            .env("AMQP_URL", rabbit.url())
+            .env("KINESIS_ENDPOINT", kinesis.url());
         cmd.envs(rabbit.test_env());
     };
     let outcome = (|| {

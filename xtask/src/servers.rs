@@ -549,3 +549,90 @@ impl Drop for LocalRabbit {
         remove(&self.dir);
     }
 }
+
+/// A Kinesis-compatible server: `KINESIS_ENDPOINT` when set, else kinesalite (npm, installed
+/// under `target/kinesalite` on first use) on a free port of 127.0.0.1, in memory, with
+/// stream changes (create, split, merge) taking 50 ms; killed on drop.
+pub(crate) enum Kinesis {
+    External(String),
+    Local {
+        child: std::process::Child,
+        url: String,
+    },
+}
+
+/// The kinesalite release we test against.
+const KINESALITE: &str = "kinesalite@3.3.3";
+
+impl Kinesis {
+    pub(crate) fn from_env_or_start() -> Result<Self> {
+        if let Ok(url) = std::env::var("KINESIS_ENDPOINT") {
+            println!("using the Kinesis endpoint at KINESIS_ENDPOINT");
+            return Ok(Self::External(url));
+        }
+        let dir = crate::emulators::target_dir().join("kinesalite");
+        let bin = dir.join("node_modules").join("kinesalite").join("cli.js");
+        if !bin.exists() {
+            let node = Command::new("node").arg("--version").output();
+            if !node.is_ok_and(|o| o.status.success()) {
+                bail!(
+                    "Node.js is needed to run kinesalite (a local Kinesis) for the Kinesis tests: install it (Debian: `apt-get install nodejs npm`) or set KINESIS_ENDPOINT"
+                );
+            }
+            std::fs::create_dir_all(&dir)?;
+            crate::run(
+                Command::new("npm")
+                    .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(&dir)
+                    .arg(KINESALITE),
+            )?;
+        }
+        let port = free_port()?;
+        let child = Command::new("node")
+            .arg(&bin)
+            .args(["--port", &port.to_string()])
+            .args([
+                "--createStreamMs",
+                "50",
+                "--deleteStreamMs",
+                "50",
+                "--updateStreamMs",
+                "50",
+            ])
+            .args(["--shardLimit", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start kinesalite")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let mut kinesis = Self::Local { child, url };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                println!("kinesalite listening at {}", kinesis.url());
+                return Ok(kinesis);
+            }
+            if let Self::Local { child, .. } = &mut kinesis
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("kinesalite exited at start: {status}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("kinesalite did not listen on 127.0.0.1:{port} within 10 s")
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        match self {
+            Self::External(url) | Self::Local { url, .. } => url,
+        }
+    }
+}
+
+impl Drop for Kinesis {
+    fn drop(&mut self) {
+        if let Self::Local { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Against a Kinesis-compatible server (kinesalite, started by `cargo xtask integration`, or
+//! any endpoint in `KINESIS_ENDPOINT`): reading, checkpoints, resharding, KPL aggregates.
+
+mod reshard;
+mod support;
+
+use std::time::Duration;
+
+use headwaters_batch_flusher::{MemoryCheckpoints, Source, SourceEvent};
+use headwaters_kinesis::{KinesisPosition, KinesisWorker, kpl};
+
+use support::{Recorder, create_stream, put, put_raw, source, stream_name, worker_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kinesis-compatible server: cargo xtask integration (kinesalite) or KINESIS_ENDPOINT"]
+async fn every_record_in_key_order_then_a_restart_resumes_after_the_checkpoint() {
+    let stream = stream_name("resume");
+    create_stream(&stream, 2).await;
+    for i in 0..200u32 {
+        put(
+            &stream,
+            &format!("key{}", i % 8),
+            &format!("key{}:{}", i % 8, i / 8),
+        )
+        .await;
+    }
+    let store = MemoryCheckpoints::new();
+    let recorder = Recorder::default();
+    let worker = KinesisWorker::new(
+        source(&stream),
+        recorder.clone(),
+        store.clone(),
+        worker_config(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = async {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    };
+    let wait = async {
+        recorder.wait_for(200, Duration::from_secs(60)).await;
+        let _ = stop.send(());
+    };
+    let (ends, ()) = tokio::join!(run, wait);
+    assert_eq!(ends.len(), 2, "both shards read: {ends:?}");
+    recorder.assert_in_order_per_key(0);
+    assert_eq!(recorder.total(), 200, "no duplicates within one run");
+    let shards = worker.list_shards().await.unwrap();
+    for s in &shards {
+        let checkpoint = store.get(&s.id).expect("a checkpoint per shard");
+        checkpoint.parse::<KinesisPosition>().expect("a position");
+    }
+    assert!(
+        worker
+            .source()
+            .metrics()
+            .max_millis_behind_latest()
+            .is_some()
+    );
+
+    // 50 more; a new worker on the same store reads only those.
+    for i in 200..250u32 {
+        put(
+            &stream,
+            &format!("key{}", i % 8),
+            &format!("key{}:{}", i % 8, i / 8),
+        )
+        .await;
+    }
+    let again = Recorder::default();
+    let worker = KinesisWorker::new(
+        source(&stream),
+        again.clone(),
+        store.clone(),
+        worker_config(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = async {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    };
+    let wait = async {
+        again.wait_for(50, Duration::from_secs(60)).await;
+        // Nothing older comes late.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = stop.send(());
+    };
+    tokio::join!(run, wait);
+    assert_eq!(again.total(), 50, "only the records after the checkpoints");
+    again.assert_in_order_per_key(25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kinesis-compatible server: cargo xtask integration (kinesalite) or KINESIS_ENDPOINT"]
+async fn kpl_aggregates_are_split_and_a_checkpoint_inside_one_skips_what_was_done() {
+    let stream = stream_name("kpl");
+    create_stream(&stream, 1).await;
+    let users: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("user{i}"), format!("payload {i}").into_bytes()))
+        .collect();
+    let aggregate = kpl::aggregate(users.iter().map(|(k, d)| (k.as_str(), None, d.as_slice())));
+    let first = put_raw(&stream, "user0", aggregate.to_vec()).await;
+    let plain = put_raw(&stream, "plain", b"not an aggregate".to_vec()).await;
+
+    let src = source(&stream);
+    let shard = support::shards(&stream).await.remove(0);
+    // From the start: ten user records with their places, then the plain one.
+    let mut events = src.open(&shard, None).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 11 {
+        let event = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures_util::StreamExt::next(&mut events),
+        )
+        .await
+        .expect("records in time")
+        .expect("open stream")
+        .expect("no error");
+        if let SourceEvent::Record(r) = event {
+            seen.push((
+                r.position.to_string(),
+                r.record.partition_key.clone(),
+                r.record.data.to_vec(),
+            ));
+        }
+    }
+    for (i, (position, key, data)) in seen[..10].iter().enumerate() {
+        assert_eq!(position, &format!("{first}:{i}"));
+        assert_eq!((key, data), (&users[i].0, &users[i].1));
+    }
+    assert_eq!(
+        seen[10],
+        (
+            plain.clone(),
+            "plain".to_owned(),
+            b"not an aggregate".to_vec()
+        )
+    );
+    drop(events);
+
+    // From a checkpoint inside the aggregate: the user records after it, then the plain one.
+    let inside: KinesisPosition = format!("{first}:6").parse().unwrap();
+    let mut events = src.open(&shard, Some(inside)).await.unwrap();
+    let mut keys = Vec::new();
+    while keys.len() < 4 {
+        let event = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures_util::StreamExt::next(&mut events),
+        )
+        .await
+        .expect("records in time")
+        .expect("open stream")
+        .expect("no error");
+        if let SourceEvent::Record(r) = event {
+            keys.push(r.record.partition_key.clone());
+        }
+    }
+    assert_eq!(keys, ["user7", "user8", "user9", "plain"]);
+}
