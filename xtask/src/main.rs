@@ -4,7 +4,7 @@
 //! |-------------------------|---------------------------------------------------------------------|
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
-//! | `integration`           | starts PostgreSQL and RabbitMQ on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL`), runs the server tests (those marked ignored for plain `cargo test`), checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
+//! | `integration`           | starts PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL` / `KINESIS_ENDPOINT`), runs the server tests (those marked ignored for plain `cargo test`), checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
 //! | `codegen [--check]`     | prost code from `proto/` into the crates (protox: no `protoc` needed) |
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
@@ -55,10 +55,11 @@ usage: cargo xtask <command>
 
   demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
   test           unit, doc and emulator tests, then `integration` (the README's test command)
-  integration    start PostgreSQL and RabbitMQ on 127.0.0.1 (or use DATABASE_URL / AMQP_URL), run the server tests,
+  integration    start PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1 (or use DATABASE_URL / AMQP_URL /
+                 KINESIS_ENDPOINT), run the server tests,
                  check the emulators with third-party clients (Python websockets, node-eventstore-client),
                  smoke-run the benchmarks
-  bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp | mississippi | pulsar | pulsar_codec | eventstore
+  bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp | mississippi | pulsar | pulsar_codec | eventstore | kinesis
                  (default: all);
                  ARGS go to criterion (e.g. a filter, --measurement-time 3)
   codegen [--check]  regenerate the prost code from proto/ (or check it is up to date)
@@ -197,7 +198,7 @@ fn with_node_client(cmd: &mut Command) {
 }
 
 /// The bench targets of `benches/`.
-const BENCHES: [&str; 8] = [
+const BENCHES: [&str; 9] = [
     "ordering",
     "status",
     "flusher",
@@ -206,11 +207,13 @@ const BENCHES: [&str; 8] = [
     "pulsar",
     "pulsar_codec",
     "eventstore",
+    "kinesis",
 ];
 
 fn bench(args: &[String]) -> Result<()> {
     let pg = Postgres::from_env_or_start()?;
     let rabbit = Rabbit::from_env_or_start()?;
+    let kinesis = Kinesis::from_env_or_start()?;
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "headwaters-benches"])
         .args(locked());
@@ -224,7 +227,8 @@ fn bench(args: &[String]) -> Result<()> {
     cmd.arg("--")
         .args(rest)
         .env("DATABASE_URL", pg.url())
-        .env("AMQP_URL", rabbit.url());
+        .env("AMQP_URL", rabbit.url())
+        .env("KINESIS_ENDPOINT", kinesis.url());
     with_node_client(&mut cmd);
     let outcome = run(&mut cmd);
     if outcome.is_err() {

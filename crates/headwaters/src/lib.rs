@@ -21,6 +21,8 @@
 //!   reads of streams and `$all`, deletes, with heartbeats, retries and reconnection.
 //! * [`flusher`] — erlmld's flusher and batch processor: batch records into a sink,
 //!   checkpoint only the contiguous flushed prefix, restart one shard at a time.
+//! * `kinesis` (opt-in: it brings the AWS SDK) — the batch processor on Amazon Kinesis: shard
+//!   leases, resharding, KPL de-aggregation.
 //!
 //! # Feature flags
 //!
@@ -32,6 +34,7 @@
 //! | `amqp`     | yes     | [`amqp`]            | `headwaters-amqp-consumer`   |
 //! | `pulsar`   | yes     | [`pulsar`]          | `headwaters-pulsar-ws`       |
 //! | `eventstore` | yes   | [`eventstore`]      | `headwaters-eventstore-tcp`  |
+//! | `kinesis`  | no      | `kinesis`           | `headwaters-kinesis`         |
 //!
 //! # Example
 //!
@@ -102,6 +105,11 @@ pub use headwaters_eventstore_tcp as eventstore;
 #[cfg_attr(docsrs, doc(cfg(feature = "flusher")))]
 #[doc(inline)]
 pub use headwaters_batch_flusher as flusher;
+
+#[cfg(feature = "kinesis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kinesis")))]
+#[doc(inline)]
+pub use headwaters_kinesis as kinesis;
 
 #[cfg(feature = "status")]
 #[cfg_attr(docsrs, doc(cfg(feature = "status")))]
