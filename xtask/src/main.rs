@@ -136,7 +136,8 @@ fn integration() -> Result<()> {
         let mut tests = cargo();
         tests.args(["test", "--workspace"]).args(locked());
         // The tests that kill and restart the broker run alone, after the others.
-        // `sac_child_instance` is a role the SAC test runs in a child process it kills.
+        // `sac_child_instance` and `kinesis_child_instance` are roles that tests run in a
+        // child process they kill.
         tests.args([
             "--",
             "--ignored",
@@ -144,6 +145,8 @@ fn integration() -> Result<()> {
             "broker_restart",
             "--skip",
             "sac_child_instance",
+            "--skip",
+            "kinesis_child_instance",
         ]);
         if !rabbit.is_local() {
             println!(

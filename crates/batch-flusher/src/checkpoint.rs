@@ -31,6 +31,39 @@ pub trait Checkpointer: Send + Sync + 'static {
     async fn release(&self, _shard: &str) -> Result<(), CheckpointError> {
         Ok(())
     }
+
+    /// Every shard's lease, for balancing shards across instances; `None` for a store that
+    /// one process owns alone (no leases to balance).
+    async fn leases(&self) -> Result<Option<Vec<Lease>>, CheckpointError> {
+        Ok(None)
+    }
+
+    /// Take `shard` over from `owner`, whose lease is still valid, and return its checkpoint:
+    /// only while `owner` still holds it (else [`CheckpointError::LeaseHeld`] or
+    /// [`CheckpointError::LeaseLost`]). The old owner's next checkpoint or renewal fails with
+    /// `LeaseLost`, and it stops the shard without flushing. Stores without leases refuse.
+    async fn steal(&self, shard: &str, _owner: &str) -> Result<Option<String>, CheckpointError> {
+        Err(CheckpointError::LeaseHeld {
+            shard: shard.to_owned(),
+            owner: "this store has no shared leases".to_owned(),
+        })
+    }
+
+    /// The name this instance holds leases under, if the store has leases.
+    fn owner_name(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A shard's lease as a shared store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard.
+    pub shard: String,
+    /// Who holds it, if its lease is still valid; `None` when free or expired.
+    pub owner: Option<String>,
+    /// Its checkpoint.
+    pub checkpoint: Option<String>,
 }
 
 #[async_trait]
@@ -46,6 +79,15 @@ impl<C: Checkpointer + ?Sized> Checkpointer for Arc<C> {
     }
     async fn release(&self, shard: &str) -> Result<(), CheckpointError> {
         (**self).release(shard).await
+    }
+    async fn leases(&self) -> Result<Option<Vec<Lease>>, CheckpointError> {
+        (**self).leases().await
+    }
+    async fn steal(&self, shard: &str, owner: &str) -> Result<Option<String>, CheckpointError> {
+        (**self).steal(shard, owner).await
+    }
+    fn owner_name(&self) -> Option<&str> {
+        (**self).owner_name()
     }
 }
 

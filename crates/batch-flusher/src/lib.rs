@@ -103,7 +103,7 @@ mod source;
 mod sqlite;
 
 pub use batch::{Batch, Leftover, Schedule, SubSequence, Token, TokenError};
-pub use checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, MemoryCheckpoints};
+pub use checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, Lease, MemoryCheckpoints};
 pub use flusher::{Added, FlushKind, Flusher, FlusherFactory};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

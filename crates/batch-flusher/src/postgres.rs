@@ -10,7 +10,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, check_table_name};
+use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, Lease, check_table_name};
 
 /// Checkpoints in PostgreSQL, one row per shard with its owner and lease expiry.
 ///
@@ -264,5 +264,56 @@ impl Checkpointer for PostgresCheckpoints {
                 &[&shard, &self.owner],
             ).await?;
         Ok(())
+    }
+
+    async fn leases(&self) -> Result<Option<Vec<Lease>>, CheckpointError> {
+        let table = &self.table;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT shard, CASE WHEN lease_until > now() THEN owner END, position
+                     FROM {table} ORDER BY shard"
+                ),
+                &[],
+            )
+            .await
+            .map_err(server_error)?;
+        Ok(Some(
+            rows.iter()
+                .map(|r| Lease {
+                    shard: r.get(0),
+                    owner: r.get(1),
+                    checkpoint: r.get(2),
+                })
+                .collect(),
+        ))
+    }
+
+    async fn steal(&self, shard: &str, owner: &str) -> Result<Option<String>, CheckpointError> {
+        let table = &self.table;
+        let row = self
+            .query_opt(
+                &format!(
+                    "UPDATE {table} SET owner = $3,
+                       lease_until = now() + $4::bigint * interval '1 millisecond', updated_at = now()
+                     WHERE shard = $1 AND owner = $2
+                     RETURNING position"
+                ),
+                &[&shard, &owner, &self.owner, &self.lease_ms],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(row.get::<_, Option<String>>(0)),
+            None => Err(CheckpointError::LeaseHeld {
+                shard: shard.to_owned(),
+                owner: self.owner_of(shard).await?.unwrap_or_default(),
+            }),
+        }
+    }
+
+    fn owner_name(&self) -> Option<&str> {
+        Some(&self.owner)
     }
 }

@@ -1,7 +1,7 @@
 //! [`KinesisWorker`]: the KCL's lease coordinator, for the batch processor — which shards
 //! this process reads, when a child shard may start, and what happens at shard end.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +21,12 @@ use crate::source::{KinesisRecord, KinesisSource};
 pub struct WorkerConfig {
     /// How often shards are listed and free leases taken. Default 10 s.
     pub lease_interval: Duration,
-    /// Shards this worker reads at most at once. Default: no limit.
+    /// Shards this worker reads at most at once. Default: no limit (with a shared store,
+    /// an even share of the shards among the workers holding leases).
     pub max_leases: usize,
+    /// Leases taken per round from the most loaded worker while this one holds less than
+    /// its share (shared stores only). Default 1.
+    pub max_steals_per_round: usize,
     /// The batch processor's settings (flush and checkpoint cadence, watchdog, restarts).
     pub processor: ProcessorConfig,
 }
@@ -32,6 +36,7 @@ impl Default for WorkerConfig {
         Self {
             lease_interval: Duration::from_secs(10),
             max_leases: usize::MAX,
+            max_steals_per_round: 1,
             processor: ProcessorConfig::default(),
         }
     }
@@ -47,6 +52,12 @@ impl WorkerConfig {
     /// Set [`max_leases`](Self::max_leases).
     pub fn with_max_leases(mut self, n: usize) -> Self {
         self.max_leases = n.max(1);
+        self
+    }
+
+    /// Set [`max_steals_per_round`](Self::max_steals_per_round).
+    pub fn with_max_steals_per_round(mut self, n: usize) -> Self {
+        self.max_steals_per_round = n;
         self
     }
 
@@ -72,8 +83,10 @@ pub struct ShardInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Round {
-    /// Shards this worker started reading.
+    /// Shards this worker started reading (free or expired leases).
     pub started: Vec<String>,
+    /// Shards taken over from a worker holding more than its share.
+    pub stolen: Vec<String>,
     /// Shards that reached their end and were marked `SHARD_END` (their children may start).
     pub finished: Vec<String>,
     /// Shards whose lease another worker holds.
@@ -91,7 +104,10 @@ struct State {
 /// One process's share of a stream: it lists the shards, takes the leases it can in the
 /// checkpoint store (free or expired ones; the PostgreSQL store's owner lease and
 /// compare-and-set make a lease one worker's at a time), and runs a batch processor per shard
-/// it holds. A child shard starts only once its parents were read to their end, fully
+/// it holds. With a shared store it takes an even share — the eligible shards over the
+/// workers holding leases — and, while short of it, takes over up to
+/// `max_steals_per_round` leases per round from the most loaded worker above its share (that
+/// worker's next checkpoint fails with `LeaseLost` and it stops the shard as a zombie). A child shard starts only once its parents were read to their end, fully
 /// flushed and checkpointed (`SHARD_END`), so records of one partition key stay in order
 /// across a split or merge. A shard whose lease was lost stops as a zombie: no flush, no
 /// checkpoint (erlmld's rule); its new owner resumes from the last checkpoint.
@@ -199,9 +215,21 @@ where
         }
         let shards = self.list_shards().await?;
         let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+        // A shared store shows every lease: shards finished elsewhere, and who holds what.
+        let leases = self.store.leases().await?;
+        let me = self.store.owner_name().map(str::to_owned);
+        if let Some(leases) = &leases {
+            let mut state = self.state_mut();
+            for lease in leases {
+                if lease.checkpoint.as_deref() == Some(SHARD_END) {
+                    state.finished.insert(lease.shard.clone());
+                }
+            }
+        }
         let mut running: HashSet<String> = self.processor.shards().into_iter().collect();
+        let mut eligible = Vec::new();
         for shard in &shards {
-            if running.contains(&shard.id) || self.is_finished(&shard.id) {
+            if self.is_finished(&shard.id) {
                 continue;
             }
             let parents_done = [&shard.parent, &shard.adjacent_parent]
@@ -209,32 +237,79 @@ where
                 .flatten()
                 // A parent no longer listed has aged out of the stream: nothing left to wait for.
                 .all(|p| self.is_finished(p) || !listed.contains(p.as_str()));
-            if !parents_done {
+            if parents_done {
+                eligible.push(shard.id.as_str());
+            } else {
                 round.waiting.push(shard.id.clone());
+            }
+        }
+        // Held by others (valid leases) among the eligible shards, per owner.
+        let mut others: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for lease in leases.iter().flatten() {
+            if let Some(owner) = lease.owner.as_deref()
+                && Some(owner) != me.as_deref()
+                && eligible.contains(&lease.shard.as_str())
+            {
+                others.entry(owner).or_default().push(lease.shard.as_str());
+            }
+        }
+        // An even share: eligible shards over the workers holding leases, this one included.
+        let target = if leases.is_some() {
+            eligible.len().div_ceil(others.len() + 1)
+        } else {
+            eligible.len()
+        }
+        .min(self.config.max_leases);
+        for shard in &eligible {
+            if running.contains(*shard) || running.len() >= target {
                 continue;
             }
-            if running.len() >= self.config.max_leases {
+            if others.values().flatten().any(|s| s == shard) {
+                round.held_elsewhere.push((*shard).to_owned());
                 continue;
             }
-            match self.store.acquire(&shard.id).await {
+            match self.store.acquire(shard).await {
                 Ok(Some(checkpoint)) if checkpoint == SHARD_END => {
                     // Finished by another worker.
-                    self.state_mut().finished.insert(shard.id.clone());
-                    self.store.release(&shard.id).await?;
+                    self.state_mut().finished.insert((*shard).to_owned());
+                    self.store.release(shard).await?;
                 }
                 Ok(_) => {
                     // `run_shard` acquires again: the same owner, so it keeps the lease.
-                    self.processor.start(shard.id.clone());
-                    running.insert(shard.id.clone());
-                    round.started.push(shard.id.clone());
+                    self.processor.start(*shard);
+                    running.insert((*shard).to_owned());
+                    round.started.push((*shard).to_owned());
                 }
                 Err(CheckpointError::LeaseHeld { .. }) => {
-                    round.held_elsewhere.push(shard.id.clone())
+                    round.held_elsewhere.push((*shard).to_owned());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        if !round.started.is_empty() || !round.finished.is_empty() {
+        // Still short of the share: take a few from the most loaded worker above it.
+        let mut steals = self.config.max_steals_per_round;
+        while running.len() < target && steals > 0 {
+            let Some((owner, theirs)) = others
+                .iter_mut()
+                .filter(|(_, shards)| shards.len() > target)
+                .max_by_key(|(_, shards)| shards.len())
+            else {
+                break;
+            };
+            let Some(shard) = theirs.pop() else { break };
+            steals -= 1;
+            match self.store.steal(shard, owner).await {
+                Ok(_) => {
+                    tracing::info!(%shard, from = %owner, "kinesis: lease taken over to balance the workers");
+                    self.processor.start(shard);
+                    running.insert(shard.to_owned());
+                    round.stolen.push(shard.to_owned());
+                }
+                Err(CheckpointError::LeaseHeld { .. } | CheckpointError::LeaseLost { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !round.started.is_empty() || !round.finished.is_empty() || !round.stolen.is_empty() {
             tracing::info!(stream = self.source.stream(), ?round, "kinesis lease round");
         }
         Ok(round)

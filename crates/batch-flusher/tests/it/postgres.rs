@@ -78,3 +78,51 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() {
     assert!(matches!(err, CheckpointError::Connect { .. }), "{err:?}");
     assert!(!err.to_string().contains("secret"));
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: cargo xtask integration"]
+async fn leases_are_listed_and_a_valid_one_can_be_stolen_once() {
+    let table = "hw_it_steal";
+    let lease = Duration::from_secs(30);
+    let a = PostgresCheckpoints::connect_with(&database_url(), "steal-a", lease, table)
+        .await
+        .unwrap();
+    let b = PostgresCheckpoints::connect_with(&database_url(), "steal-b", lease, table)
+        .await
+        .unwrap();
+    let shard = format!("stolen-{}", std::process::id());
+    a.acquire(&shard).await.unwrap();
+    a.checkpoint(&shard, "7").await.unwrap();
+    let leases = b
+        .leases()
+        .await
+        .unwrap()
+        .expect("a shared store lists leases");
+    let mine = leases.iter().find(|l| l.shard == shard).expect("listed");
+    assert_eq!(mine.owner.as_deref(), Some("steal-a"));
+    assert_eq!(mine.checkpoint.as_deref(), Some("7"));
+    assert_eq!(b.owner_name(), Some("steal-b"));
+
+    // b takes it over while a's lease is valid: a learns at its next checkpoint.
+    assert_eq!(
+        b.steal(&shard, "steal-a").await.unwrap().as_deref(),
+        Some("7")
+    );
+    let lost = a.checkpoint(&shard, "8").await.unwrap_err();
+    assert!(
+        matches!(&lost, CheckpointError::LeaseLost { owner: Some(o), .. } if o == "steal-b"),
+        "{lost}"
+    );
+    // Stealing from someone who no longer holds it fails.
+    assert!(matches!(
+        a.steal(&shard, "steal-a").await,
+        Err(CheckpointError::LeaseHeld { .. })
+    ));
+    b.checkpoint(&shard, "8").await.unwrap();
+    b.release(&shard).await.unwrap();
+    let leases = a.leases().await.unwrap().unwrap();
+    assert_eq!(
+        leases.iter().find(|l| l.shard == shard).unwrap().owner,
+        None
+    );
+}

@@ -131,6 +131,48 @@ impl Recorder {
         }
     }
 
+    pub(crate) async fn wait_for_distinct(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.distinct() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} distinct records within {limit:?}",
+                self.distinct()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn payloads(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Per key, first processings are consecutive from wherever the key started.
+    pub(crate) fn assert_in_order_per_key_from_first(&self) {
+        let seen = self.0.lock().unwrap();
+        let mut next: HashMap<&str, u32> = HashMap::new();
+        for (key, payload) in seen.iter() {
+            let n: u32 = payload
+                .split_once(':')
+                .expect("key:n")
+                .1
+                .parse()
+                .expect("n");
+            match next.get_mut(key.as_str()) {
+                None => {
+                    next.insert(key.as_str(), n + 1);
+                }
+                Some(expected) if n == *expected => *expected += 1,
+                Some(expected) => assert!(n < *expected, "{key}: {n} processed before {expected}"),
+            }
+        }
+    }
+
     /// Distinct payloads seen.
     pub(crate) fn distinct(&self) -> usize {
         let seen = self.0.lock().unwrap();
