@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::tls;
@@ -96,8 +97,7 @@ impl KinesisConfig {
         self
     }
 
-    /// Bound each connection attempt (default 5 s) and each API call, retries included
-    /// (default 20 s).
+    /// Bound each connection attempt (default 5 s) and each API call (default 20 s).
     pub fn with_timeouts(mut self, connect: Duration, call: Duration) -> Self {
         self.connect_timeout = connect;
         self.call_timeout = call;
@@ -117,6 +117,9 @@ impl KinesisConfig {
             .region(Region::new(self.region.clone()))
             .credentials_provider(credentials)
             .http_client(http)
+            // The source retries throttled and failed calls itself, with its own backoff and
+            // counters (`Metrics`); a second layer of retries would multiply them.
+            .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(self.connect_timeout)

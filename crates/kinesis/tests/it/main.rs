@@ -1,6 +1,7 @@
 //! Against a Kinesis-compatible server (kinesalite, started by `cargo xtask integration`, or
 //! any endpoint in `KINESIS_ENDPOINT`): reading, checkpoints, resharding, KPL aggregates.
 
+mod faults;
 mod leases;
 mod reshard;
 mod support;
