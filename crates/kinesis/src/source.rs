@@ -277,7 +277,12 @@ impl Source for KinesisSource {
     type Error = Error;
     type Stream = ShardStream;
 
+    /// Open `shard` (a shard id, or the worker's `STREAM/SHARD_ID` key) after `from`.
     async fn open(&self, shard: &str, from: Option<KinesisPosition>) -> Result<ShardStream, Error> {
+        let shard = shard
+            .strip_prefix(&*self.stream)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(shard);
         let start = match from {
             Some(KinesisPosition::ShardEnd) => {
                 return Ok(stream::iter([Ok(SourceEvent::ShardEnded)]).boxed());

@@ -83,7 +83,8 @@ pub struct ShardInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Round {
-    /// Shards this worker started reading (free or expired leases).
+    /// Shards (by store key, `STREAM/SHARD_ID`) this worker started reading (free or expired
+    /// leases).
     pub started: Vec<String>,
     /// Shards taken over from a worker holding more than its share.
     pub stolen: Vec<String>,
@@ -213,10 +214,26 @@ where
                 round.finished.push(shard);
             }
         }
-        let shards = self.list_shards().await?;
+        // From here on shards go by their store keys (`STREAM/SHARD_ID`).
+        let shards: Vec<ShardInfo> = self
+            .list_shards()
+            .await?
+            .into_iter()
+            .map(|s| ShardInfo {
+                id: self.key(&s.id),
+                parent: s.parent.map(|p| self.key(&p)),
+                adjacent_parent: s.adjacent_parent.map(|p| self.key(&p)),
+            })
+            .collect();
         let listed: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-        // A shared store shows every lease: shards finished elsewhere, and who holds what.
-        let leases = self.store.leases().await?;
+        // A shared store shows every lease (of this stream): shards finished elsewhere, and
+        // who holds what.
+        let prefix = self.key("");
+        let leases = self.store.leases().await?.map(|all| {
+            all.into_iter()
+                .filter(|l| l.shard.starts_with(&prefix))
+                .collect::<Vec<_>>()
+        });
         let me = self.store.owner_name().map(str::to_owned);
         if let Some(leases) = &leases {
             let mut state = self.state_mut();
@@ -341,7 +358,13 @@ where
         ends
     }
 
-    /// Shards read to their end (as far as this worker knows).
+    /// A shard's name in the checkpoint store and the batch processor: `STREAM/SHARD_ID`, so
+    /// that streams can share a store (shard ids repeat from stream to stream).
+    pub fn key(&self, shard_id: &str) -> String {
+        format!("{}/{shard_id}", self.source.stream())
+    }
+
+    /// Shards read to their end (as far as this worker knows), by store key.
     pub fn finished(&self) -> Vec<String> {
         let mut v: Vec<String> = self.state_mut().finished.iter().cloned().collect();
         v.sort();

@@ -52,7 +52,9 @@ async fn every_record_in_key_order_then_a_restart_resumes_after_the_checkpoint()
     assert_eq!(recorder.total(), 200, "no duplicates within one run");
     let shards = worker.list_shards().await.unwrap();
     for s in &shards {
-        let checkpoint = store.get(&s.id).expect("a checkpoint per shard");
+        let checkpoint = store
+            .get(&worker.key(&s.id))
+            .expect("a checkpoint per shard");
         checkpoint.parse::<KinesisPosition>().expect("a position");
     }
     assert!(
@@ -164,4 +166,43 @@ async fn kpl_aggregates_are_split_and_a_checkpoint_inside_one_skips_what_was_don
         }
     }
     assert_eq!(keys, ["user7", "user8", "user9", "plain"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kinesis-compatible server: cargo xtask integration (kinesalite) or KINESIS_ENDPOINT"]
+async fn two_streams_share_a_checkpoint_store_without_mixing_their_shards() {
+    // Shard ids repeat from stream to stream (`shardId-000000000000`): checkpoints are kept
+    // per stream, so the second stream does not start after the first one's position.
+    let store = MemoryCheckpoints::new();
+    for name in ["first", "second"] {
+        let stream = stream_name(&format!("shared-{name}"));
+        create_stream(&stream, 1).await;
+        for i in 0..30u32 {
+            put(&stream, "k", &format!("k:{i}")).await;
+        }
+        let recorder = Recorder::default();
+        let worker = KinesisWorker::new(
+            source(&stream),
+            recorder.clone(),
+            store.clone(),
+            worker_config(),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let wait = async {
+            recorder.wait_for(30, Duration::from_secs(30)).await;
+            let _ = stop.send(());
+        };
+        tokio::join!(
+            worker.run(async {
+                let _ = stopped.await;
+            }),
+            wait
+        );
+        recorder.assert_in_order_per_key(0);
+        let shard = support::shards(&stream).await.remove(0);
+        assert!(
+            store.get(&format!("{stream}/{shard}")).is_some(),
+            "checkpoint under the stream's name"
+        );
+    }
 }
