@@ -2,6 +2,7 @@
 //! any endpoint in `KINESIS_ENDPOINT`): reading, checkpoints, resharding, KPL aggregates.
 
 mod faults;
+mod kpl_vectors;
 mod leases;
 mod reshard;
 mod support;

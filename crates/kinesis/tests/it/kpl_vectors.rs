@@ -14,7 +14,7 @@ fn unhex(s: &str) -> Vec<u8> {
 
 #[test]
 fn third_party_aggregates_split_as_the_kcl_splits_them() {
-    let text = include_str!("data/kpl_vectors.txt");
+    let text = include_str!("../data/kpl_vectors.txt");
     let (mut aggregates, mut plain) = (0, 0);
     for (n, line) in text.lines().enumerate() {
         let mut fields = line.split('\t');
