@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs `cargo xtask ci`: fmt, clippy, the README's test command (`cargo xtask test`, which
-# installs and starts PostgreSQL on 127.0.0.1 when it is missing), docs, the demo, and
+# installs and starts PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1), a chaos soak, docs, the demo, and
 # `cargo package` for every publishable crate. Prints the time each step took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
