@@ -210,8 +210,14 @@ where
         let mut round = Round::default();
         for (shard, end) in self.processor.take_ended().await {
             if let ShardEnd::Terminated { .. } = end {
-                self.mark_finished(&shard).await?;
-                round.finished.push(shard);
+                // If this fails (another worker took the released shard meanwhile), that
+                // worker finds the shard ended and marks it; the round goes on.
+                match self.mark_finished(&shard).await {
+                    Ok(()) => round.finished.push(shard),
+                    Err(e) => {
+                        tracing::warn!(%shard, error = %e, "could not mark the shard finished; its next owner will")
+                    }
+                }
             }
         }
         // From here on shards go by their store keys (`STREAM/SHARD_ID`).

@@ -10,7 +10,7 @@ use headwaters_kinesis::{KinesisConfig, KinesisSource, KinesisWorker, ReadSettin
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Recorder, create_stream, put, stream_name, worker_config};
+use crate::support::{Recorder, create_stream, put, run_until, stream_name, worker_config};
 
 /// An HTTP/1.1 proxy that answers the next `GetRecords` calls with the queued errors and
 /// forwards everything else.
@@ -177,7 +177,6 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
         MemoryCheckpoints::new(),
         worker_config(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let wait = async {
         recorder.wait_for(300, Duration::from_secs(60)).await;
         // The late expiry falls on an idle poll if the records were all read by then.
@@ -192,7 +191,6 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
         }
         // What came after the last fault is in too.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = stop.send(());
     };
     // A first page goes through, then the faults, then another expiry mid-stream.
     let inject_later = async {
@@ -203,13 +201,7 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
             .unwrap()
             .push_back("ExpiredIteratorException");
     };
-    tokio::join!(
-        worker.run(async {
-            let _ = stopped.await;
-        }),
-        wait,
-        inject_later
-    );
+    run_until(&worker, async { tokio::join!(wait, inject_later) }).await;
     assert_eq!(recorder.total(), 300, "nothing repeated");
     assert_eq!(recorder.distinct(), 300, "nothing lost");
     recorder.assert_in_order_per_key(0);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use headwaters_batch_flusher::{Checkpointer, PostgresCheckpoints};
 use headwaters_kinesis::KinesisWorker;
 
-use crate::support::{Recorder, create_stream, put, source, stream_name, worker_config};
+use crate::support::{Recorder, create_stream, put, run_until, source, stream_name, worker_config};
 
 pub(crate) fn database_url() -> String {
     std::env::var("DATABASE_URL").expect(
@@ -52,8 +52,6 @@ async fn a_second_worker_takes_its_share_over_and_nothing_is_lost() {
         worker_config(),
     );
     let observer = store("observer", &table, lease).await;
-    let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
-    let (stop_b, stopped_b) = tokio::sync::oneshot::channel::<()>();
     let scenario = async {
         let mut next = 0u32;
         let mut put_some = async |n: u32| {
@@ -80,9 +78,6 @@ async fn a_second_worker_takes_its_share_over_and_nothing_is_lost() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // B joins: it takes leases over, one per round, until each has two.
-        let run_b = b.run(async {
-            let _ = stopped_b.await;
-        });
         let balance = async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
@@ -100,18 +95,11 @@ async fn a_second_worker_takes_its_share_over_and_nothing_is_lost() {
             recorder
                 .wait_for_distinct(320, Duration::from_secs(60))
                 .await;
-            let _ = stop_b.send(());
-            let _ = stop_a.send(());
         };
-        let (ends_b, ()) = tokio::join!(run_b, balance);
+        let (ends_b, ()) = run_until(&b, balance).await;
         assert_eq!(ends_b.len(), 2, "{ends_b:?}");
     };
-    let (ends_a, ()) = tokio::join!(
-        a.run(async {
-            let _ = stopped_a.await;
-        }),
-        scenario
-    );
+    let (ends_a, ()) = run_until(&a, scenario).await;
     assert!(
         ends_a
             .iter()
@@ -269,7 +257,6 @@ async fn a_killed_workers_shards_are_taken_over_after_its_lease_expires() {
         store("survivor", &table, CHILD_LEASE).await,
         worker_config(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let wait = async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -285,16 +272,9 @@ async fn a_killed_workers_shards_are_taken_over_after_its_lease_expires() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let took_over = killed.elapsed();
-        let _ = stop.send(());
-        took_over
+        killed.elapsed()
     };
-    let (ends, took_over) = tokio::join!(
-        survivor.run(async {
-            let _ = stopped.await;
-        }),
-        wait
-    );
+    let (ends, took_over) = run_until(&survivor, wait).await;
     assert_eq!(ends.len(), 2, "the survivor holds both shards: {ends:?}");
     assert!(
         took_over >= CHILD_LEASE,

@@ -12,7 +12,9 @@ use std::time::Duration;
 use headwaters_batch_flusher::{MemoryCheckpoints, Source, SourceEvent};
 use headwaters_kinesis::{KinesisPosition, KinesisWorker, kpl};
 
-use support::{Recorder, create_stream, put, put_raw, source, stream_name, worker_config};
+use support::{
+    Recorder, create_stream, put, put_raw, run_until, source, stream_name, worker_config,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kinesis-compatible server: cargo xtask integration (kinesalite) or KINESIS_ENDPOINT"]
@@ -35,19 +37,10 @@ async fn every_record_in_key_order_then_a_restart_resumes_after_the_checkpoint()
         store.clone(),
         worker_config(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = async {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    };
-    let wait = async {
+    let (ends, ()) = run_until(&worker, async {
         recorder.wait_for(200, Duration::from_secs(60)).await;
-        let _ = stop.send(());
-    };
-    let (ends, ()) = tokio::join!(run, wait);
+    })
+    .await;
     assert_eq!(ends.len(), 2, "both shards read: {ends:?}");
     recorder.assert_in_order_per_key(0);
     assert_eq!(recorder.total(), 200, "no duplicates within one run");
@@ -82,21 +75,12 @@ async fn every_record_in_key_order_then_a_restart_resumes_after_the_checkpoint()
         store.clone(),
         worker_config(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = async {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    };
-    let wait = async {
+    run_until(&worker, async {
         again.wait_for(50, Duration::from_secs(60)).await;
         // Nothing older comes late.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let _ = stop.send(());
-    };
-    tokio::join!(run, wait);
+    })
+    .await;
     assert_eq!(again.total(), 50, "only the records after the checkpoints");
     again.assert_in_order_per_key(25);
 }
@@ -188,17 +172,7 @@ async fn two_streams_share_a_checkpoint_store_without_mixing_their_shards() {
             store.clone(),
             worker_config(),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let wait = async {
-            recorder.wait_for(30, Duration::from_secs(30)).await;
-            let _ = stop.send(());
-        };
-        tokio::join!(
-            worker.run(async {
-                let _ = stopped.await;
-            }),
-            wait
-        );
+        run_until(&worker, recorder.wait_for(30, Duration::from_secs(30))).await;
         recorder.assert_in_order_per_key(0);
         let shard = support::shards(&stream).await.remove(0);
         assert!(

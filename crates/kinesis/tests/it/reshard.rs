@@ -8,7 +8,8 @@ use headwaters_batch_flusher::MemoryCheckpoints;
 use headwaters_kinesis::{KinesisWorker, SHARD_END};
 
 use crate::support::{
-    Recorder, client, create_stream, put, shards, source, stream_name, wait_active, worker_config,
+    Recorder, client, create_stream, put, run_until, shards, source, stream_name, wait_active,
+    worker_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,14 +25,6 @@ async fn split_and_merge_mid_stream_lose_nothing_and_keep_each_key_in_order() {
         store.clone(),
         worker_config(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = async {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    };
     let produce = async {
         let mut next: HashMap<u32, u32> = HashMap::new();
         let mut put_some = |n: u32| {
@@ -89,10 +82,9 @@ async fn split_and_merge_mid_stream_lose_nothing_and_keep_each_key_in_order() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = stop.send(());
         (parent, all)
     };
-    let (_, (parent, all)) = tokio::join!(run, produce);
+    let (_, (parent, all)) = run_until(&worker, produce).await;
     recorder.assert_in_order_per_key(0);
     assert_eq!(recorder.distinct(), 300);
     // The split parent and both children (merged since) were read to their end and marked so.

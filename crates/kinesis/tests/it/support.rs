@@ -1,6 +1,7 @@
 //! Test support: the endpoint, streams, puts, and a recording flusher.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,9 +9,11 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::StreamStatus;
 use headwaters_batch_flusher::{
-    Added, FlushKind, Flusher, FlusherFactory, ProcessorConfig, Schedule, Token,
+    Added, FlushKind, Flusher, FlusherFactory, ProcessorConfig, Schedule, ShardEnd, Token,
 };
-use headwaters_kinesis::{KinesisConfig, KinesisRecord, KinesisSource, ReadSettings, WorkerConfig};
+use headwaters_kinesis::{
+    KinesisConfig, KinesisRecord, KinesisSource, KinesisWorker, ReadSettings, WorkerConfig,
+};
 
 pub(crate) fn config() -> KinesisConfig {
     let endpoint = std::env::var("KINESIS_ENDPOINT").expect(
@@ -242,4 +245,28 @@ impl FlusherFactory for Recorder {
             pending: Vec::new(),
         })
     }
+}
+
+/// Run `worker` until `until` completes, then stop it (full flush, checkpoint, release): its
+/// shards' ends, and what `until` returned.
+pub(crate) async fn run_until<F, T>(
+    worker: &KinesisWorker<F>,
+    until: impl Future<Output = T>,
+) -> (Vec<(String, ShardEnd)>, T)
+where
+    F: FlusherFactory,
+    F::Flusher: Flusher<Record = KinesisRecord>,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let until = async {
+        let out = until.await;
+        let _ = stop.send(());
+        out
+    };
+    tokio::join!(
+        worker.run(async {
+            let _ = stopped.await;
+        }),
+        until
+    )
 }
