@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use futures_util::future::join_all;
 use headwaters::amqp::etf::Term;
 use headwaters::amqp::{AmqpConfig, Consumer, DeadLetter, Producer, PublishOptions, WireFormat};
-use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
+use headwaters::ordering::{Config, Key, Message, MessageHandler, Outcome};
 
 /// Checks that each key's sequence numbers arrive in order.
 struct CheckOrder {
@@ -24,18 +24,10 @@ struct CheckOrder {
     violations: Arc<AtomicU64>,
 }
 
-impl Handler for CheckOrder {
-    type State = Key;
-    type Continue = ();
-    type Signal = ();
-    type Reply = ();
+impl MessageHandler for CheckOrder {
     type Error = std::convert::Infallible;
 
-    async fn init(&self, key: &Key) -> Result<Key, Self::Error> {
-        Ok(key.clone())
-    }
-
-    async fn handle_message(&self, m: &Message, key: &mut Key) -> Result<Outcome, Self::Error> {
+    async fn handle(&self, key: &Key, m: &Message) -> Result<Outcome, Self::Error> {
         let seq: u64 = std::str::from_utf8(&m.payload)
             .ok()
             .and_then(|s| s.parse().ok())
@@ -48,8 +40,6 @@ impl Handler for CheckOrder {
         self.processed.fetch_add(1, Relaxed);
         Ok(Outcome::ack())
     }
-
-    async fn handle_signal(&self, _: (), _: &mut Key) {}
 }
 
 #[tokio::main]

@@ -32,7 +32,7 @@ use headwaters::amqp::{
 use headwaters::eventstore::{
     Connection, EventData, ExpectedVersion, Settings, ordered::run_ordered_catch_up,
 };
-use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
+use headwaters::ordering::{Config, Key, Message, MessageHandler, Outcome};
 use headwaters::pulsar::{
     ClientConfig, Consumer as PulsarConsumer, ConsumerOptions, ConsumerParams, OnDiscard,
     Producer as PulsarProducer, ProducerOptions, SubscriptionType, Topic, run_ordered,
@@ -270,18 +270,10 @@ struct Check(Arc<Ledger>);
 
 const INJECTED: &str = "chaos: injected handler panic";
 
-impl Handler for Check {
-    type State = ();
-    type Continue = ();
-    type Signal = ();
-    type Reply = ();
+impl MessageHandler for Check {
     type Error = std::convert::Infallible;
 
-    async fn init(&self, _: &Key) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    async fn handle_message(&self, m: &Message, (): &mut ()) -> Result<Outcome, Self::Error> {
+    async fn handle(&self, _: &Key, m: &Message) -> Result<Outcome, Self::Error> {
         // Anything else (EventStore's `$all` holds system events too) is not ours.
         let Some((key, seq)) = parse(&m.payload) else {
             return Ok(Outcome::ack());
@@ -294,8 +286,6 @@ impl Handler for Check {
         }
         Ok(Outcome::ack())
     }
-
-    async fn handle_signal(&self, (): (), (): &mut ()) {}
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
+use headwaters::ordering::{Config, Key, Message, MessageHandler, Outcome};
 use headwaters::pulsar::{
     ClientConfig, Consumer, ConsumerOptions, ConsumerParams, OnDiscard, Producer, ProducerOptions,
     SubscriptionType, Topic, run_ordered,
@@ -26,32 +26,22 @@ struct InOrder {
     violations: Arc<Mutex<u64>>,
 }
 
-impl Handler for InOrder {
-    type State = String;
-    type Continue = ();
-    type Signal = ();
-    type Reply = ();
+impl MessageHandler for InOrder {
     type Error = std::convert::Infallible;
 
-    async fn init(&self, key: &Key) -> Result<String, Self::Error> {
-        Ok(key.to_string())
-    }
-
-    async fn handle_message(&self, m: &Message, key: &mut String) -> Result<Outcome, Self::Error> {
+    async fn handle(&self, key: &Key, m: &Message) -> Result<Outcome, Self::Error> {
         let n: u64 = std::str::from_utf8(&m.payload)
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let mut last = self.last.lock().unwrap();
-        let previous = last.insert(key.clone(), n);
+        let previous = last.insert(key.to_string(), n);
         let redelivered = m.headers.get("pulsar.redelivery_count").is_some();
         if previous.is_some_and(|p| p >= n) && !redelivered {
             *self.violations.lock().unwrap() += 1;
         }
         Ok(Outcome::ack())
     }
-
-    async fn handle_signal(&self, (): (), _: &mut String) {}
 }
 
 #[tokio::main]

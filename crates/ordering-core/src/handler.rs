@@ -77,6 +77,88 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// The short form of [`Handler`] for per-message processing without per-key state: one
+/// method and an error type. Every `MessageHandler` is a [`Handler`] (state: the key; no
+/// continuations; signals answered with `()`), so it goes wherever a `Handler` does — the
+/// [`Dispatcher`](crate::Dispatcher), AMQP's `Consumer::start`, Pulsar's and EventStore's
+/// `run_ordered`. Per-key order, retries with a fresh handler and the poison policy are the
+/// same; implement [`Handler`] itself for state kept across a key's messages, continuations
+/// or signals.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use headwaters_ordering_core::{
+///     Config, Delivery, Dispatcher, Key, Message, MessageHandler, NoSettle, Outcome, Timestamp,
+/// };
+///
+/// /// Remembers what it saw, per key.
+/// #[derive(Clone, Default)]
+/// struct Log(Arc<Mutex<Vec<String>>>);
+///
+/// impl MessageHandler for Log {
+///     type Error = std::convert::Infallible;
+///
+///     async fn handle(&self, key: &Key, message: &Message) -> Result<Outcome, Self::Error> {
+///         let text = String::from_utf8_lossy(&message.payload);
+///         self.0.lock().unwrap().push(format!("{key}:{text}"));
+///         Ok(Outcome::ack())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let log = Log::default();
+/// let dispatcher = Dispatcher::new(log.clone(), Config::default()).unwrap();
+/// let epoch = dispatcher.new_epoch();
+/// for (key, payload) in [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2")] {
+///     let message = Message::new(payload, "id", Timestamp::now());
+///     let delivery = Delivery { key: Key::from(key), message, settle: NoSettle, epoch };
+///     dispatcher.dispatch(delivery).await.unwrap();
+/// }
+/// while dispatcher.metrics().acked < 4 {
+///     tokio::task::yield_now().await;
+/// }
+/// let seen = log.0.lock().unwrap().clone();
+/// let of = |k: &str| seen.iter().filter(|s| s.starts_with(k)).cloned().collect::<Vec<_>>();
+/// assert_eq!(of("a:"), ["a:1", "a:2"]);
+/// assert_eq!(of("b:"), ["b:1", "b:2"]);
+/// dispatcher.shutdown(std::time::Duration::from_secs(1)).await;
+/// # }
+/// ```
+pub trait MessageHandler: Send + Sync + 'static {
+    /// A failure; the message goes to a fresh handler after a backoff (see [`Handler`]).
+    type Error: fmt::Display + Send + 'static;
+
+    /// Process one message of `key`.
+    fn handle(
+        &self,
+        key: &Key,
+        message: &Message,
+    ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
+}
+
+impl<T: MessageHandler> Handler for T {
+    type State = Key;
+    type Continue = ();
+    type Signal = ();
+    type Reply = ();
+    type Error = T::Error;
+
+    async fn init(&self, key: &Key) -> Result<Key, Self::Error> {
+        Ok(key.clone())
+    }
+
+    fn handle_message(
+        &self,
+        message: &Message,
+        key: &mut Key,
+    ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send {
+        self.handle(key, message)
+    }
+
+    async fn handle_signal(&self, (): (), _: &mut Key) {}
+}
+
 /// What a handler decided about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<C = ()> {

@@ -35,7 +35,8 @@
 //!
 //! * [`message`] — [`Key`], [`Message`], [`Headers`], [`Timestamp`].
 //! * [`settle`] — [`Settle`], [`Settlement`], [`Epoch`], [`Delivery`].
-//! * [`handler`] — the [`Handler`] trait and its [`Outcome`].
+//! * [`handler`] — the [`Handler`] trait, its one-method form [`MessageHandler`], and
+//!   [`Outcome`].
 //! * [`tracker`] — [`Tracker`], the IO-free per-key state machine (no tokio, time passed in).
 //! * `dispatcher` — [`Dispatcher`], the tokio driver running trackers in lanes.
 //!
@@ -113,7 +114,7 @@ pub use dispatcher::{
     Config, ConfigError, DispatchError, Dispatcher, Metrics, ShutdownReport, SignalError,
     TryDispatchError,
 };
-pub use handler::{Handler, Outcome, StopAction, TerminateReason};
+pub use handler::{Handler, MessageHandler, Outcome, StopAction, TerminateReason};
 pub use message::{HeaderValue, Headers, Key, Message, Timestamp};
 pub use settle::{Delivery, Epoch, NoSettle, Settle, Settlement};
 pub use tracker::{PoisonAction, RetryPolicy, Tracker};
