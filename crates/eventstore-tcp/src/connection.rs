@@ -10,7 +10,7 @@ use headwaters_ordering_core::Backoff;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -290,6 +290,8 @@ struct Pending {
 #[derive(Clone)]
 pub struct Connection {
     tx: mpsc::UnboundedSender<Op>,
+    /// Set by [`Connection::close`]; the driver watches it.
+    close: Arc<watch::Sender<bool>>,
     settings: Arc<Settings>,
     /// Credentials of this handle's operations (see [`Connection::as_user`]).
     credentials: Option<Credentials>,
@@ -456,9 +458,11 @@ impl Connection {
         tracing::debug!(%addr, "eventstore: connected");
         let settings = Arc::new(settings);
         let (tx, rx) = mpsc::unbounded_channel();
+        let (close, closing) = watch::channel(false);
         let driver = Driver {
             settings: settings.clone(),
             rx,
+            closing,
             pending: HashMap::new(),
             addr,
             redirect: None,
@@ -466,9 +470,23 @@ impl Connection {
         tokio::spawn(driver.run(link));
         Ok(Self {
             tx,
+            close: Arc::new(close),
             settings,
             credentials: None,
         })
+    }
+
+    /// Close the connection for every handle: operations in flight and later ones fail with
+    /// [`Error::Closed`], subscriptions end, the socket is shut down (a reconnect in
+    /// progress stops). Returns once the connection's task has ended, or after 5 s.
+    pub async fn close(&self) {
+        self.close.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tx.closed()).await;
+    }
+
+    /// Whether [`close`](Self::close) was called (on this handle or a clone).
+    pub fn is_closed(&self) -> bool {
+        *self.close.borrow() || self.tx.is_closed()
     }
 
     /// A handle on the same socket whose operations carry these credentials instead of the
@@ -568,9 +586,16 @@ impl Connection {
     }
 }
 
+/// Resolves once `Connection::close` was called (or every handle is gone).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
 struct Driver {
     settings: Arc<Settings>,
     rx: mpsc::UnboundedReceiver<Op>,
+    /// True once `Connection::close` was called.
+    closing: watch::Receiver<bool>,
     pending: HashMap<[u8; 16], Pending>,
     /// The node of the current (or last) connection.
     addr: String,
@@ -579,7 +604,7 @@ struct Driver {
 }
 
 enum End {
-    /// Every handle is gone.
+    /// Every handle is gone, or `close` was called.
     Closed,
     /// The socket broke.
     Lost(String),
@@ -608,13 +633,20 @@ impl Driver {
                         }
                         let wait = backoff.step();
                         tracing::warn!(addr = %self.addr, error = %e, ?wait, "eventstore: reconnecting");
-                        tokio::time::sleep(wait).await;
+                        let mut closing = self.closing.clone();
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = closed(&mut closing) => return self.finish(Error::Closed),
+                        }
                         continue;
                     }
                 },
             };
             match self.session(&mut current).await {
-                End::Closed => return,
+                End::Closed => {
+                    let _ = current.stream.shutdown().await;
+                    return self.finish(Error::Closed);
+                }
                 End::Lost(reason) => {
                     tracing::warn!(addr = %self.addr, %reason, pending = self.pending.len(), "eventstore: connection lost");
                 }
@@ -635,8 +667,14 @@ impl Driver {
         Ok(link)
     }
 
-    fn give_up(mut self, error: Error) {
+    fn give_up(self, error: Error) {
         tracing::error!(addr = %self.addr, %error, "eventstore: giving up");
+        self.finish(error);
+    }
+
+    /// Fail everything in flight and everything queued with `error`; later operations find
+    /// the channel closed ([`Error::Closed`]).
+    fn finish(mut self, error: Error) {
         self.rx.close();
         for (_, p) in self.pending.drain() {
             p.reply.fail(error.clone());
@@ -665,8 +703,10 @@ impl Driver {
         let mut last_heard = Instant::now();
         let mut heartbeat_sent: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(50).min(interval));
+        let mut closing = self.closing.clone();
         loop {
             tokio::select! {
+                () = closed(&mut closing) => return End::Closed,
                 op = self.rx.recv() => {
                     let Some(op) = op else { return End::Closed };
                     let mut out = BytesMut::new();

@@ -711,11 +711,13 @@ async fn eventstore(args: &Args, stop: &Arc<AtomicBool>) -> anyhow::Result<Runni
         }),
         producers,
         close: Box::pin(async move {
-            // The catch-up subscription ends with its connection.
-            drop(reading);
-            consumer.abort();
-            let _ = consumer.await;
-            drop(writing);
+            // The catch-up subscription ends with its connection, and the dispatcher drains.
+            reading.close().await;
+            writing.close().await;
+            match tokio::time::timeout(Duration::from_secs(30), consumer).await {
+                Ok(Ok(Ok(_))) => {}
+                other => eprintln!("chaos: eventstore: the consumer ended badly: {other:?}"),
+            }
         }),
     })
 }

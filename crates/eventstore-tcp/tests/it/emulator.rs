@@ -929,3 +929,49 @@ async fn catch_up_resolves_links_for_category_streams() {
     assert_eq!(ev.event.as_ref().unwrap().stream_id, "order-3");
     assert_eq!(ev.original_event_number(), Some(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_every_handle_its_subscriptions_and_the_socket() {
+    use futures_util::StreamExt;
+    let (e, c) = setup().await;
+    let other = c.clone();
+    c.append_to_stream("closing", ExpectedVersion::Any, &events(0..3))
+        .await
+        .unwrap();
+    let mut catch_up = c.subscribe_to_stream_from("closing", None, 10);
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(5), catch_up.next())
+            .await
+            .expect("the catch-up delivers")
+            .expect("open");
+    }
+    assert_eq!(e.open_connections(), 1);
+    tokio::time::timeout(Duration::from_secs(6), c.close())
+        .await
+        .expect("close returns");
+    assert!(other.is_closed(), "a clone sees the close");
+    assert!(matches!(other.ping().await, Err(Error::Closed)));
+    eventually("the socket closed", || e.open_connections() == 0).await;
+    // The subscription ends rather than waiting forever.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while catch_up.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the catch-up subscription ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_a_reconnect_in_progress() {
+    let (e, c) = setup().await;
+    c.ping().await.unwrap();
+    drop(e); // the server is gone: the connection retries with backoff
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    c.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(c.ping().await, Err(Error::Closed)));
+}
