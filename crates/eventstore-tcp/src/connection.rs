@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::command::Command;
-use crate::error::Error;
+use crate::error::{Busy, Error};
 use crate::frame::{Credentials, Frame, FrameDecoder};
 use crate::gossip::{self, NodePreference, Seeds};
 use crate::wire;
@@ -857,13 +857,20 @@ impl Driver {
             return Ok(());
         };
         if frame.command == Command::NotHandled {
-            let reason = wire::NotHandled::decode(frame.payload.clone())
-                .map(|n| n.reason())
-                .unwrap_or(wire::not_handled::NotHandledReason::NotReady);
+            let reason = match wire::NotHandled::decode(frame.payload.clone()) {
+                Ok(n) => n.reason(),
+                Err(e) => {
+                    // Not retried as if busy: what the server meant is unknown.
+                    p.reply.fail(Error::Decode(format!(
+                        "a NotHandled reply that does not decode: {e}"
+                    )));
+                    return Ok(());
+                }
+            };
             use wire::not_handled::NotHandledReason as R;
             let busy = match reason {
-                R::NotReady => "NotReady",
-                R::TooBusy => "TooBusy",
+                R::NotReady => Busy::NotReady,
+                R::TooBusy => Busy::TooBusy,
                 R::IsReadOnly => {
                     p.reply.fail(Error::ReadOnly);
                     return Ok(());

@@ -35,8 +35,10 @@ pub enum Error {
     #[error("the node is not the leader (leader at {0})")]
     NotLeader(String),
     /// The node stayed busy or not ready through every retry.
-    #[error("the server kept answering `{0}` through every retry")]
-    NotHandled(&'static str),
+    #[error(
+        "the server kept answering `{0}` through every retry; it is starting up or overloaded — try again later or raise Settings::with_operation_timeout's retries"
+    )]
+    NotHandled(Busy),
     /// The stream's version was not the expected one.
     #[error("wrong expected version (the stream is at {current:?})")]
     WrongExpectedVersion {
@@ -83,4 +85,23 @@ pub enum Error {
     /// The byte stream is not valid framing.
     #[error(transparent)]
     Frame(#[from] FrameError),
+}
+
+/// Why a node did not handle an operation it may handle later (`NotHandled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Busy {
+    /// The node is starting up or catching up (`NotReady`).
+    NotReady,
+    /// The node's queues are full (`TooBusy`).
+    TooBusy,
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotReady => "NotReady",
+            Self::TooBusy => "TooBusy",
+        })
+    }
 }

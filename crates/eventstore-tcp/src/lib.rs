@@ -97,7 +97,7 @@ pub use command::Command;
 #[cfg(feature = "client")]
 pub use connection::{Connection, Settings};
 #[cfg(feature = "client")]
-pub use error::Error;
+pub use error::{Busy, Error};
 pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
 #[cfg(feature = "client")]
 pub use gossip::{NodePreference, NodeState};

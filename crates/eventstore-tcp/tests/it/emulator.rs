@@ -217,6 +217,20 @@ async fn not_handled_is_retried_or_reported() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::ReadOnly), "{err}");
+    // Busy through every retry: a typed error that says which.
+    e.not_handled(1_000, NotHandledReason::TooBusy);
+    let err = c
+        .append_to_stream("busy", ExpectedVersion::Any, &events(2..3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotHandled(headwaters_eventstore_tcp::Busy::TooBusy)
+        ),
+        "{err}"
+    );
+    e.not_handled(0, NotHandledReason::TooBusy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
