@@ -10,7 +10,7 @@
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
 //! | `chaos [--minutes N]`   | the chaos soak (`examples/chaos.rs`, release) against a throwaway RabbitMQ and the emulators |
-//! | `ci`                    | fmt, clippy, `test`, a 1-minute chaos soak, docs, the demo, `cargo package` checks |
+//! | `ci`                    | fmt, clippy, each crate without default features, `test`, a 1-minute chaos soak, docs, the demo, `cargo package` checks |
 
 mod emulators;
 mod servers;
@@ -241,6 +241,37 @@ fn bench(args: &[String]) -> Result<()> {
     outcome
 }
 
+/// The publishable crates, each checked alone without its default features: feature gates
+/// that leave something unbuilt or unused show up here, not in a user's build.
+const CRATES: [&str; 9] = [
+    "headwaters-ordering-core",
+    "headwaters-process-status",
+    "headwaters-batch-flusher",
+    "headwaters-amqp-consumer",
+    "headwaters-pulsar-ws",
+    "headwaters-eventstore-tcp",
+    "headwaters-kinesis",
+    "headwaters-testkit",
+    "headwaters",
+];
+
+fn feature_checks() -> Result<()> {
+    for krate in CRATES {
+        let shown = format!("cargo check -p {krate} --no-default-features --locked");
+        println!("$ {shown}");
+        let out = cargo()
+            .args(["check", "-p", krate, "--no-default-features", "--locked"])
+            .output()
+            .with_context(|| format!("cannot start {shown}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || stderr.contains("warning:") {
+            eprintln!("{stderr}");
+            bail!("`{shown}` failed or warned");
+        }
+    }
+    Ok(())
+}
+
 /// The chaos soak, in release mode unless `release` is false (CI reuses its debug build).
 fn chaos(args: &[String], release: bool) -> Result<()> {
     let rabbit = Rabbit::from_env_or_start()?;
@@ -355,6 +386,8 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    step("each crate without its default features (no errors, no warnings)");
+    feature_checks()?;
     step("test");
     test()?;
     step("chaos soak: 1 minute");

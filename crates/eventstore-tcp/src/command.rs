@@ -35,6 +35,7 @@ macro_rules! commands {
 impl Command {
     /// Whether this answer ends a subscription (a drop, refused credentials, a bad
     /// request).
+    #[cfg(feature = "client")]
     pub(crate) const fn ends_subscription(self) -> bool {
         matches!(
             self,

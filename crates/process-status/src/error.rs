@@ -81,6 +81,7 @@ impl From<tokio::task::JoinError> for Error {
 }
 
 /// Check a table name: it is spliced into SQL, so only plain identifiers are allowed.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn check_table_name(name: &str) -> Result<(), Error> {
     let mut chars = name.chars();
     let ok = name.len() <= 63
