@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use futures_util::future::join_all;
 use headwaters::amqp::etf::Term;
 use headwaters::amqp::{AmqpConfig, Consumer, DeadLetter, Producer, PublishOptions, WireFormat};
-use headwaters::ordering::{Config, Key, Message, MessageHandler, Outcome};
+use headwaters::ordering::{Config, Key, Message, Outcome, SimpleHandler};
 
 /// Checks that each key's sequence numbers arrive in order.
 struct CheckOrder {
@@ -24,7 +24,7 @@ struct CheckOrder {
     violations: Arc<AtomicU64>,
 }
 
-impl MessageHandler for CheckOrder {
+impl SimpleHandler for CheckOrder {
     type Error = std::convert::Infallible;
 
     async fn handle(&self, key: &Key, m: &Message) -> Result<Outcome, Self::Error> {

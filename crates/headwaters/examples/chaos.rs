@@ -32,7 +32,7 @@ use headwaters::amqp::{
 use headwaters::eventstore::{
     Connection, EventData, ExpectedVersion, Settings, ordered::run_ordered_catch_up,
 };
-use headwaters::ordering::{Config, Key, Message, MessageHandler, Outcome};
+use headwaters::ordering::{Config, Key, Message, Outcome, SimpleHandler};
 use headwaters::pulsar::{
     ClientConfig, Consumer as PulsarConsumer, ConsumerOptions, ConsumerParams, OnDiscard,
     Producer as PulsarProducer, ProducerOptions, SubscriptionType, Topic, run_ordered,
@@ -270,7 +270,7 @@ struct Check(Arc<Ledger>);
 
 const INJECTED: &str = "chaos: injected handler panic";
 
-impl MessageHandler for Check {
+impl SimpleHandler for Check {
     type Error = std::convert::Infallible;
 
     async fn handle(&self, _: &Key, m: &Message) -> Result<Outcome, Self::Error> {

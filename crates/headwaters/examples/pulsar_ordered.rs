@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use headwaters::ordering::{Config, Key, Message, MessageHandler, Outcome};
+use headwaters::ordering::{Config, Key, Message, Outcome, SimpleHandler};
 use headwaters::pulsar::{
     ClientConfig, Consumer, ConsumerOptions, ConsumerParams, OnDiscard, Producer, ProducerOptions,
     SubscriptionType, Topic, run_ordered,
@@ -26,7 +26,7 @@ struct InOrder {
     violations: Arc<Mutex<u64>>,
 }
 
-impl MessageHandler for InOrder {
+impl SimpleHandler for InOrder {
     type Error = std::convert::Infallible;
 
     async fn handle(&self, key: &Key, m: &Message) -> Result<Outcome, Self::Error> {

@@ -78,7 +78,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// The short form of [`Handler`] for per-message processing without per-key state: one
-/// method and an error type. Every `MessageHandler` is a [`Handler`] (state: the key; no
+/// method and an error type. Every `SimpleHandler` is a [`Handler`] (state: the key; no
 /// continuations; signals answered with `()`), so it goes wherever a `Handler` does — the
 /// [`Dispatcher`](crate::Dispatcher), AMQP's `Consumer::start`, Pulsar's and EventStore's
 /// `run_ordered`. Per-key order, retries with a fresh handler and the poison policy are the
@@ -88,14 +88,14 @@ pub trait Handler: Send + Sync + 'static {
 /// ```
 /// use std::sync::{Arc, Mutex};
 /// use headwaters_ordering_core::{
-///     Config, Delivery, Dispatcher, Key, Message, MessageHandler, NoSettle, Outcome, Timestamp,
+///     Config, Delivery, Dispatcher, Key, Message, SimpleHandler, NoSettle, Outcome, Timestamp,
 /// };
 ///
 /// /// Remembers what it saw, per key.
 /// #[derive(Clone, Default)]
 /// struct Log(Arc<Mutex<Vec<String>>>);
 ///
-/// impl MessageHandler for Log {
+/// impl SimpleHandler for Log {
 ///     type Error = std::convert::Infallible;
 ///
 ///     async fn handle(&self, key: &Key, message: &Message) -> Result<Outcome, Self::Error> {
@@ -125,7 +125,7 @@ pub trait Handler: Send + Sync + 'static {
 /// dispatcher.shutdown(std::time::Duration::from_secs(1)).await;
 /// # }
 /// ```
-pub trait MessageHandler: Send + Sync + 'static {
+pub trait SimpleHandler: Send + Sync + 'static {
     /// A failure; the message goes to a fresh handler after a backoff (see [`Handler`]).
     type Error: fmt::Display + Send + 'static;
 
@@ -137,7 +137,7 @@ pub trait MessageHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
 }
 
-impl<T: MessageHandler> Handler for T {
+impl<T: SimpleHandler> Handler for T {
     type State = Key;
     type Continue = ();
     type Signal = ();

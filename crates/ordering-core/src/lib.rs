@@ -35,7 +35,7 @@
 //!
 //! * [`message`] — [`Key`], [`Message`], [`Headers`], [`Timestamp`].
 //! * [`settle`] — [`Settle`], [`Settlement`], [`Epoch`], [`Delivery`].
-//! * [`handler`] — the [`Handler`] trait, its one-method form [`MessageHandler`], and
+//! * [`handler`] — the [`Handler`] trait, its one-method form [`SimpleHandler`], and
 //!   [`Outcome`].
 //! * [`tracker`] — [`Tracker`], the IO-free per-key state machine (no tokio, time passed in).
 //! * `dispatcher` — [`Dispatcher`], the tokio driver running trackers in lanes.
@@ -114,7 +114,7 @@ pub use dispatcher::{
     Config, ConfigError, DispatchError, Dispatcher, Metrics, ShutdownReport, SignalError,
     TryDispatchError,
 };
-pub use handler::{Handler, MessageHandler, Outcome, StopAction, TerminateReason};
+pub use handler::{Handler, Outcome, SimpleHandler, StopAction, TerminateReason};
 pub use message::{HeaderValue, Headers, Key, Message, Timestamp};
 pub use settle::{Delivery, Epoch, NoSettle, Settle, Settlement};
 pub use tracker::{PoisonAction, RetryPolicy, Tracker};

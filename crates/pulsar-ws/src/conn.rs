@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::error::Error;
+use crate::error::{Error, TokenError};
 use crate::params::Secret;
 use crate::topic::encode;
 
@@ -30,19 +30,23 @@ pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 /// A [`Secret`] is a fixed token; closures returning a future work too:
 ///
 /// ```
-/// use headwaters_pulsar_ws::{ClientConfig, Secret};
+/// use headwaters_pulsar_ws::{ClientConfig, Secret, TokenError};
 /// let config = ClientConfig::new("ws://127.0.0.1:8080").unwrap()
-///     .with_token_provider(|| async { Ok::<_, String>(Secret::new(std::env::var("PULSAR_TOKEN").unwrap_or_default())) });
+///     .with_token_provider(|| async {
+///         let token = std::env::var("PULSAR_TOKEN").map_err(TokenError::new)?;
+///         Ok(Secret::new(token))
+///     });
 /// ```
 #[async_trait]
 pub trait TokenProvider: Send + Sync + 'static {
-    /// The token to present now.
-    async fn token(&self) -> Result<Secret, String>;
+    /// The token to present now; a failure keeps its cause ([`TokenError::new`] takes any
+    /// error, or a message).
+    async fn token(&self) -> Result<Secret, TokenError>;
 }
 
 #[async_trait]
 impl TokenProvider for Secret {
-    async fn token(&self) -> Result<Self, String> {
+    async fn token(&self) -> Result<Self, TokenError> {
         Ok(self.clone())
     }
 }
@@ -51,9 +55,9 @@ impl TokenProvider for Secret {
 impl<F, Fut> TokenProvider for F
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Secret, String>> + Send,
+    Fut: Future<Output = Result<Secret, TokenError>> + Send,
 {
-    async fn token(&self) -> Result<Secret, String> {
+    async fn token(&self) -> Result<Secret, TokenError> {
         self().await
     }
 }
@@ -277,7 +281,7 @@ impl ClientConfig {
             .map_err(|e| Error::Config(format!("{url}: {e}")))?;
         if let (Some(t), TokenPlacement::Header) = (&token, self.placement) {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                .map_err(|_| Error::Token("the token is not a valid header value".into()))?;
+                .map_err(|e| Error::Token(TokenError::new(e)))?;
             value.set_sensitive(true);
             request.headers_mut().insert("Authorization", value);
         }

@@ -36,9 +36,9 @@ pub enum Error {
     /// The TLS configuration could not be built (bad PEM, key mismatch).
     #[error("TLS configuration: {0}")]
     Tls(String),
-    /// The token provider failed.
+    /// The token provider failed (its error is the source).
     #[error("the token provider failed: {0}")]
-    Token(String),
+    Token(#[source] TokenError),
     /// The broker failed this message (`send-error:N`).
     #[error("the broker refused the message: {0}")]
     Send(SendFailure),
@@ -110,5 +110,29 @@ fn meaning(status: u16) -> &'static str {
         429 => "too many requests: retried with backoff",
         500..=599 => "server error: retried with backoff",
         _ => "unexpected status",
+    }
+}
+
+/// A [`TokenProvider`](crate::TokenProvider)'s failure, kept whole (shared, so that
+/// [`Error`] stays `Clone`).
+#[derive(Debug, Clone)]
+pub struct TokenError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl TokenError {
+    /// Wrap any error (a `String` or `&str` works too).
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(std::sync::Arc::from(error.into()))
+    }
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }

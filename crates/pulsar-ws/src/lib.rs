@@ -103,7 +103,7 @@ pub use consumer::{
     AckHandle, Consumer, ConsumerHandle, ConsumerOptions, Message, Reader, ReaderOptions,
 };
 #[cfg(feature = "client")]
-pub use error::Error;
+pub use error::{Error, TokenError};
 #[cfg(feature = "client")]
 pub use handler::{
     Handled, MessageHandler, OnDiscard, Settler, run_handler, run_ordered, to_ordering_message,

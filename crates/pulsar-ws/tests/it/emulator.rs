@@ -1083,3 +1083,21 @@ async fn a_rotated_token_is_asked_for_again_on_reconnect() {
         .unwrap();
     eventually("only the new connection open", || e.open_connections() == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_provider_is_reported_with_its_cause() {
+    let (_e, config) = emulator().await;
+    let config = config.with_token_provider(|| async {
+        Err(headwaters_pulsar_ws::TokenError::new(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "vault unreachable",
+        )))
+    });
+    let err = Producer::connect(&config, topic("tok"), ProducerOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Token(_)), "{err}");
+    assert!(err.to_string().contains("vault unreachable"), "{err}");
+    let source = std::error::Error::source(&err).expect("the provider's error is the source");
+    assert!(source.to_string().contains("vault unreachable"));
+}
