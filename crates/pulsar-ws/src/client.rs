@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::conn::ClientConfig;
-use crate::consumer::{Consumer, ConsumerHandle, ConsumerOptions, Reader, ReaderOptions};
+use crate::consumer::{
+    Consumer, ConsumerHandle, ConsumerOptions, Reader, ReaderHandle, ReaderOptions,
+};
 use crate::error::Error;
 use crate::producer::{Producer, ProducerOptions};
 use crate::proto::{MessageId, OutgoingMessage};
@@ -55,6 +57,7 @@ impl RegistryKey {
 struct Registry {
     producers: HashMap<RegistryKey, Producer>,
     receivers: HashMap<RegistryKey, ConsumerHandle>,
+    readers: HashMap<RegistryKey, ReaderHandle>,
 }
 
 /// Owns the producers, consumers and readers it created and finds them again by topic.
@@ -133,7 +136,7 @@ impl Client {
     pub async fn reader(&self, topic: Topic, options: ReaderOptions) -> Result<Reader, Error> {
         let key = RegistryKey::new(Component::Reader, &topic);
         let r = Reader::open(&self.config, topic, options).await?;
-        self.registry().receivers.insert(key, r.handle());
+        self.registry().readers.insert(key, r.handle());
         Ok(r)
     }
 
@@ -147,9 +150,17 @@ impl Client {
         self.registry().producers.get(key).cloned()
     }
 
-    /// The registered consumer (or reader, with `Component::Reader`) handle by key.
+    /// The registered consumer's handle by key.
     pub fn find_receiver(&self, key: &RegistryKey) -> Option<ConsumerHandle> {
         self.registry().receivers.get(key).cloned()
+    }
+
+    /// The registered reader of `topic`.
+    pub fn find_reader(&self, topic: &Topic) -> Option<ReaderHandle> {
+        self.registry()
+            .readers
+            .get(&RegistryKey::new(Component::Reader, topic))
+            .cloned()
     }
 
     /// Every registry key.
@@ -158,17 +169,19 @@ impl Client {
         r.producers
             .keys()
             .chain(r.receivers.keys())
+            .chain(r.readers.keys())
             .cloned()
             .collect()
     }
 
     /// Close everything registered (producers wait for their pending receipts).
     pub async fn close(&self) {
-        let (producers, receivers) = {
+        let (producers, receivers, readers) = {
             let mut r = self.registry();
             (
                 std::mem::take(&mut r.producers),
                 std::mem::take(&mut r.receivers),
+                std::mem::take(&mut r.readers),
             )
         };
         for p in producers.into_values() {
@@ -176,6 +189,9 @@ impl Client {
         }
         for c in receivers.into_values() {
             c.close().await;
+        }
+        for r in readers.into_values() {
+            r.close().await;
         }
     }
 }

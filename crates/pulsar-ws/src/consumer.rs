@@ -319,6 +319,33 @@ impl ConsumerHandle {
     }
 }
 
+/// A [`Reader`]'s cloneable handle: what a consumer's handle offers, without acks (a reader
+/// has no cursor at the broker to acknowledge to).
+#[derive(Clone, Debug)]
+pub struct ReaderHandle(ConsumerHandle);
+
+impl ReaderHandle {
+    /// Whether the topic was terminated and everything in it was read.
+    pub async fn is_end_of_topic(&self) -> Result<bool, Error> {
+        self.0.is_end_of_topic().await
+    }
+
+    /// Close the connection; the stream ends after the messages already buffered.
+    pub async fn close(&self) {
+        self.0.close().await;
+    }
+
+    /// Reconnections so far.
+    pub fn reconnects(&self) -> u64 {
+        self.0.reconnects()
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        self.0.topic()
+    }
+}
+
 type Item = Result<Message, Error>;
 
 /// The receiving half shared by [`Consumer`] and [`Reader`]. The connection task hands
@@ -497,9 +524,10 @@ impl Reader {
         Ok(Self { inbox })
     }
 
-    /// A cloneable handle (end-of-topic checks and close; acks are no-ops for readers).
-    pub fn handle(&self) -> ConsumerHandle {
-        self.inbox.handle.clone()
+    /// A cloneable handle: end-of-topic checks, close, counters. It has no `ack`: a reader
+    /// acknowledges nothing at the broker (it has no cursor), and frees its own window.
+    pub fn handle(&self) -> ReaderHandle {
+        ReaderHandle(self.inbox.handle.clone())
     }
 
     /// Whether the topic was terminated and everything in it was read.

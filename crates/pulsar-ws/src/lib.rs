@@ -100,7 +100,8 @@ pub use client::{Client, Component, RegistryKey, produce, produce_with};
 pub use conn::{ClientConfig, DEFAULT_MAX_FRAME, TokenPlacement, TokenProvider};
 #[cfg(feature = "client")]
 pub use consumer::{
-    AckHandle, Consumer, ConsumerHandle, ConsumerOptions, Message, Reader, ReaderOptions,
+    AckHandle, Consumer, ConsumerHandle, ConsumerOptions, Message, Reader, ReaderHandle,
+    ReaderOptions,
 };
 #[cfg(feature = "client")]
 pub use error::{Error, TokenError};

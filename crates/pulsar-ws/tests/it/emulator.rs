@@ -843,10 +843,12 @@ async fn the_client_registry_finds_what_it_created() {
             .find_receiver(&RegistryKey::new(Component::Consumer, &t))
             .is_some()
     );
+    assert!(client.find_reader(&t).is_some());
+    // A reader is not a consumer: no consumer handle (with acks) is found for it.
     assert!(
         client
             .find_receiver(&RegistryKey::new(Component::Reader, &t))
-            .is_some()
+            .is_none()
     );
     assert_eq!(client.keys().len(), 3);
     assert_eq!(
