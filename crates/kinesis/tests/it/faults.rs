@@ -10,7 +10,9 @@ use headwaters_kinesis::{KinesisConfig, KinesisSource, KinesisWorker, ReadSettin
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{Recorder, create_stream, put, run_until, stream_name, worker_config};
+use crate::support::{
+    Recorder, create_stream, put_numbered, run_until, stream_name, worker_config,
+};
 
 /// An HTTP/1.1 proxy that answers the next `GetRecords` calls with the queued errors and
 /// forwards everything else.
@@ -143,14 +145,7 @@ impl FaultyKinesis {
 async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
     let stream = stream_name("faults");
     create_stream(&stream, 1).await;
-    for i in 0..300u32 {
-        put(
-            &stream,
-            &format!("key{}", i % 6),
-            &format!("key{}:{}", i % 6, i / 6),
-        )
-        .await;
-    }
+    put_numbered(&stream, 6, 0..300).await;
     let proxy = FaultyKinesis::start(std::env::var("KINESIS_ENDPOINT").unwrap()).await;
     proxy.faults.lock().unwrap().extend([
         "ProvisionedThroughputExceededException",

@@ -7,7 +7,9 @@ use std::time::Duration;
 use headwaters_batch_flusher::{Checkpointer, PostgresCheckpoints};
 use headwaters_kinesis::KinesisWorker;
 
-use crate::support::{Recorder, create_stream, put, run_until, source, stream_name, worker_config};
+use crate::support::{
+    Recorder, create_stream, put_numbered, run_until, source, stream_name, worker_config,
+};
 
 pub(crate) fn database_url() -> String {
     std::env::var("DATABASE_URL").expect(
@@ -53,20 +55,7 @@ async fn a_second_worker_takes_its_share_over_and_nothing_is_lost() {
     );
     let observer = store("observer", &table, lease).await;
     let scenario = async {
-        let mut next = 0u32;
-        let mut put_some = async |n: u32| {
-            for _ in 0..n {
-                let key = next % 16;
-                put(
-                    &stream,
-                    &format!("key{key}"),
-                    &format!("key{key}:{}", next / 16),
-                )
-                .await;
-                next += 1;
-            }
-        };
-        put_some(160).await;
+        put_numbered(&stream, 16, 0..160).await;
         // A alone takes all four shards.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while held(&observer).await.get("worker-a") != Some(&4) {
@@ -91,7 +80,7 @@ async fn a_second_worker_takes_its_share_over_and_nothing_is_lost() {
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            put_some(160).await;
+            put_numbered(&stream, 16, 160..320).await;
             recorder
                 .wait_for_distinct(320, Duration::from_secs(60))
                 .await;
@@ -211,16 +200,7 @@ async fn a_killed_workers_shards_are_taken_over_after_its_lease_expires() {
         lines.any(|l| l.is_ok_and(|l| l.contains("working"))),
         "the child worker did not start"
     );
-    let mut n = 0u32;
-    for _ in 0..100 {
-        put(
-            &stream,
-            &format!("key{}", n % 10),
-            &format!("key{}:{}", n % 10, n / 10),
-        )
-        .await;
-        n += 1;
-    }
+    put_numbered(&stream, 10, 0..100).await;
     let doomed_seen = || -> std::collections::HashSet<String> {
         std::fs::read_to_string(&file)
             .unwrap_or_default()
@@ -240,15 +220,7 @@ async fn a_killed_workers_shards_are_taken_over_after_its_lease_expires() {
     child.kill().unwrap(); // SIGKILL: no flush, no release
     child.wait().unwrap();
     let killed = tokio::time::Instant::now();
-    for _ in 0..100 {
-        put(
-            &stream,
-            &format!("key{}", n % 10),
-            &format!("key{}:{}", n % 10, n / 10),
-        )
-        .await;
-        n += 1;
-    }
+    put_numbered(&stream, 10, 100..200).await;
     // The survivor waits out the dead worker's leases, then resumes from its checkpoints.
     let recorder = Recorder::default();
     let survivor = KinesisWorker::new(

@@ -13,7 +13,7 @@ use headwaters_batch_flusher::{MemoryCheckpoints, Source, SourceEvent};
 use headwaters_kinesis::{KinesisPosition, KinesisWorker, kpl};
 
 use support::{
-    Recorder, create_stream, put, put_raw, run_until, source, stream_name, worker_config,
+    Recorder, create_stream, put_numbered, put_raw, run_until, source, stream_name, worker_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,14 +21,7 @@ use support::{
 async fn every_record_in_key_order_then_a_restart_resumes_after_the_checkpoint() {
     let stream = stream_name("resume");
     create_stream(&stream, 2).await;
-    for i in 0..200u32 {
-        put(
-            &stream,
-            &format!("key{}", i % 8),
-            &format!("key{}:{}", i % 8, i / 8),
-        )
-        .await;
-    }
+    put_numbered(&stream, 8, 0..200).await;
     let store = MemoryCheckpoints::new();
     let recorder = Recorder::default();
     let worker = KinesisWorker::new(
@@ -60,14 +53,7 @@ async fn every_record_in_key_order_then_a_restart_resumes_after_the_checkpoint()
     );
 
     // 50 more; a new worker on the same store reads only those.
-    for i in 200..250u32 {
-        put(
-            &stream,
-            &format!("key{}", i % 8),
-            &format!("key{}:{}", i % 8, i / 8),
-        )
-        .await;
-    }
+    put_numbered(&stream, 8, 200..250).await;
     let again = Recorder::default();
     let worker = KinesisWorker::new(
         source(&stream),
@@ -162,9 +148,7 @@ async fn two_streams_share_a_checkpoint_store_without_mixing_their_shards() {
     for name in ["first", "second"] {
         let stream = stream_name(&format!("shared-{name}"));
         create_stream(&stream, 1).await;
-        for i in 0..30u32 {
-            put(&stream, "k", &format!("k:{i}")).await;
-        }
+        put_numbered(&stream, 1, 0..30).await;
         let recorder = Recorder::default();
         let worker = KinesisWorker::new(
             source(&stream),

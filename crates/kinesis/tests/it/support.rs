@@ -99,6 +99,16 @@ pub(crate) async fn put(stream: &str, key: &str, payload: &str) -> String {
     put_raw(stream, key, payload.as_bytes().to_vec()).await
 }
 
+/// Put records `n` in `range` round-robin over `keys` keys: key `keyK` with payload
+/// `keyK:S`, where K = n mod keys and S = n / keys (each key's own sequence).
+pub(crate) async fn put_numbered(stream: &str, keys: u32, range: std::ops::Range<u32>) {
+    for n in range {
+        let key = format!("key{}", n % keys);
+        let payload = format!("{key}:{}", n / keys);
+        put(stream, &key, &payload).await;
+    }
+}
+
 pub(crate) async fn shards(stream: &str) -> Vec<String> {
     let out = client()
         .list_shards()
