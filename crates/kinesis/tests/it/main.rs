@@ -9,8 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use headwaters_batch_flusher::{MemoryCheckpoints, Source, SourceEvent};
-use headwaters_kinesis::{KinesisPosition, KinesisWorker, kpl};
+use headwaters_batch_flusher::{MemoryCheckpoints, Source, SourceEvent, SourceRecord};
+use headwaters_kinesis::{KinesisPosition, KinesisRecord, KinesisWorker, ShardStream, kpl};
+use headwaters_ordering_core::NoSettle;
 
 use support::{
     Recorder, create_stream, put_numbered, put_raw, run_until, source, stream_name, worker_config,
@@ -86,25 +87,17 @@ async fn kpl_aggregates_are_split_and_a_checkpoint_inside_one_skips_what_was_don
     let src = source(&stream);
     let shard = support::shards(&stream).await.remove(0);
     // From the start: ten user records with their places, then the plain one.
-    let mut events = src.open(&shard, None).await.unwrap();
-    let mut seen = Vec::new();
-    while seen.len() < 11 {
-        let event = tokio::time::timeout(
-            Duration::from_secs(20),
-            futures_util::StreamExt::next(&mut events),
-        )
+    let seen: Vec<(String, String, Vec<u8>)> = records(src.open(&shard, None).await.unwrap(), 11)
         .await
-        .expect("records in time")
-        .expect("open stream")
-        .expect("no error");
-        if let SourceEvent::Record(r) = event {
-            seen.push((
+        .into_iter()
+        .map(|r| {
+            (
                 r.position.to_string(),
-                r.record.partition_key.clone(),
+                r.record.partition_key,
                 r.record.data.to_vec(),
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     for (i, (position, key, data)) in seen[..10].iter().enumerate() {
         assert_eq!(position, &format!("{first}:{i}"));
         assert_eq!((key, data), (&users[i].0, &users[i].1));
@@ -117,25 +110,14 @@ async fn kpl_aggregates_are_split_and_a_checkpoint_inside_one_skips_what_was_don
             b"not an aggregate".to_vec()
         )
     );
-    drop(events);
 
     // From a checkpoint inside the aggregate: the user records after it, then the plain one.
     let inside: KinesisPosition = format!("{first}:6").parse().unwrap();
-    let mut events = src.open(&shard, Some(inside)).await.unwrap();
-    let mut keys = Vec::new();
-    while keys.len() < 4 {
-        let event = tokio::time::timeout(
-            Duration::from_secs(20),
-            futures_util::StreamExt::next(&mut events),
-        )
+    let keys: Vec<String> = records(src.open(&shard, Some(inside)).await.unwrap(), 4)
         .await
-        .expect("records in time")
-        .expect("open stream")
-        .expect("no error");
-        if let SourceEvent::Record(r) = event {
-            keys.push(r.record.partition_key.clone());
-        }
-    }
+        .into_iter()
+        .map(|r| r.record.partition_key)
+        .collect();
     assert_eq!(keys, ["user7", "user8", "user9", "plain"]);
 }
 
@@ -164,4 +146,25 @@ async fn two_streams_share_a_checkpoint_store_without_mixing_their_shards() {
             "checkpoint under the stream's name"
         );
     }
+}
+
+type Record = SourceRecord<KinesisPosition, KinesisRecord, NoSettle>;
+
+/// The next `n` records of a shard's stream (other events skipped), 20 s at most for each.
+async fn records(mut events: ShardStream, n: usize) -> Vec<Record> {
+    let mut records = Vec::new();
+    while records.len() < n {
+        let event = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures_util::StreamExt::next(&mut events),
+        )
+        .await
+        .expect("records in time")
+        .expect("open stream")
+        .expect("no error");
+        if let SourceEvent::Record(r) = event {
+            records.push(r);
+        }
+    }
+    records
 }
