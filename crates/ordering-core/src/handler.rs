@@ -246,6 +246,10 @@ pub enum TerminateReason {
     Idle,
     /// The dispatcher is shutting down.
     Shutdown,
+    /// The source connection (epoch) that fed this state was lost. Meanwhile the broker may
+    /// hand the key's messages to another consumer, so the state may be behind: it ends
+    /// before the key's next message, which a fresh handler (`init`) takes.
+    EpochLost,
 }
 
 impl fmt::Display for TerminateReason {
@@ -255,6 +259,7 @@ impl fmt::Display for TerminateReason {
             Self::Error(e) => write!(f, "error: {e}"),
             Self::Idle => f.write_str("idle"),
             Self::Shutdown => f.write_str("shutdown"),
+            Self::EpochLost => f.write_str("its source connection was lost"),
         }
     }
 }

@@ -282,6 +282,9 @@ pub enum Event {
 /// Epochs: [`epoch_lost`](Self::epoch_lost) drops every queued delivery of that epoch
 /// ([`Output::Drop`]); a head that is running when its epoch is lost is dropped, not
 /// settled, when its job completes. Deliveries arriving for a lost epoch are dropped at once.
+/// A handler state fed by a lost epoch is terminated ([`TerminateReason::EpochLost`]) before
+/// the key's next message: while the connection was down the broker may have given the
+/// key's messages to another consumer, so the next message starts from `init`.
 ///
 /// Inputs are `deliver`, `complete`, `signal`, `resume`, `epoch_lost`, `evict_idle`,
 /// `abandon`, `terminate_all`; after each, drain [`poll_output`](Self::poll_output).
@@ -325,6 +328,10 @@ struct Slot<H: Handler, S, X> {
     /// Consecutive `init` failures.
     init_failures: u32,
     parked: bool,
+    /// The epoch of the latest delivery (`None` for a slot opened by a signal).
+    fed_by: Option<Epoch>,
+    /// The state was fed by a lost epoch: terminate it before the next message.
+    stale: bool,
     idle_since: Instant,
 }
 
@@ -336,7 +343,7 @@ struct Entry<S> {
 }
 
 impl<H: Handler, S, X> Slot<H, S, X> {
-    fn new(now: Instant) -> Self {
+    fn new(fed_by: Option<Epoch>, now: Instant) -> Self {
         Self {
             queue: VecDeque::new(),
             side: VecDeque::new(),
@@ -346,6 +353,8 @@ impl<H: Handler, S, X> Slot<H, S, X> {
             attempts: 0,
             init_failures: 0,
             parked: false,
+            fed_by,
+            stale: false,
             idle_since: now,
         }
     }
@@ -435,13 +444,15 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
                 // The common case under load: the key is busy, just queue.
                 let slot = o.into_mut();
                 self.parked += usize::from(slot.parked);
+                slot.fed_by = Some(epoch);
                 slot.queue.push_back(entry);
                 return;
             }
             MapEntry::Occupied(o) => (o.key().clone(), o.into_mut()),
-            MapEntry::Vacant(v) => (v.key().clone(), v.insert(Slot::new(now))),
+            MapEntry::Vacant(v) => (v.key().clone(), v.insert(Slot::new(Some(epoch), now))),
         };
         self.parked += usize::from(slot.parked);
+        slot.fed_by = Some(epoch);
         slot.queue.push_back(entry);
         advance(&key, slot, &mut self.out, now);
     }
@@ -451,7 +462,7 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
         let slot = self
             .slots
             .entry(key.clone())
-            .or_insert_with(|| Slot::new(now));
+            .or_insert_with(|| Slot::new(None, now));
         slot.side.push_back(extra);
         if slot.busy == Busy::No {
             advance(&key, slot, &mut self.out, now);
@@ -474,13 +485,17 @@ impl<H: Handler, S, X> Tracker<H, S, X> {
     }
 
     /// The source connection of `epoch` is gone: drop its queued deliveries without settling
-    /// them, and never settle its running heads.
+    /// them, never settle its running heads, and end the handler states it fed before their
+    /// keys' next messages.
     pub fn epoch_lost(&mut self, epoch: Epoch, now: Instant) {
         if !self.dead.insert(epoch) {
             return;
         }
         for (key, slot) in &mut self.slots {
-            if !slot.queue.iter().any(|e| e.epoch == epoch) {
+            let queued = slot.queue.iter().any(|e| e.epoch == epoch);
+            // A slot a signal opened has no epoch: it may belong to any, so it is stale too.
+            slot.stale |= queued || slot.fed_by.is_none_or(|f| f == epoch);
+            if !queued {
                 continue;
             }
             self.parked -= slot.parked_len();
@@ -812,9 +827,18 @@ fn advance<H: Handler, S, X>(
         start(key, slot, Work::Continue(arg), Busy::Continue, out);
     } else if let Some(extra) = slot.side.pop_front() {
         start(key, slot, Work::Extra(extra), Busy::Extra, out);
-    } else if !slot.parked
-        && let Some(message) = slot.queue.front_mut().and_then(|e| e.message.take())
-    {
+    } else if !slot.parked && slot.queue.front().is_some_and(|e| e.message.is_some()) {
+        if mem::take(&mut slot.stale) && slot.state.is_some() {
+            start(
+                key,
+                slot,
+                Work::Terminate(TerminateReason::EpochLost),
+                Busy::Terminate,
+                out,
+            );
+            return;
+        }
+        let message = slot.queue[0].message.take().expect("checked above");
         let attempt = slot.attempts + 1;
         start(
             key,

@@ -1,6 +1,6 @@
 //! Unit tests and the model-based property test of the tracker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -260,15 +260,55 @@ fn lost_epoch_drops_queued_and_never_settles_the_running_head() {
         outs.iter()
             .any(|o| matches!(o, Output::Drop { settle: Probe(0) }))
     );
-    assert_eq!(
-        jobs(outs).iter().filter_map(message_id).collect::<Vec<_>>(),
-        ["2"]
-    );
+    // The state that handled message 0 came from the lost epoch: it ends before the next
+    // message, which a fresh handler takes.
+    let term = jobs(outs).remove(0);
+    assert!(matches!(
+        term.work,
+        Work::Terminate(TerminateReason::EpochLost)
+    ));
+    assert_eq!(term.state, Some(1));
+    t.complete(&key, done(None), now);
+    let next = jobs(outputs(&mut t)).remove(0);
+    assert_eq!(message_id(&next), Some("2"));
+    assert_eq!(next.state, None, "a fresh handler");
     t.deliver(delivery(1, 3, 1), now);
     assert!(matches!(
         outputs(&mut t).as_slice(),
         [Output::Drop { settle: Probe(3) }]
     ));
+}
+
+#[test]
+fn a_state_fed_by_a_lost_epoch_ends_before_the_next_message_and_others_keep_theirs() {
+    let now = Instant::now();
+    let mut t = T::new(RetryPolicy::default());
+    // Key 1 fed by epoch 1, key 2 by epoch 2; both idle with a state.
+    for (key, n, epoch) in [(1, 0, 1), (2, 1, 2)] {
+        t.deliver(delivery(key, n, epoch), now);
+        let job = jobs(outputs(&mut t)).remove(0);
+        t.complete(&Key::from(u64::from(key)), ok(job, Outcome::ack()), now);
+        assert_eq!(settled(&outputs(&mut t)), [(n, Settlement::Ack)]);
+    }
+    t.epoch_lost(Epoch::new(1), now);
+    assert!(
+        outputs(&mut t).is_empty(),
+        "nothing runs until a message comes"
+    );
+    // The key comes back on a new connection: its old state ends first.
+    t.deliver(delivery(1, 2, 3), now);
+    let term = jobs(outputs(&mut t)).remove(0);
+    assert!(matches!(
+        term.work,
+        Work::Terminate(TerminateReason::EpochLost)
+    ));
+    t.complete(&Key::from(1_u64), done(None), now);
+    let next = jobs(outputs(&mut t)).remove(0);
+    assert_eq!((message_id(&next), next.state), (Some("2"), None));
+    // Key 2's epoch lives on: its state carries on.
+    t.deliver(delivery(2, 3, 2), now);
+    let next = jobs(outputs(&mut t)).remove(0);
+    assert_eq!((message_id(&next), next.state), (Some("3"), Some(1)));
 }
 
 #[test]
@@ -382,6 +422,10 @@ struct Model {
     lost: Vec<u64>,
     /// A stop or a failure ended the key's handler: its next job must start fresh.
     fresh_next: HashMap<u8, bool>,
+    /// The epoch of each key's latest live delivery.
+    fed: HashMap<u8, u64>,
+    /// Keys whose feeding epoch was lost: no message may run on their old state.
+    stale: HashSet<u8>,
 }
 
 impl Model {
@@ -408,6 +452,13 @@ impl Model {
                         Some(n),
                         "key {k}: only the head may be processed"
                     );
+                    assert!(
+                        job.state.is_none() || !self.stale.contains(&k),
+                        "key {k}: a state fed by a lost epoch handled a message"
+                    );
+                }
+                if job.state.is_none() || matches!(job.work, Work::Terminate(_)) {
+                    self.stale.remove(&k);
                 }
                 if !matches!(job.work, Work::Backoff(_) | Work::Terminate(_))
                     && self.fresh_next.remove(&k).unwrap_or(false)
@@ -526,6 +577,8 @@ fn run_model(ops: Vec<Op>, policy: RetryPolicy) {
         per_key: HashMap::new(),
         lost: vec![],
         fresh_next: HashMap::new(),
+        fed: HashMap::new(),
+        stale: HashSet::new(),
     };
     let mut epoch = 1_u64;
     let mut running: Vec<Job<Types, u32>> = vec![];
@@ -556,6 +609,7 @@ fn run_model(ops: Vec<Op>, policy: RetryPolicy) {
                 model.status.push(Status::Pending);
                 if !model.lost.contains(&e) {
                     model.per_key.entry(k).or_default().push(n);
+                    model.fed.insert(k, e);
                 }
                 t.deliver(delivery(k, n, e), *now);
             }
@@ -573,6 +627,13 @@ fn run_model(ops: Vec<Op>, policy: RetryPolicy) {
             }
             Op::LoseEpoch => {
                 model.lost.push(*epoch);
+                let fed: Vec<u8> = model
+                    .fed
+                    .iter()
+                    .filter(|(_, e)| **e == *epoch)
+                    .map(|(k, _)| *k)
+                    .collect();
+                model.stale.extend(fed);
                 t.epoch_lost(Epoch::new(*epoch), *now);
                 *epoch += 1;
             }
