@@ -111,6 +111,60 @@ struct TopicLog {
 struct Unacked {
     consumer: ConnId,
     deadline: Option<Instant>,
+    key_hash: u32,
+}
+
+/// A subscription's messages delivered and not yet acknowledged, with how many of each key
+/// hash each consumer holds: what Key_Shared's draining hashes are computed from.
+#[derive(Debug, Default)]
+struct Pending {
+    by_entry: HashMap<u64, Unacked>,
+    by_hash: HashMap<u32, Vec<(ConnId, u32)>>,
+}
+
+impl Pending {
+    fn insert(&mut self, entry: u64, u: Unacked) {
+        let holders = self.by_hash.entry(u.key_hash).or_default();
+        match holders.iter_mut().find(|(c, _)| *c == u.consumer) {
+            Some((_, n)) => *n += 1,
+            None => holders.push((u.consumer, 1)),
+        }
+        if let Some(old) = self.by_entry.insert(entry, u) {
+            self.forget(&old);
+        }
+    }
+
+    fn remove(&mut self, entry: u64) -> Option<Unacked> {
+        let u = self.by_entry.remove(&entry)?;
+        self.forget(&u);
+        Some(u)
+    }
+
+    fn forget(&mut self, u: &Unacked) {
+        let Some(holders) = self.by_hash.get_mut(&u.key_hash) else {
+            return;
+        };
+        if let Some(i) = holders.iter().position(|(c, _)| *c == u.consumer) {
+            holders[i].1 -= 1;
+            if holders[i].1 == 0 {
+                holders.swap_remove(i);
+            }
+        }
+        if holders.is_empty() {
+            self.by_hash.remove(&u.key_hash);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_entry.len()
+    }
+
+    /// Whether a consumer other than `consumer` holds messages of this key hash.
+    fn held_elsewhere(&self, key_hash: u32, consumer: ConnId) -> bool {
+        self.by_hash
+            .get(&key_hash)
+            .is_some_and(|holders| holders.iter().any(|(c, _)| *c != consumer))
+    }
 }
 
 #[derive(Debug)]
@@ -121,7 +175,7 @@ struct Sub {
     ready: BTreeSet<u64>,
     /// Entries waiting for a redelivery time.
     scheduled: Vec<(Instant, u64)>,
-    unacked: HashMap<u64, Unacked>,
+    unacked: Pending,
     redeliveries: HashMap<u64, u32>,
     consumers: Vec<ConnId>,
     next_shared: usize,
@@ -402,7 +456,7 @@ impl Broker {
                     BTreeSet::new()
                 },
                 scheduled: Vec::new(),
-                unacked: HashMap::new(),
+                unacked: Pending::default(),
                 redeliveries: HashMap::new(),
                 consumers: Vec::new(),
                 next_shared: 0,
@@ -510,7 +564,7 @@ impl Broker {
         if id.ledger != ledger {
             return;
         }
-        sub.unacked.remove(&id.entry);
+        sub.unacked.remove(id.entry);
         sub.ready.remove(&id.entry);
         sub.scheduled.retain(|(_, e)| *e != id.entry);
         sub.redeliveries.remove(&id.entry);
@@ -520,7 +574,7 @@ impl Broker {
         let Some((sub, ledger, spec)) = self.sub_of(conn) else {
             return;
         };
-        if id.ledger != ledger || sub.unacked.remove(&id.entry).is_none() {
+        if id.ledger != ledger || sub.unacked.remove(id.entry).is_none() {
             return;
         }
         let delay = spec.nack_delay;
@@ -673,12 +727,13 @@ impl Broker {
         sub.consumers.retain(|id| *id != conn);
         let mine: Vec<u64> = sub
             .unacked
+            .by_entry
             .iter()
             .filter(|(_, u)| u.consumer == conn)
             .map(|(e, _)| *e)
             .collect();
         for e in mine {
-            sub.unacked.remove(&e);
+            sub.unacked.remove(e);
             *sub.redeliveries.entry(e).or_insert(0) += 1;
             sub.ready.insert(e);
         }
@@ -702,7 +757,7 @@ impl Broker {
                         true
                     }
                 });
-                for (e, u) in &sub.unacked {
+                for (e, u) in &sub.unacked.by_entry {
                     if u.deadline.is_some_and(|d| d <= now) {
                         timed_out.push((u.consumer, *e));
                     }
@@ -713,7 +768,7 @@ impl Broker {
             // The slot stays taken (the server's known behaviour, issue #2731): only an ack
             // or nack frees it.
             if let Some((sub, _, _)) = self.sub_of(conn) {
-                sub.unacked.remove(&entry);
+                sub.unacked.remove(entry);
             }
             self.redeliver(conn, entry, Duration::ZERO);
         }
@@ -793,7 +848,11 @@ fn dispatch_sub(
             }
             SubKind::KeyShared => {
                 let i = (m.key_hash % n as u32) as usize;
-                if !room[i] {
+                // A hash whose messages another consumer still holds is draining (after a
+                // consumer joined or left, the hash moved): it waits until they are acked,
+                // so a key keeps its order when it moves — the broker's draining hashes
+                // (Pulsar 4; older brokers hold back recently joined consumers instead).
+                if !room[i] || sub.unacked.held_elsewhere(m.key_hash, order[i]) {
                     // The broker looks ahead past a blocked key only so far.
                     skipped += 1;
                     if skipped >= KEY_SHARED_LOOKAHEAD {
@@ -818,6 +877,7 @@ fn dispatch_sub(
             Unacked {
                 consumer: target,
                 deadline: consumer.spec.ack_timeout.map(|t| now + t),
+                key_hash: m.key_hash,
             },
         );
         if !consumer.has_room() {

@@ -168,6 +168,38 @@ fn shared_round_robins_and_key_shared_keeps_a_key_on_one_consumer() {
 }
 
 #[test]
+fn key_shared_holds_a_moved_key_until_its_old_consumer_acked_it() {
+    let mut b = broker();
+    let p = producer(&mut b);
+    let mut a = consumer(&mut b, 1, spec(SubKind::KeyShared));
+    // A key that moves to the second consumer (slot 1 of 2) when it joins.
+    let key = (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| key_hash(k) % 2 == 1)
+        .unwrap();
+    publish(&mut b, p, &key, "1");
+    publish(&mut b, p, &key, "2");
+    let held = drain(&mut a);
+    assert_eq!(bodies(&held), ["1", "2"]);
+    let mut c = consumer(&mut b, 2, spec(SubKind::KeyShared));
+    publish(&mut b, p, &key, "3");
+    assert!(
+        drain(&mut c).is_empty() && drain(&mut a).is_empty(),
+        "3 waits while the first consumer holds 1 and 2"
+    );
+    assert!(ack(&mut b, 1, &held[0].0));
+    assert!(drain(&mut c).is_empty(), "2 is still held");
+    assert!(ack(&mut b, 1, &held[1].0));
+    assert_eq!(bodies(&drain(&mut c)), ["3"], "the key moved once drained");
+    // A consumer leaving hands its held messages over in order, ahead of newer ones.
+    publish(&mut b, p, &key, "4");
+    assert_eq!(bodies(&drain(&mut c)), ["4"]);
+    b.disconnect(2);
+    publish(&mut b, p, &key, "5");
+    assert_eq!(bodies(&drain(&mut a)), ["3", "4", "5"]);
+}
+
+#[test]
 fn push_window_stops_at_receiver_queue_size_until_acks_free_slots() {
     let mut b = broker();
     let p = producer(&mut b);
