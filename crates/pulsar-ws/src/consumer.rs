@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
 use crate::conn::{self, ClientConfig, Keepalive, Ws};
@@ -184,6 +184,11 @@ impl Message {
     pub fn nack(&self) {
         self.ack_handle().nack();
     }
+
+    /// The number of the consumer connection it came on (0 for reader messages).
+    pub(crate) fn connection(&self) -> u64 {
+        self.acker.as_ref().map_or(0, |a| a.epoch)
+    }
 }
 
 /// Settles one message: what [`Message::ack_handle`] returns.
@@ -232,11 +237,27 @@ enum Ctl {
 }
 
 /// Counters of a consumer or reader connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     in_flight: AtomicU64,
     reconnects: AtomicU64,
+    /// The number of the current connection (what [`Message::connection`] tells), changed
+    /// as soon as the connection is lost.
+    connection: watch::Sender<u64>,
 }
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connection: watch::Sender::new(FIRST_CONNECTION),
+        }
+    }
+}
+
+/// The number of a consumer's first connection.
+const FIRST_CONNECTION: u64 = 1;
 
 /// A cloneable handle to a consumer: settle by id, ask for end of topic, unsubscribe,
 /// close. (What Stargate's registry hands out for `:consumer_ack`.)
@@ -316,6 +337,12 @@ impl ConsumerHandle {
     /// The topic.
     pub fn topic(&self) -> &Topic {
         &self.topic
+    }
+
+    /// Watches the number of the current connection: it changes as soon as a connection is
+    /// lost, before the messages of the next one arrive.
+    pub(crate) fn connection(&self) -> watch::Receiver<u64> {
+        self.counters.connection.subscribe()
     }
 }
 
@@ -607,7 +634,7 @@ async fn start(
         taken: taken.clone(),
         counters,
         topic,
-        epoch: 1,
+        epoch: FIRST_CONNECTION,
         in_flight: 0,
         outstanding: 0,
         unfreed: 0,
@@ -728,6 +755,7 @@ impl Task {
                     tracing::warn!(endpoint = %self.path, %reason, "pulsar-ws: connection lost, reconnecting");
                     self.fail_waiters(&Error::Disconnected);
                     self.epoch += 1;
+                    self.counters.connection.send_replace(self.epoch);
                 }
             }
         }

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use headwaters_ordering_core::{
-    self as ordering, Delivery, Dispatcher, Headers, Key, Settlement, ShutdownReport, Timestamp,
+    self as ordering, Delivery, Dispatcher, Epoch, Headers, Key, Settlement, ShutdownReport,
+    Timestamp,
 };
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::consumer::Message;
+use crate::consumer::{Consumer, Message};
 use crate::error::Error;
 use crate::producer::Producer;
 use crate::proto::OutgoingMessage;
@@ -123,22 +125,33 @@ pub fn to_ordering_message(m: &Message) -> ordering::Message {
 /// `Reject { requeue: false }` (a discard) → as `on_discard` says: the WebSocket API has no
 /// reject-to-dead-letter frame, so the choice of what a discard means is yours to make.
 /// When the stream ends the dispatcher drains for up to `grace`.
-pub async fn run_ordered<S, H>(
-    mut stream: S,
+///
+/// Each connection of the consumer is a dispatcher epoch. When a connection is lost, the
+/// broker redelivers what it had not acknowledged — possibly to another consumer of the
+/// group — so the messages of that connection not yet started are dropped here (the
+/// redelivery brings them back in order), and a handler state they fed ends before its key's
+/// next message ([`TerminateReason::EpochLost`](ordering::TerminateReason::EpochLost)).
+pub async fn run_ordered<H>(
+    mut consumer: Consumer,
     handler: H,
     config: ordering::Config,
     grace: Duration,
     on_discard: OnDiscard,
 ) -> Result<ShutdownReport, Error>
 where
-    S: Stream<Item = Result<Message, Error>> + Send + Unpin + 'static,
     H: ordering::Handler,
 {
     let dispatcher: Dispatcher<H, Settler> =
         Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
-    let epoch = dispatcher.new_epoch();
+    let mut connections = Connections::new(&consumer, &dispatcher);
     let mut fatal = None;
-    while let Some(item) = stream.next().await {
+    loop {
+        let item = tokio::select! {
+            // A lost connection is noticed at once, not when the next one delivers.
+            () = connections.lost() => continue,
+            item = consumer.next() => item,
+        };
+        let Some(item) = item else { break };
         let m = match item {
             Ok(m) => m,
             Err(Error::Decode(e)) => {
@@ -150,6 +163,7 @@ where
                 continue;
             }
         };
+        let epoch = connections.epoch_of(&m);
         let key = Key::new(
             m.key
                 .clone()
@@ -170,6 +184,64 @@ where
     }
     let report = dispatcher.shutdown(grace).await;
     fatal.map_or(Ok(report), Err)
+}
+
+/// The consumer's connections as dispatcher epochs.
+struct Connections<'a, H: ordering::Handler> {
+    dispatcher: &'a Dispatcher<H, Settler>,
+    watch: Option<watch::Receiver<u64>>,
+    /// The current connection and its epoch.
+    current: (u64, Epoch),
+    /// The epoch of the connection lost last: messages of older connections still buffered
+    /// are dispatched with it, so the dispatcher drops them.
+    lost: Option<Epoch>,
+}
+
+impl<'a, H: ordering::Handler> Connections<'a, H> {
+    fn new(consumer: &Consumer, dispatcher: &'a Dispatcher<H, Settler>) -> Self {
+        let mut watch = consumer.handle().connection();
+        let connection = *watch.borrow_and_update();
+        Self {
+            dispatcher,
+            watch: Some(watch),
+            current: (connection, dispatcher.new_epoch()),
+            lost: None,
+        }
+    }
+
+    /// Wait until the connection changes and switch to the new one.
+    async fn lost(&mut self) {
+        let Some(watch) = &mut self.watch else {
+            return std::future::pending().await;
+        };
+        if watch.changed().await.is_err() {
+            // The connection task ended: the stream ends too.
+            self.watch = None;
+            return;
+        }
+        let connection = *watch.borrow_and_update();
+        self.switch_to(connection);
+    }
+
+    fn switch_to(&mut self, connection: u64) {
+        if connection <= self.current.0 {
+            return;
+        }
+        let (_, old) = self.current;
+        self.dispatcher.epoch_lost(old);
+        self.lost = Some(old);
+        self.current = (connection, self.dispatcher.new_epoch());
+    }
+
+    /// The epoch to dispatch a message with.
+    fn epoch_of(&mut self, m: &Message) -> Epoch {
+        let connection = m.connection();
+        self.switch_to(connection);
+        match self.lost {
+            Some(lost) if connection < self.current.0 => lost,
+            _ => self.current.1,
+        }
+    }
 }
 
 /// What a `Discard` outcome does to a Pulsar message in [`run_ordered`].
