@@ -67,7 +67,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod guid;
 pub mod types;
-mod wire;
+pub mod wire;
 
 #[cfg(feature = "batch")]
 mod batch;

@@ -1,4 +1,7 @@
-//! The generated protobuf messages (`proto/eventstore/client_messages.proto`), crate-private.
+//! The protocol's protobuf messages, generated from `proto/eventstore/client_messages.proto`
+//! by `cargo xtask codegen` (`bytes` fields as [`bytes::Bytes`], so event data is not
+//! copied). With the [frame codec](crate::frame) and the [command codes](crate::command)
+//! this is the whole wire, IO-free: the client and the testkit emulator both speak it.
 
 #[allow(
     dead_code,
@@ -13,8 +16,7 @@ mod generated {
     include!("wire/event_store.client.messages.rs");
 }
 
-#[allow(unused_imports)]
-pub(crate) use generated::*;
+pub use generated::*;
 
 #[cfg(test)]
 mod tests {

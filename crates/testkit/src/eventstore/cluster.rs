@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{AbortOnDrop, EventStoreConfig, EventStoreEmulator, Shared, State, wire};
+use headwaters_eventstore_tcp::Command;
 
 /// The gossip document's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -223,7 +224,7 @@ async fn serve_gossip(listener: TcpListener, view: Arc<View>, state: Arc<Mutex<S
 }
 
 /// On a follower, the `NotHandled(NotMaster)` answer for a request that needs the leader.
-pub(super) fn redirect(shared: &Shared, command: u8, payload: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn redirect(shared: &Shared, command: Command, payload: &[u8]) -> Option<Vec<u8>> {
     let (view, me) = shared.cluster.as_ref()?;
     let leader = view.leader.load(Ordering::Relaxed);
     if leader == *me || !needs_leader(command, payload) {
@@ -241,7 +242,7 @@ pub(super) fn redirect(shared: &Shared, command: u8, payload: &[u8]) -> Option<V
     Some(
         wire::NotHandled {
             reason: wire::not_handled::NotHandledReason::NotMaster as i32,
-            additional_info: Some(info.encode_to_vec()),
+            additional_info: Some(info.encode_to_vec().into()),
         }
         .encode_to_vec(),
     )
@@ -249,12 +250,19 @@ pub(super) fn redirect(shared: &Shared, command: u8, payload: &[u8]) -> Option<V
 
 /// Reads flagged `require_leader` and persistent subscriptions (which live on the leader).
 /// Writes are forwarded by followers.
-fn needs_leader(command: u8, payload: &[u8]) -> bool {
+fn needs_leader(command: Command, payload: &[u8]) -> bool {
     match command {
-        0xB0 => wire::ReadEvent::decode(payload).is_ok_and(|m| m.require_master),
-        0xB2 | 0xB4 => wire::ReadStreamEvents::decode(payload).is_ok_and(|m| m.require_master),
-        0xB6 | 0xB8 => wire::ReadAllEvents::decode(payload).is_ok_and(|m| m.require_master),
-        0xC5 | 0xC8 | 0xCA | 0xCE => true,
+        Command::ReadEvent => wire::ReadEvent::decode(payload).is_ok_and(|m| m.require_master),
+        Command::ReadStreamEventsForward | Command::ReadStreamEventsBackward => {
+            wire::ReadStreamEvents::decode(payload).is_ok_and(|m| m.require_master)
+        }
+        Command::ReadAllEventsForward | Command::ReadAllEventsBackward => {
+            wire::ReadAllEvents::decode(payload).is_ok_and(|m| m.require_master)
+        }
+        Command::ConnectToPersistentSubscription
+        | Command::CreatePersistentSubscription
+        | Command::DeletePersistentSubscription
+        | Command::UpdatePersistentSubscription => true,
         _ => false,
     }
 }

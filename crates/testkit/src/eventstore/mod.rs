@@ -26,7 +26,6 @@ mod acl;
 mod cluster;
 mod persistent;
 mod store;
-mod wire;
 
 pub use acl::User;
 pub use cluster::{EventStoreCluster, GossipFormat};
@@ -38,7 +37,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use headwaters_eventstore_tcp::wire;
+use headwaters_eventstore_tcp::{Command, Credentials, Flags, Frame, FrameDecoder, FrameError};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -48,9 +49,6 @@ use tokio::task::JoinHandle;
 use acl::Access;
 use persistent::{ConnectError, ConsumerKey, GroupSettings, Groups, Nak, Parked};
 use store::Store;
-
-/// The framer's limit.
-const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// How the emulator behaves.
 #[derive(Debug, Clone)]
@@ -345,69 +343,41 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One decoded frame.
-struct Package {
-    command: u8,
-    correlation: [u8; 16],
-    credentials: Option<(String, String)>,
-    payload: Bytes,
-}
-
-/// The next frame in `buf`: `Ok(None)` when more bytes are needed, `Err` when the stream is
-/// not valid framing.
-fn parse(buf: &mut BytesMut) -> Result<Option<Package>, String> {
-    if buf.len() < 4 {
-        return Ok(None);
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if !(18..=MAX_FRAME).contains(&len) {
-        return Err(format!("Invalid package length {len}"));
-    }
-    if buf.len() < 4 + len {
-        return Ok(None);
-    }
-    buf.advance(4);
-    let mut body = buf.split_to(len).freeze();
-    let command = body.get_u8();
-    let flags = body.get_u8();
-    let mut correlation = [0; 16];
-    body.copy_to_slice(&mut correlation);
-    let credentials = if flags & 0x01 != 0 {
-        let mut take = || -> Result<String, String> {
-            if body.is_empty() {
-                return Err("Invalid credentials".into());
-            }
-            let n = body.get_u8() as usize;
-            if body.len() < n {
-                return Err("Invalid credentials".into());
-            }
-            String::from_utf8(body.split_to(n).to_vec()).map_err(|_| "Invalid credentials".into())
-        };
-        let login = take()?;
-        let password = take()?;
-        Some((login, password))
-    } else {
-        None
+/// The next frame in `decoder`: `Ok(None)` when more bytes are needed, `Err` with the
+/// server's words when the stream is not valid framing.
+fn parse(decoder: &mut FrameDecoder) -> Result<Option<Frame>, String> {
+    let frame = match decoder.next_frame() {
+        Ok(frame) => frame,
+        Err(FrameError::TooLarge(len) | FrameError::TooShort(len)) => {
+            return Err(format!("Invalid package length {len}"));
+        }
+        // BadCredentials (and any kind a later codec adds).
+        Err(_) => return Err("Invalid credentials".into()),
     };
-    if flags & 0x02 != 0 {
+    if frame
+        .as_ref()
+        .is_some_and(|f| f.flags.bits() & Flags::TRUSTED_WRITE != 0)
+    {
         return Err("Trusted writes are not allowed on external connections".into());
     }
-    Ok(Some(Package {
-        command,
-        correlation,
-        credentials,
-        payload: body,
-    }))
+    Ok(frame)
 }
 
-fn frame(command: u8, correlation: [u8; 16], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(22 + payload.len());
-    out.put_u32_le((18 + payload.len()) as u32);
-    out.put_u8(command);
-    out.put_u8(0);
-    out.put_slice(&correlation);
-    out.put_slice(payload);
-    out
+/// A frame's bytes. The emulator's answers stay far below the 64 MiB limit (pages hold at
+/// most 4,096 events), which the encoder checks.
+fn frame(command: Command, correlation: [u8; 16], payload: impl Into<Bytes>) -> Vec<u8> {
+    let frame = Frame::new(command, correlation, payload);
+    let mut out = BytesMut::with_capacity(22 + frame.payload.len());
+    if let Err(e) = frame.encode(&mut out) {
+        tracing::error!(error = %e, "eventstore emulator: an answer does not fit in a frame");
+        out.clear();
+    }
+    out.into()
+}
+
+/// The command answering `request` (the next code, as every request/completed pair has).
+fn reply_to(request: Command) -> Command {
+    Command::from_code(request.code() + 1)
 }
 
 fn fresh_correlation(n: u64) -> [u8; 16] {
@@ -440,7 +410,7 @@ where
         }
     });
     let mut kill = shared.kill.subscribe();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut decoder = FrameDecoder::new();
     let interval = shared.config.heartbeat_interval;
     let timeout = shared.config.heartbeat_timeout;
     let mut received = false;
@@ -455,7 +425,7 @@ where
             _ = tick.tick() => {
                 if !std::mem::take(&mut received) && check.is_none() && !shared.heartbeats_stopped.load(Ordering::Relaxed) {
                     beats += 1;
-                    let _ = tx.send(frame(0x01, fresh_correlation(beats), &[]));
+                    let _ = tx.send(frame(Command::HeartbeatRequest, fresh_correlation(beats), Bytes::new()));
                     check = Some(tokio::time::Instant::now() + timeout);
                 }
             }
@@ -467,7 +437,7 @@ where
                     break;
                 }
             }
-            n = reader.read_buf(&mut buf) => {
+            n = reader.read_buf(decoder.buffer()) => {
                 match n {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
@@ -475,12 +445,12 @@ where
                 received = true;
                 check = None;
                 loop {
-                    match parse(&mut buf) {
+                    match parse(&mut decoder) {
                         Ok(Some(p)) => handle(&shared, conn, &tx, &mut session, p),
                         Ok(None) => break,
                         Err(reason) => {
                             // Not framing: say why (connection-level BadRequest), then close.
-                            let _ = tx.send(frame(0xF0, [0; 16], reason.as_bytes()));
+                            let _ = tx.send(frame(Command::BadRequest, [0; 16], reason));
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             break 'serve;
                         }
@@ -548,17 +518,17 @@ struct NotAuthenticated;
 /// authenticated user, if any (`None`: anonymous).
 fn login<'a>(
     shared: &'a Shared,
-    credentials: &Option<(String, String)>,
+    credentials: Option<&Credentials>,
     session: Option<&'a User>,
 ) -> Result<Option<&'a User>, NotAuthenticated> {
-    let Some((login, password)) = credentials else {
+    let Some(credentials) = credentials else {
         return Ok(session);
     };
     shared
         .config
         .users
         .iter()
-        .find(|u| &u.login == login && &u.password == password)
+        .find(|u| u.login == credentials.login() && u.password == credentials.password())
         .map(Some)
         .ok_or(NotAuthenticated)
 }
@@ -588,48 +558,56 @@ fn handle(
     conn: u64,
     tx: &mpsc::UnboundedSender<Vec<u8>>,
     session: &mut Option<User>,
-    p: Package,
+    p: Frame,
 ) {
     let c = p.correlation;
     match p.command {
-        0x01 => {
+        Command::HeartbeatRequest => {
             if !shared.heartbeats_stopped.load(Ordering::Relaxed) {
-                let _ = tx.send(frame(0x02, c, &[]));
+                let _ = tx.send(frame(Command::HeartbeatResponse, c, Bytes::new()));
             }
             return;
         }
-        0x02 => return,
-        0x03 => {
-            let _ = tx.send(frame(0x04, c, &p.payload));
+        Command::HeartbeatResponse => return,
+        Command::Ping => {
+            let _ = tx.send(frame(Command::Pong, c, p.payload));
             return;
         }
-        0xF2 => {
-            let user = login(shared, &p.credentials, None);
+        Command::Authenticate => {
+            let user = login(shared, p.credentials.as_ref(), None);
             let ok = matches!(user, Ok(Some(_)));
             if let Ok(Some(user)) = user {
                 *session = Some(user.clone());
             }
             let _ = tx.send(if ok {
-                frame(0xF3, c, &[])
+                frame(Command::Authenticated, c, Bytes::new())
             } else if p.credentials.is_none() {
-                frame(0xF4, c, b"No user credentials provided.")
+                frame(
+                    Command::NotAuthenticated,
+                    c,
+                    "No user credentials provided.",
+                )
             } else {
-                frame(0xF4, c, b"Not Authenticated")
+                frame(Command::NotAuthenticated, c, "Not Authenticated")
             });
             return;
         }
-        0xF5 => {
+        Command::IdentifyClient => {
             if wire::IdentifyClient::decode(p.payload.clone()).is_err() {
-                let _ = tx.send(frame(0xF0, c, b"Invalid IdentifyClient"));
+                let _ = tx.send(frame(Command::BadRequest, c, "Invalid IdentifyClient"));
             } else {
-                let _ = tx.send(frame(0xF6, c, &[]));
+                let _ = tx.send(frame(Command::ClientIdentified, c, Bytes::new()));
             }
             return;
         }
         _ => {}
     }
-    let Ok(user) = login(shared, &p.credentials, session.as_ref()) else {
-        reply(shared, tx, frame(0xF4, c, b"Not Authenticated"));
+    let Ok(user) = login(shared, p.credentials.as_ref(), session.as_ref()) else {
+        reply(
+            shared,
+            tx,
+            frame(Command::NotAuthenticated, c, "Not Authenticated"),
+        );
         return;
     };
     {
@@ -648,15 +626,19 @@ fn handle(
                 reason: code as i32,
                 additional_info: None,
             };
-            reply(shared, tx, frame(0xF1, c, &body.encode_to_vec()));
+            reply(
+                shared,
+                tx,
+                frame(Command::NotHandled, c, body.encode_to_vec()),
+            );
             return;
         }
     }
     if let Some(not_leader) = cluster::redirect(shared, p.command, &p.payload) {
-        reply(shared, tx, frame(0xF1, c, &not_leader));
+        reply(shared, tx, frame(Command::NotHandled, c, not_leader));
         return;
     }
-    let bad = |what: &str| frame(0xF0, c, format!("Invalid {what} message").as_bytes());
+    let bad = |what: &str| frame(Command::BadRequest, c, format!("Invalid {what} message"));
     // Access is checked before anything else about the request (expected versions too).
     let may =
         |state: &State, stream: &str, access| acl::granted(&state.store, stream, access, user);
@@ -664,15 +646,25 @@ fn handle(
     // Creating, updating and deleting persistent subscription groups takes write access
     // to `$settings` (admins by default). The three replies share one shape: a result
     // (AccessDenied = 3 in each) and a reason.
-    if matches!(p.command, 0xC8 | 0xCA | 0xCE) && !may(&shared.lock(), "$settings", Access::Write) {
+    if matches!(
+        p.command,
+        Command::CreatePersistentSubscription
+            | Command::DeletePersistentSubscription
+            | Command::UpdatePersistentSubscription
+    ) && !may(&shared.lock(), "$settings", Access::Write)
+    {
         let denied = wire::CreatePersistentSubscriptionCompleted {
             result: wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult::AccessDenied as i32,
             reason: Some("You do not have permissions to manage persistent subscriptions.".into()),
         };
-        return reply(shared, tx, frame(p.command + 1, c, &denied.encode_to_vec()));
+        return reply(
+            shared,
+            tx,
+            frame(reply_to(p.command), c, denied.encode_to_vec()),
+        );
     }
     let out = match p.command {
-        0x82 => match wire::WriteEvents::decode(p.payload) {
+        Command::WriteEvents => match wire::WriteEvents::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
                 let done = if may(&state, &m.event_stream_id, Access::Write) {
@@ -680,11 +672,11 @@ fn handle(
                 } else {
                     store::write_failed(wire::OperationResult::AccessDenied, 0, ACCESS_DENIED)
                 };
-                frame(0x83, c, &done.encode_to_vec())
+                frame(Command::WriteEventsCompleted, c, done.encode_to_vec())
             }
             Err(_) => bad("WriteEvents"),
         },
-        0x84 => match wire::TransactionStart::decode(p.payload) {
+        Command::TransactionStart => match wire::TransactionStart::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
                 if !may(&state, &m.event_stream_id, Access::Write) {
@@ -694,7 +686,11 @@ fn handle(
                         message: Some(ACCESS_DENIED.into()),
                     };
                     drop(state);
-                    return reply(shared, tx, frame(0x85, c, &done.encode_to_vec()));
+                    return reply(
+                        shared,
+                        tx,
+                        frame(Command::TransactionStartCompleted, c, done.encode_to_vec()),
+                    );
                 }
                 state.next_transaction += 1;
                 let id = state.next_transaction;
@@ -711,11 +707,11 @@ fn handle(
                     result: wire::OperationResult::Success as i32,
                     message: None,
                 };
-                frame(0x85, c, &done.encode_to_vec())
+                frame(Command::TransactionStartCompleted, c, done.encode_to_vec())
             }
             Err(_) => bad("TransactionStart"),
         },
-        0x86 => match wire::TransactionWrite::decode(p.payload) {
+        Command::TransactionWrite => match wire::TransactionWrite::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
                 let id = m.transaction_id;
@@ -729,11 +725,11 @@ fn handle(
                     result: result.err().unwrap_or(wire::OperationResult::Success) as i32,
                     message: result.err().map(|r| failure_message(r).to_owned()),
                 };
-                frame(0x87, c, &done.encode_to_vec())
+                frame(Command::TransactionWriteCompleted, c, done.encode_to_vec())
             }
             Err(_) => bad("TransactionWrite"),
         },
-        0x88 => match wire::TransactionCommit::decode(p.payload) {
+        Command::TransactionCommit => match wire::TransactionCommit::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
                 let id = m.transaction_id;
@@ -768,11 +764,11 @@ fn handle(
                         }
                     }
                 };
-                frame(0x89, c, &done.encode_to_vec())
+                frame(Command::TransactionCommitCompleted, c, done.encode_to_vec())
             }
             Err(_) => bad("TransactionCommit"),
         },
-        0x8A => match wire::DeleteStream::decode(p.payload) {
+        Command::DeleteStream => match wire::DeleteStream::decode(p.payload) {
             Ok(m) => {
                 let hard = m.hard_delete.unwrap_or(false);
                 let mut state = shared.lock();
@@ -785,7 +781,11 @@ fn handle(
                         current_version: None,
                     };
                     drop(state);
-                    return reply(shared, tx, frame(0x8B, c, &done.encode_to_vec()));
+                    return reply(
+                        shared,
+                        tx,
+                        frame(Command::DeleteStreamCompleted, c, done.encode_to_vec()),
+                    );
                 }
                 let (done, written) =
                     state
@@ -795,11 +795,11 @@ fn handle(
                 if hard && done.result == wire::OperationResult::Success as i32 {
                     tombstone(&state, &m.event_stream_id);
                 }
-                frame(0x8B, c, &done.encode_to_vec())
+                frame(Command::DeleteStreamCompleted, c, done.encode_to_vec())
             }
             Err(_) => bad("DeleteStream"),
         },
-        0xB0 => match wire::ReadEvent::decode(p.payload) {
+        Command::ReadEvent => match wire::ReadEvent::decode(p.payload) {
             Ok(m) => {
                 let state = shared.lock();
                 let done = if may(&state, &m.event_stream_id, Access::Read) {
@@ -813,74 +813,86 @@ fn handle(
                         error: Some(ACCESS_DENIED.into()),
                     }
                 };
-                frame(0xB1, c, &done.encode_to_vec())
+                frame(Command::ReadEventCompleted, c, done.encode_to_vec())
             }
             Err(_) => bad("ReadEvent"),
         },
-        0xB2 | 0xB4 => match wire::ReadStreamEvents::decode(p.payload) {
-            Ok(m) => {
-                let forward = p.command == 0xB2;
-                let state = shared.lock();
-                if !may(&state, &m.event_stream_id, Access::Read) {
-                    use wire::read_stream_events_completed::ReadStreamResult as R;
-                    let denied = wire::ReadStreamEventsCompleted {
-                        events: Vec::new(),
-                        result: R::AccessDenied as i32,
-                        next_event_number: -1,
-                        last_event_number: -1,
-                        is_end_of_stream: true,
-                        last_commit_position: -1,
-                        error: Some(ACCESS_DENIED.into()),
-                    };
-                    return reply(shared, tx, frame(p.command + 1, c, &denied.encode_to_vec()));
+        Command::ReadStreamEventsForward | Command::ReadStreamEventsBackward => {
+            match wire::ReadStreamEvents::decode(p.payload) {
+                Ok(m) => {
+                    let forward = p.command == Command::ReadStreamEventsForward;
+                    let state = shared.lock();
+                    if !may(&state, &m.event_stream_id, Access::Read) {
+                        use wire::read_stream_events_completed::ReadStreamResult as R;
+                        let denied = wire::ReadStreamEventsCompleted {
+                            events: Vec::new(),
+                            result: R::AccessDenied as i32,
+                            next_event_number: -1,
+                            last_event_number: -1,
+                            is_end_of_stream: true,
+                            last_commit_position: -1,
+                            error: Some(ACCESS_DENIED.into()),
+                        };
+                        return reply(
+                            shared,
+                            tx,
+                            frame(reply_to(p.command), c, denied.encode_to_vec()),
+                        );
+                    }
+                    let (done, picked) = state.store.stream_page(
+                        &m.event_stream_id,
+                        m.from_event_number,
+                        m.max_count,
+                        forward,
+                        m.resolve_link_tos,
+                    );
+                    frame(
+                        reply_to(p.command),
+                        c,
+                        state.store.encode_stream_page(&done, &picked),
+                    )
                 }
-                let (done, picked) = state.store.stream_page(
-                    &m.event_stream_id,
-                    m.from_event_number,
-                    m.max_count,
-                    forward,
-                    m.resolve_link_tos,
-                );
-                frame(
-                    p.command + 1,
-                    c,
-                    &state.store.encode_stream_page(&done, &picked),
-                )
+                Err(_) => bad("ReadStreamEvents"),
             }
-            Err(_) => bad("ReadStreamEvents"),
-        },
-        0xB6 | 0xB8 => match wire::ReadAllEvents::decode(p.payload) {
-            Ok(m) => {
-                let forward = p.command == 0xB6;
-                let state = shared.lock();
-                if !may(&state, "$all", Access::Read) {
-                    use wire::read_all_events_completed::ReadAllResult as R;
-                    let denied = wire::ReadAllEventsCompleted {
-                        commit_position: m.commit_position,
-                        prepare_position: m.prepare_position,
-                        events: Vec::new(),
-                        next_commit_position: m.commit_position,
-                        next_prepare_position: m.prepare_position,
-                        result: Some(R::AccessDenied as i32),
-                        error: Some(ACCESS_DENIED.into()),
-                    };
-                    return reply(shared, tx, frame(p.command + 1, c, &denied.encode_to_vec()));
+        }
+        Command::ReadAllEventsForward | Command::ReadAllEventsBackward => {
+            match wire::ReadAllEvents::decode(p.payload) {
+                Ok(m) => {
+                    let forward = p.command == Command::ReadAllEventsForward;
+                    let state = shared.lock();
+                    if !may(&state, "$all", Access::Read) {
+                        use wire::read_all_events_completed::ReadAllResult as R;
+                        let denied = wire::ReadAllEventsCompleted {
+                            commit_position: m.commit_position,
+                            prepare_position: m.prepare_position,
+                            events: Vec::new(),
+                            next_commit_position: m.commit_position,
+                            next_prepare_position: m.prepare_position,
+                            result: Some(R::AccessDenied as i32),
+                            error: Some(ACCESS_DENIED.into()),
+                        };
+                        return reply(
+                            shared,
+                            tx,
+                            frame(reply_to(p.command), c, denied.encode_to_vec()),
+                        );
+                    }
+                    let (done, picked) = state.store.all_page(
+                        m.commit_position,
+                        m.max_count,
+                        forward,
+                        m.resolve_link_tos,
+                    );
+                    frame(
+                        reply_to(p.command),
+                        c,
+                        state.store.encode_all_page(&done, &picked),
+                    )
                 }
-                let (done, picked) = state.store.all_page(
-                    m.commit_position,
-                    m.max_count,
-                    forward,
-                    m.resolve_link_tos,
-                );
-                frame(
-                    p.command + 1,
-                    c,
-                    &state.store.encode_all_page(&done, &picked),
-                )
+                Err(_) => bad("ReadAllEvents"),
             }
-            Err(_) => bad("ReadAllEvents"),
-        },
-        0xC0 => match wire::SubscribeToStream::decode(p.payload) {
+        }
+        Command::SubscribeToStream => match wire::SubscribeToStream::decode(p.payload) {
             Ok(m) => {
                 let mut state = shared.lock();
                 let stream = (!m.event_stream_id.is_empty()).then(|| m.event_stream_id.clone());
@@ -895,7 +907,11 @@ fn handle(
                 };
                 // Registered under the lock, so no write slips between the confirmation's
                 // position and the first pushed event.
-                let _ = tx.send(frame(0xC1, c, &confirmation.encode_to_vec()));
+                let _ = tx.send(frame(
+                    Command::SubscriptionConfirmation,
+                    c,
+                    confirmation.encode_to_vec(),
+                ));
                 state.subs.push(Subscription {
                     conn,
                     correlation: c,
@@ -907,7 +923,7 @@ fn handle(
             }
             Err(_) => bad("SubscribeToStream"),
         },
-        0xC3 => {
+        Command::UnsubscribeFromStream => {
             let mut state = shared.lock();
             state
                 .subs
@@ -922,39 +938,47 @@ fn handle(
                 wire::subscription_dropped::SubscriptionDropReason::Unsubscribed,
             )
         }
-        0xC5 => match wire::ConnectToPersistentSubscription::decode(p.payload) {
-            Ok(m) => {
-                use wire::subscription_dropped::SubscriptionDropReason as R;
-                let mut state = shared.lock();
-                let group = &m.subscription_id;
-                let stream = &m.event_stream_id;
-                if !may(&state, stream, Access::Read) {
-                    return reply(shared, tx, dropped(c, R::AccessDenied));
-                }
-                match state.groups.connect(
-                    stream,
-                    group,
-                    key,
-                    m.allowed_in_flight_messages.max(1) as usize,
-                ) {
-                    Err(ConnectError::NotFound) => dropped(c, R::NotFound),
-                    Err(ConnectError::MaxSubscribers) => dropped(c, R::SubscriberMaxCountReached),
-                    Ok(()) => {
-                        let confirmation = wire::PersistentSubscriptionConfirmation {
-                            last_commit_position: state.store.end_position(),
-                            subscription_id: format!("{stream}::{group}"),
-                            last_event_number: Some(state.store.stream_next(stream) - 1),
-                        };
-                        let _ = tx.send(frame(0xC6, c, &confirmation.encode_to_vec()));
-                        state.consumers.insert(key, tx.clone());
-                        settle(&mut state, Vec::new());
-                        return;
+        Command::ConnectToPersistentSubscription => {
+            match wire::ConnectToPersistentSubscription::decode(p.payload) {
+                Ok(m) => {
+                    use wire::subscription_dropped::SubscriptionDropReason as R;
+                    let mut state = shared.lock();
+                    let group = &m.subscription_id;
+                    let stream = &m.event_stream_id;
+                    if !may(&state, stream, Access::Read) {
+                        return reply(shared, tx, dropped(c, R::AccessDenied));
+                    }
+                    match state.groups.connect(
+                        stream,
+                        group,
+                        key,
+                        m.allowed_in_flight_messages.max(1) as usize,
+                    ) {
+                        Err(ConnectError::NotFound) => dropped(c, R::NotFound),
+                        Err(ConnectError::MaxSubscribers) => {
+                            dropped(c, R::SubscriberMaxCountReached)
+                        }
+                        Ok(()) => {
+                            let confirmation = wire::PersistentSubscriptionConfirmation {
+                                last_commit_position: state.store.end_position(),
+                                subscription_id: format!("{stream}::{group}"),
+                                last_event_number: Some(state.store.stream_next(stream) - 1),
+                            };
+                            let _ = tx.send(frame(
+                                Command::PersistentSubscriptionConfirmation,
+                                c,
+                                confirmation.encode_to_vec(),
+                            ));
+                            state.consumers.insert(key, tx.clone());
+                            settle(&mut state, Vec::new());
+                            return;
+                        }
                     }
                 }
+                Err(_) => bad("ConnectToPersistentSubscription"),
             }
-            Err(_) => bad("ConnectToPersistentSubscription"),
-        },
-        0xCC => {
+        }
+        Command::PersistentSubscriptionAckEvents => {
             if let Ok(m) = wire::PersistentSubscriptionAckEvents::decode(p.payload) {
                 let mut state = shared.lock();
                 state.groups.ack(key, &m.processed_event_ids);
@@ -963,7 +987,7 @@ fn handle(
             }
             bad("PersistentSubscriptionAckEvents")
         }
-        0xCD => {
+        Command::PersistentSubscriptionNakEvents => {
             if let Ok(m) = wire::PersistentSubscriptionNakEvents::decode(p.payload) {
                 let mut state = shared.lock();
                 let mut parked = Vec::new();
@@ -976,82 +1000,103 @@ fn handle(
             }
             bad("PersistentSubscriptionNakEvents")
         }
-        0xC8 => match wire::CreatePersistentSubscription::decode(p.payload) {
-            Ok(m) => {
-                use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
-                let mut state = shared.lock();
-                let (result, reason) =
-                    if m.event_stream_id.is_empty() || m.event_stream_id == "$all" {
-                        (
-                            R::Fail,
-                            Some(
-                                "Persistent subscriptions to $all are not available over TCP"
-                                    .to_owned(),
-                            ),
-                        )
-                    } else {
-                        let next = state.store.stream_next(&m.event_stream_id);
-                        let settings = group_settings(&m);
-                        if state.groups.create(
-                            &m.event_stream_id,
-                            &m.subscription_group_name,
-                            settings,
-                            next,
-                        ) {
-                            (R::Success, None)
-                        } else {
+        Command::CreatePersistentSubscription => {
+            match wire::CreatePersistentSubscription::decode(p.payload) {
+                Ok(m) => {
+                    use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
+                    let mut state = shared.lock();
+                    let (result, reason) =
+                        if m.event_stream_id.is_empty() || m.event_stream_id == "$all" {
                             (
-                                R::AlreadyExists,
-                                Some(format!(
-                                    "Group '{}' already exists.",
-                                    m.subscription_group_name
-                                )),
+                                R::Fail,
+                                Some(
+                                    "Persistent subscriptions to $all are not available over TCP"
+                                        .to_owned(),
+                                ),
                             )
-                        }
+                        } else {
+                            let next = state.store.stream_next(&m.event_stream_id);
+                            let settings = group_settings(&m);
+                            if state.groups.create(
+                                &m.event_stream_id,
+                                &m.subscription_group_name,
+                                settings,
+                                next,
+                            ) {
+                                (R::Success, None)
+                            } else {
+                                (
+                                    R::AlreadyExists,
+                                    Some(format!(
+                                        "Group '{}' already exists.",
+                                        m.subscription_group_name
+                                    )),
+                                )
+                            }
+                        };
+                    let done = wire::CreatePersistentSubscriptionCompleted {
+                        result: result as i32,
+                        reason,
                     };
-                let done = wire::CreatePersistentSubscriptionCompleted {
-                    result: result as i32,
-                    reason,
-                };
-                frame(0xC9, c, &done.encode_to_vec())
+                    frame(
+                        Command::CreatePersistentSubscriptionCompleted,
+                        c,
+                        done.encode_to_vec(),
+                    )
+                }
+                Err(_) => bad("CreatePersistentSubscription"),
             }
-            Err(_) => bad("CreatePersistentSubscription"),
-        },
+        }
         // Update has Create's fields, numbers and types: the same message on the wire.
-        0xCE => match wire::CreatePersistentSubscription::decode(p.payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let consumers = state.groups.update(
-                    &m.event_stream_id,
-                    &m.subscription_group_name,
-                    group_settings(&m),
-                );
-                let done = wire::UpdatePersistentSubscriptionCompleted {
-                    result: group_result(&mut state, consumers),
-                    reason: None,
-                };
-                frame(0xCF, c, &done.encode_to_vec())
+        Command::UpdatePersistentSubscription => {
+            match wire::CreatePersistentSubscription::decode(p.payload) {
+                Ok(m) => {
+                    let mut state = shared.lock();
+                    let consumers = state.groups.update(
+                        &m.event_stream_id,
+                        &m.subscription_group_name,
+                        group_settings(&m),
+                    );
+                    let done = wire::UpdatePersistentSubscriptionCompleted {
+                        result: group_result(&mut state, consumers),
+                        reason: None,
+                    };
+                    frame(
+                        Command::UpdatePersistentSubscriptionCompleted,
+                        c,
+                        done.encode_to_vec(),
+                    )
+                }
+                Err(_) => bad("UpdatePersistentSubscription"),
             }
-            Err(_) => bad("UpdatePersistentSubscription"),
-        },
-        0xCA => match wire::DeletePersistentSubscription::decode(p.payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let consumers = state
-                    .groups
-                    .delete(&m.event_stream_id, &m.subscription_group_name);
-                let done = wire::DeletePersistentSubscriptionCompleted {
-                    result: group_result(&mut state, consumers),
-                    reason: None,
-                };
-                frame(0xCB, c, &done.encode_to_vec())
+        }
+        Command::DeletePersistentSubscription => {
+            match wire::DeletePersistentSubscription::decode(p.payload) {
+                Ok(m) => {
+                    let mut state = shared.lock();
+                    let consumers = state
+                        .groups
+                        .delete(&m.event_stream_id, &m.subscription_group_name);
+                    let done = wire::DeletePersistentSubscriptionCompleted {
+                        result: group_result(&mut state, consumers),
+                        reason: None,
+                    };
+                    frame(
+                        Command::DeletePersistentSubscriptionCompleted,
+                        c,
+                        done.encode_to_vec(),
+                    )
+                }
+                Err(_) => bad("DeletePersistentSubscription"),
             }
-            Err(_) => bad("DeletePersistentSubscription"),
-        },
+        }
         other => frame(
-            0xF0,
+            Command::BadRequest,
             c,
-            format!("Could not unwrap network package for command {other:#04x}.").as_bytes(),
+            format!(
+                "Could not unwrap network package for command {:#04x}.",
+                other.code()
+            ),
         ),
     };
     reply(shared, tx, out);
@@ -1061,7 +1106,7 @@ fn dropped(c: [u8; 16], reason: wire::subscription_dropped::SubscriptionDropReas
     let body = wire::SubscriptionDropped {
         reason: Some(reason as i32),
     };
-    frame(0xC4, c, &body.encode_to_vec())
+    frame(Command::SubscriptionDropped, c, body.encode_to_vec())
 }
 
 fn group_settings(m: &wire::CreatePersistentSubscription) -> GroupSettings {
@@ -1124,12 +1169,18 @@ fn notify(state: &State, written: &[usize]) {
             }
             let slot = &mut resolved[usize::from(s.resolve_link_tos)];
             let bytes = slot.get_or_insert_with(|| {
-                wire::StreamEventAppeared {
-                    event: state.store.resolved(*index, s.resolve_link_tos),
-                }
-                .encode_to_vec()
+                Bytes::from(
+                    wire::StreamEventAppeared {
+                        event: state.store.resolved(*index, s.resolve_link_tos),
+                    }
+                    .encode_to_vec(),
+                )
             });
-            let _ = s.tx.send(frame(0xC2, s.correlation, bytes));
+            let _ = s.tx.send(frame(
+                Command::StreamEventAppeared,
+                s.correlation,
+                bytes.clone(),
+            ));
         }
     }
 }
@@ -1142,11 +1193,11 @@ fn tombstone(state: &State, stream: &str) {
             event: Some(wire::EventRecord {
                 event_stream_id: stream.to_owned(),
                 event_number: i64::MAX,
-                event_id: vec![0; 16],
+                event_id: vec![0; 16].into(),
                 event_type: "$streamDeleted".into(),
                 data_content_type: 0,
                 metadata_content_type: 0,
-                data: Vec::new(),
+                data: Bytes::new(),
                 metadata: None,
                 created: None,
                 created_epoch: Some(now_ms()),
@@ -1156,13 +1207,18 @@ fn tombstone(state: &State, stream: &str) {
             prepare_position: position,
         },
     }
-    .encode_to_vec();
+    .encode_to_vec()
+    .into();
     for s in state
         .subs
         .iter()
         .filter(|s| s.stream.as_deref() == Some(stream))
     {
-        let _ = s.tx.send(frame(0xC2, s.correlation, &tombstone));
+        let _ = s.tx.send(frame(
+            Command::StreamEventAppeared,
+            s.correlation,
+            Bytes::clone(&tombstone),
+        ));
     }
 }
 
@@ -1197,6 +1253,10 @@ fn settle(state: &mut State, parked: Parked) {
             event: state.store.indexed(index, d.resolve_link_tos),
             retry_count: Some(d.retry as i32),
         };
-        let _ = tx.send(frame(0xC7, d.consumer.1, &appeared.encode_to_vec()));
+        let _ = tx.send(frame(
+            Command::PersistentSubscriptionStreamEventAppeared,
+            d.consumer.1,
+            appeared.encode_to_vec(),
+        ));
     }
 }

@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::Bytes;
+
 /// A consumer: its connection and the correlation id it connected with.
 pub(crate) type ConsumerKey = (u64, [u8; 16]);
 
@@ -72,7 +74,7 @@ struct Group {
     /// The next event number to read from the stream.
     next: i64,
     retry: VecDeque<(i64, u32)>,
-    in_flight: HashMap<Vec<u8>, InFlight>,
+    in_flight: HashMap<Bytes, InFlight>,
     consumers: Vec<Consumer>,
     turn: usize,
 }
@@ -90,7 +92,7 @@ impl Group {
     /// Take the messages in flight that `pred` picks, as (event number, retry count) in
     /// event order.
     fn take_in_flight(&mut self, pred: impl Fn(&InFlight) -> bool) -> Vec<(i64, u32)> {
-        let ids: Vec<Vec<u8>> = self
+        let ids: Vec<Bytes> = self
             .in_flight
             .iter()
             .filter(|(_, m)| pred(m))
@@ -140,7 +142,7 @@ pub(crate) struct Delivery {
 }
 
 /// The first readable event of a stream numbered at least the given one, with its id.
-pub(crate) type NextEvent<'a> = dyn Fn(&str, i64) -> Option<(i64, Vec<u8>)> + 'a;
+pub(crate) type NextEvent<'a> = dyn Fn(&str, i64) -> Option<(i64, Bytes)> + 'a;
 
 /// Messages to park: (stream, group, event number).
 pub(crate) type Parked = Vec<(String, String, i64)>;
@@ -270,7 +272,7 @@ impl Groups {
     }
 
     /// Acknowledge messages by event id.
-    pub(crate) fn ack(&mut self, key: ConsumerKey, ids: &[Vec<u8>]) {
+    pub(crate) fn ack(&mut self, key: ConsumerKey, ids: &[Bytes]) {
         if let Some((_, g)) = self.group_of(key) {
             for id in ids {
                 g.settle(id);
@@ -282,7 +284,7 @@ impl Groups {
     pub(crate) fn nak(
         &mut self,
         key: ConsumerKey,
-        ids: &[Vec<u8>],
+        ids: &[Bytes],
         action: Nak,
         parked: &mut Parked,
     ) {
@@ -375,9 +377,14 @@ mod tests {
         }
     }
 
+    /// The id of event `n` in [`stream`].
+    fn id(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
     /// A stream of `len` events whose ids are their numbers.
-    fn stream(len: i64) -> impl Fn(&str, i64) -> Option<(i64, Vec<u8>)> {
-        move |_, from| (from < len).then(|| (from, vec![from as u8]))
+    fn stream(len: i64) -> impl Fn(&str, i64) -> Option<(i64, Bytes)> {
+        move |_, from| (from < len).then(|| (from, id(from as u8)))
     }
 
     const A: ConsumerKey = (1, [1; 16]);
@@ -398,8 +405,8 @@ mod tests {
         assert_eq!(numbers(&d), vec![(0, 0), (1, 0), (2, 0)]);
         assert_eq!(d.iter().filter(|d| d.consumer == A).count(), 2);
         assert!(g.dispatch(0, &stream(10)).is_empty(), "everyone is full");
-        g.ack(B, &[vec![1]]);
-        g.ack(B, &[vec![0]]); // not B's: acks are by id, whoever sends them
+        g.ack(B, &[id(1)]);
+        g.ack(B, &[id(0)]); // not B's: acks are by id, whoever sends them
         assert_eq!(numbers(&g.dispatch(0, &stream(10))), vec![(3, 0), (4, 0)]);
     }
 
@@ -412,7 +419,7 @@ mod tests {
         for expected_retry in 0..=2 {
             let d = g.dispatch(0, &stream(5));
             assert_eq!(numbers(&d), vec![(0, expected_retry)]);
-            g.nak(A, &[vec![0]], Nak::Retry, &mut parked);
+            g.nak(A, &[id(0)], Nak::Retry, &mut parked);
         }
         assert_eq!(parked, vec![("s".into(), "g".into(), 0)]);
         assert_eq!(numbers(&g.dispatch(0, &stream(5))), vec![(1, 0)]);
@@ -425,9 +432,9 @@ mod tests {
         g.connect("s", "g", A, 3).unwrap();
         assert_eq!(g.dispatch(0, &stream(3)).len(), 3);
         let mut parked = Vec::new();
-        g.nak(A, &[vec![0]], Nak::Park, &mut parked);
-        g.nak(A, &[vec![1]], Nak::Skip, &mut parked);
-        g.nak(A, &[vec![2]], Nak::Stop, &mut parked);
+        g.nak(A, &[id(0)], Nak::Park, &mut parked);
+        g.nak(A, &[id(1)], Nak::Skip, &mut parked);
+        g.nak(A, &[id(2)], Nak::Stop, &mut parked);
         assert_eq!(parked, vec![("s".into(), "g".into(), 0)]);
         assert!(
             g.dispatch(0, &stream(3)).is_empty(),

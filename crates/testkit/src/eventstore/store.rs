@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use prost::Message;
 
 use super::wire::{
@@ -152,7 +153,7 @@ impl Store {
                 .iter()
                 .map(|i| {
                     let r = &self.log[*i];
-                    (r.number, r.event.event_type.clone(), r.event.data.clone())
+                    (r.number, r.event.event_type.clone(), r.event.data.to_vec())
                 })
                 .collect()
         })
@@ -212,7 +213,7 @@ impl Store {
     }
 
     /// The first readable event of `stream` numbered `from` or more, with its id.
-    pub(crate) fn next_event(&self, stream: &str, from: i64) -> Option<(i64, Vec<u8>)> {
+    pub(crate) fn next_event(&self, stream: &str, from: i64) -> Option<(i64, Bytes)> {
         let r = &self.log[self.next_index(stream, from)?];
         Some((r.number, r.event.event_id.clone()))
     }
@@ -635,11 +636,11 @@ pub(crate) fn metadata_event(
     let mut event_id = vec![0xad; 16];
     event_id[..8].copy_from_slice(&(seed as u64).to_le_bytes());
     NewEvent {
-        event_id,
+        event_id: event_id.into(),
         event_type: "$metadata".into(),
         data_content_type: 1,
         metadata_content_type: 0,
-        data: serde_json::to_vec(meta).unwrap_or_default(),
+        data: serde_json::to_vec(meta).unwrap_or_default().into(),
         metadata: None,
     }
 }
@@ -649,11 +650,11 @@ pub(crate) fn link_event(stream: &str, number: i64, seed: usize) -> NewEvent {
     let mut event_id = vec![0x11; 16];
     event_id[..8].copy_from_slice(&(seed as u64).to_le_bytes());
     NewEvent {
-        event_id,
+        event_id: event_id.into(),
         event_type: "$>".into(),
         data_content_type: 0,
         metadata_content_type: 0,
-        data: format!("{number}@{stream}").into_bytes(),
+        data: format!("{number}@{stream}").into_bytes().into(),
         metadata: None,
     }
 }

@@ -28,11 +28,11 @@ impl Store {
 
 fn event(n: u8) -> NewEvent {
     NewEvent {
-        event_id: vec![n; 16],
+        event_id: vec![n; 16].into(),
         event_type: "t".into(),
         data_content_type: 1,
         metadata_content_type: 0,
-        data: vec![n],
+        data: vec![n].into(),
         metadata: None,
     }
 }
@@ -165,7 +165,7 @@ fn all_reads_and_deletes() {
 fn set_metadata(s: &mut Store, stream: &str, json: &str) {
     let mut e = event(9);
     e.event_type = "$metadata".into();
-    e.data = json.as_bytes().to_vec();
+    e.data = json.as_bytes().to_vec().into();
     s.write(&metadata_stream(stream), ANY, vec![e], 0);
 }
 
