@@ -23,6 +23,9 @@ use crate::acks::{AckOp, AckWindow};
 use crate::config::{AmqpConfig, target};
 use crate::link::{bounded, connect, declare};
 use crate::producer::SHARDING_KEY_HEADER;
+
+/// The header in which quorum queues count a message's earlier delivery attempts.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 use crate::shard::queue_name;
 use crate::{Error, WireFormat};
 use headwaters_ordering_core::Backoff;
@@ -520,21 +523,23 @@ pub(crate) fn decode(
             }
         }
     }
-    if delivery.redelivered {
-        headers.insert("redelivered", true);
-    }
-    let message = Message {
-        message_id: props
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
-        timestamp: props.timestamp().map_or_else(Timestamp::now, |secs| {
-            Timestamp::from_micros((secs as i64).saturating_mul(1_000_000))
-        }),
-        headers,
-        payload: delivery.data.into(),
+    // Quorum queues count deliveries exactly; classic queues only flag a redelivery.
+    let counted = match headers.get(DELIVERY_COUNT_HEADER) {
+        Some(HeaderValue::Int(n)) => u32::try_from(*n).ok(),
+        _ => None,
     };
+    let redeliveries = counted.unwrap_or_else(|| u32::from(delivery.redelivered));
+    let message_id = props
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let timestamp = props.timestamp().map_or_else(Timestamp::now, |secs| {
+        Timestamp::from_micros((secs as i64).saturating_mul(1_000_000))
+    });
+    let message = Message::new(delivery.data, message_id, timestamp)
+        .with_headers(headers)
+        .with_redeliveries(redeliveries);
     (key, message)
 }
 
@@ -598,6 +603,49 @@ async fn coalesce_acks(channel: Channel, acks: Arc<ChannelAcks>, every: Duration
         }
         if last {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::BasicProperties;
+    use lapin::message::Delivery as AmqpDelivery;
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+    use super::*;
+
+    fn delivery(redelivered: bool, headers: &[(&str, AMQPValue)]) -> AmqpDelivery {
+        let mut d = AmqpDelivery::mock(
+            1,
+            ShortString::from(""),
+            ShortString::from("q"),
+            redelivered,
+            b"body".to_vec(),
+        );
+        let mut table = FieldTable::default();
+        for (name, value) in headers {
+            table.insert(ShortString::from(*name), value.clone());
+        }
+        d.properties = BasicProperties::default().with_headers(table);
+        d
+    }
+
+    #[test]
+    fn redeliveries_come_from_the_quorum_count_else_the_redelivered_flag() {
+        let key = (SHARDING_KEY_HEADER, AMQPValue::LongString("k".into()));
+        let count = |n| (DELIVERY_COUNT_HEADER, AMQPValue::LongLongInt(n));
+        let cases = [
+            (delivery(false, std::slice::from_ref(&key)), 0),
+            (delivery(true, std::slice::from_ref(&key)), 1),
+            (delivery(true, &[key.clone(), count(3)]), 3),
+            (delivery(false, &[key.clone(), count(0)]), 0),
+        ];
+        for (d, expected) in cases {
+            let (k, m) = decode(d, WireFormat::Native);
+            assert_eq!(k.unwrap(), Key::from("k"));
+            assert_eq!(m.redeliveries, expected);
+            assert_eq!(m.is_redelivery(), expected > 0);
         }
     }
 }

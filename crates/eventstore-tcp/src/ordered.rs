@@ -17,8 +17,8 @@ use crate::subscription::{CatchUp, CatchUpEvent, DropReason};
 use crate::types::ResolvedEvent;
 
 /// The ordering-core message for an event: its data, its id, its creation time (or now),
-/// and headers `eventstore.stream`, `eventstore.event_number`, `eventstore.event_type` (and
-/// `eventstore.retry_count` for a redelivered persistent-subscription event).
+/// headers `eventstore.stream`, `eventstore.event_number`, `eventstore.event_type`, and a
+/// persistent subscription's retry count as its redeliveries.
 pub fn to_ordering_message(e: &ResolvedEvent, retry_count: u32) -> Option<ordering::Message> {
     let record = e.event.as_ref()?;
     let mut headers = Headers::new();
@@ -31,15 +31,13 @@ pub fn to_ordering_message(e: &ResolvedEvent, retry_count: u32) -> Option<orderi
         "eventstore.event_type".to_owned(),
         record.event_type.as_str(),
     );
-    if retry_count > 0 {
-        headers.insert("eventstore.retry_count".to_owned(), i64::from(retry_count));
-    }
     let at = record
         .created_epoch_ms
         .map_or_else(Timestamp::now, Timestamp::from_millis);
     Some(
         ordering::Message::new(record.data.clone(), record.id.to_string(), at)
-            .with_headers(headers),
+            .with_headers(headers)
+            .with_redeliveries(retry_count),
     )
 }
 

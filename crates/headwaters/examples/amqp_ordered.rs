@@ -34,7 +34,7 @@ impl SimpleHandler for CheckOrder {
             .unwrap_or(0);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let previous = last.insert(key.clone(), seq);
-        if previous.is_some_and(|p| seq <= p) && m.headers.get("redelivered").is_none() {
+        if previous.is_some_and(|p| seq <= p) && !m.is_redelivery() {
             self.violations.fetch_add(1, Relaxed);
         }
         self.processed.fetch_add(1, Relaxed);

@@ -156,9 +156,7 @@ impl Handler for OrderChecker {
         if global % 997 == 0 && self.failed_once.lock().unwrap().insert(global) {
             return Err(InjectedFailure(global));
         }
-        let redelivered = m.headers.get("redelivered").is_some()
-            || m.headers.get("pulsar.redelivery_count").is_some();
-        if seq <= *last && redelivered {
+        if seq <= *last && m.is_redelivery() {
             // A redelivery of something already processed (at-least-once): skip it.
             return Ok(Outcome::ack());
         }
@@ -238,14 +236,12 @@ fn message(global: u64, keys: u64, redelivered: bool) -> (Key, Message) {
     payload.extend_from_slice(&global.to_le_bytes());
     payload.extend_from_slice(&seq.to_le_bytes());
     let key = Key::from(format!("key-{key_no}"));
-    let mut message = Message::new(
+    let message = Message::new(
         payload,
         global.to_string(),
         Timestamp::from_micros(seq as i64),
-    );
-    if redelivered {
-        message.headers.insert("redelivered", true);
-    }
+    )
+    .with_redeliveries(u32::from(redelivered));
     (key, message)
 }
 

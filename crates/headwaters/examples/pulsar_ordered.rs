@@ -36,8 +36,7 @@ impl SimpleHandler for InOrder {
             .unwrap_or(0);
         let mut last = self.last.lock().unwrap();
         let previous = last.insert(key.to_string(), n);
-        let redelivered = m.headers.get("pulsar.redelivery_count").is_some();
-        if previous.is_some_and(|p| p >= n) && !redelivered {
+        if previous.is_some_and(|p| p >= n) && !m.is_redelivery() {
             *self.violations.lock().unwrap() += 1;
         }
         Ok(Outcome::ack())

@@ -241,8 +241,10 @@ impl<K: Into<String>, V: Into<HeaderValue>> FromIterator<(K, V)> for Headers {
 }
 
 /// A message as a handler sees it: payload, headers, id and timestamp (Mississippi's
-/// `handle_message(payload, headers, message_id, timestamp, state)` arguments, bundled).
+/// `handle_message(payload, headers, message_id, timestamp, state)` arguments, bundled),
+/// and how often the source delivered it before.
 #[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
 pub struct Message {
     /// The body, untouched.
     pub payload: Bytes,
@@ -253,10 +255,16 @@ pub struct Message {
     pub message_id: String,
     /// When the message was produced.
     pub timestamp: Timestamp,
+    /// How many times the source delivered it before (0: the first delivery), as far as the
+    /// source knows: AMQP's `x-delivery-count` (quorum queues), else 1 for a delivery
+    /// flagged `redelivered`; Pulsar's `redeliveryCount`; an EventStore persistent
+    /// subscription's retry count. Not counted: deliveries the broker never knew about
+    /// (a producer resend is a new message).
+    pub redeliveries: u32,
 }
 
 impl Message {
-    /// A message with no headers.
+    /// A first delivery with no headers.
     pub fn new(
         payload: impl Into<Bytes>,
         message_id: impl Into<String>,
@@ -267,6 +275,7 @@ impl Message {
             headers: Headers::new(),
             message_id: message_id.into(),
             timestamp,
+            redeliveries: 0,
         }
     }
 
@@ -274,6 +283,18 @@ impl Message {
     pub fn with_headers(mut self, headers: Headers) -> Self {
         self.headers = headers;
         self
+    }
+
+    /// The same message, delivered `redeliveries` times before.
+    pub fn with_redeliveries(mut self, redeliveries: u32) -> Self {
+        self.redeliveries = redeliveries;
+        self
+    }
+
+    /// Whether the source delivered it before: a handler that already processed it may be
+    /// seeing it again (at-least-once).
+    pub fn is_redelivery(&self) -> bool {
+        self.redeliveries > 0
     }
 }
 

@@ -96,8 +96,8 @@ where
 }
 
 /// The ordering-core message for a Pulsar message: payload, properties as headers (plus
-/// `pulsar.key`, and `pulsar.redelivery_count` when it was redelivered), the message id, and
-/// the event time or else the publish time.
+/// `pulsar.key`), the message id, the event time or else the publish time, and the
+/// redelivery count.
 pub fn to_ordering_message(m: &Message) -> ordering::Message {
     let mut headers = Headers::new();
     for (k, v) in &m.properties {
@@ -106,14 +106,10 @@ pub fn to_ordering_message(m: &Message) -> ordering::Message {
     if let Some(k) = &m.key {
         headers.insert("pulsar.key".to_owned(), k.as_str());
     }
-    if m.redelivery_count > 0 {
-        headers.insert(
-            "pulsar.redelivery_count".to_owned(),
-            i64::from(m.redelivery_count),
-        );
-    }
     let at: Timestamp = m.event_time.unwrap_or(m.publish_time).timestamp;
-    ordering::Message::new(m.payload.clone(), m.message_id.as_str(), at).with_headers(headers)
+    ordering::Message::new(m.payload.clone(), m.message_id.as_str(), at)
+        .with_headers(headers)
+        .with_redeliveries(m.redelivery_count)
 }
 
 /// Process a consumer's messages through an ordering-core [`Dispatcher`]: messages of one

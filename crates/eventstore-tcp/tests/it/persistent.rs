@@ -161,6 +161,12 @@ async fn naks_retry_park_and_skip() {
     s.nak(&m, NakAction::Retry, "smtp down").unwrap();
     let m = next_message(&mut s).await;
     assert_eq!((n(&m), m.retry_count), (0, 1), "retried, counted");
+    let ordered = headwaters_eventstore_tcp::ordered::to_ordering_message(&m.event, m.retry_count);
+    assert_eq!(
+        ordered.map(|o| o.redeliveries),
+        Some(1),
+        "the dispatcher sees it"
+    );
     s.nak(&m, NakAction::Retry, "still down").unwrap();
     // Out of retries: parked; the next event comes.
     let m = next_message(&mut s).await;

@@ -262,6 +262,10 @@ async fn nacks_redeliver_with_counts_until_the_dead_letter_topic() {
     for _ in 0..3 {
         let m = next(&mut consumer).await;
         counts.push(m.redelivery_count);
+        // What an ordered handler sees.
+        let ordered = headwaters_pulsar_ws::to_ordering_message(&m);
+        assert_eq!(ordered.redeliveries, m.redelivery_count);
+        assert_eq!(ordered.is_redelivery(), m.redelivery_count > 0);
         m.nack();
     }
     assert_eq!(counts, [0, 1, 2]);
