@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use headwaters_ordering_core::{
-    self as ordering, Delivery, Dispatcher, Headers, Key, NoSettle, Settlement, ShutdownReport,
-    Timestamp,
+    self as ordering, Delivery, Dispatcher, Epoch, Headers, Key, NoSettle, Settlement,
+    ShutdownReport, SourceEvent, Timestamp,
 };
 
 use crate::error::Error;
@@ -44,8 +44,9 @@ pub fn to_ordering_message(e: &ResolvedEvent, retry_count: u32) -> Option<orderi
 /// Handle a persistent subscription's events through an ordering-core [`Dispatcher`] keyed
 /// by the event's stream (for a resolved link, the stream linked to). Returns when the
 /// subscription ends (dropped, deleted, unsubscribed); the dispatcher then drains for up to
-/// `grace`. Connection losses are bridged: the subscription rejoins and unacknowledged
-/// events come again.
+/// `grace`. Each connection is an epoch: when it is lost, the events it delivered and the
+/// handler has not started are dropped — the server gives them out again, maybe to another
+/// member of the group — and the subscription rejoins.
 pub async fn run_ordered<H>(
     subscription: PersistentSubscription,
     handler: H,
@@ -56,15 +57,18 @@ where
     H: ordering::Handler,
 {
     let acker = subscription.acker();
-    let events = subscription.filter_map(move |event| {
+    let mut connection = 1;
+    let source = subscription.filter_map(move |event| {
         std::future::ready(match event {
             PersistentEvent::Event(m) => {
                 let settle = acker.settle_handle(&m);
-                Some((m.event, m.retry_count, settle))
+                delivery(&m.event, m.retry_count, settle, Epoch::new(connection))
             }
-            PersistentEvent::Dropped(DropReason::ConnectionLost) | PersistentEvent::Reconnected => {
-                None
+            PersistentEvent::Dropped(DropReason::ConnectionLost) => {
+                connection += 1;
+                Some(Ok(SourceEvent::EpochLost(Epoch::new(connection - 1))))
             }
+            PersistentEvent::Reconnected => None,
             PersistentEvent::Dropped(reason) => {
                 tracing::info!(
                     ?reason,
@@ -74,12 +78,14 @@ where
             }
         })
     });
-    dispatch(events, handler, config, grace).await
+    dispatcher(handler, config)?.run(source, grace).await
 }
 
 /// Handle a catch-up subscription's events (a stream, or `$all`) through an ordering-core
 /// [`Dispatcher`] keyed by stream. Nothing is acknowledged at the server: keep your own
-/// checkpoint from the handler. Returns when the subscription ends.
+/// checkpoint from the handler. Returns when the subscription ends. A lost connection
+/// loses nothing here: the subscription resumes after the last event it delivered, so what
+/// the dispatcher holds stays valid (one epoch throughout).
 pub async fn run_ordered_catch_up<H>(
     catch_up: CatchUp,
     handler: H,
@@ -89,9 +95,9 @@ pub async fn run_ordered_catch_up<H>(
 where
     H: ordering::Handler,
 {
-    let events = catch_up.filter_map(|event| async move {
+    let source = catch_up.filter_map(|event| async move {
         match event {
-            CatchUpEvent::Event(e) => Some((*e, 0, NoSettle)),
+            CatchUpEvent::Event(e) => delivery(&e, 0, NoSettle, Epoch::new(1)),
             CatchUpEvent::Dropped(reason) if reason != DropReason::ConnectionLost => {
                 tracing::info!(
                     ?reason,
@@ -102,44 +108,37 @@ where
             _ => None,
         }
     });
-    dispatch(events, handler, config, grace).await
+    dispatcher(handler, config)?.run(source, grace).await
 }
 
-async fn dispatch<S, H, T>(
-    events: S,
+fn dispatcher<H: ordering::Handler, T: ordering::Settle>(
     handler: H,
     config: ordering::Config,
-    grace: Duration,
-) -> Result<ShutdownReport, Error>
-where
-    S: Stream<Item = (ResolvedEvent, u32, T)> + Send,
-    H: ordering::Handler,
-    T: ordering::Settle,
-{
-    let dispatcher: Dispatcher<H, T> =
-        Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
-    let epoch = dispatcher.new_epoch();
-    let mut events = std::pin::pin!(events);
-    while let Some((event, retry_count, settle)) = events.next().await {
-        let Some(message) = to_ordering_message(&event, retry_count) else {
-            // A link to a deleted event: nothing to handle.
-            settle.settle(Settlement::Ack);
-            continue;
-        };
-        let stream = event
-            .event
-            .as_ref()
-            .map(|r| r.stream_id.clone())
-            .unwrap_or_default();
-        let delivery = Delivery {
-            key: Key::new(stream),
-            message,
-            settle,
-            epoch,
-        };
-        if dispatcher.dispatch(delivery).await.is_err() {
-            break;
-        }
-    }
-    Ok(dispatcher.shutdown(grace).await)
+) -> Result<Dispatcher<H, T>, Error> {
+    Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// An event as a dispatcher delivery keyed by its stream; `None` for a link to a deleted
+/// event (settled at once: there is nothing to handle).
+fn delivery<T: ordering::Settle>(
+    event: &ResolvedEvent,
+    retry_count: u32,
+    settle: T,
+    epoch: Epoch,
+) -> Option<Result<SourceEvent<T>, Error>> {
+    let Some(message) = to_ordering_message(event, retry_count) else {
+        settle.settle(Settlement::Ack);
+        return None;
+    };
+    let stream = event
+        .event
+        .as_ref()
+        .map(|r| r.stream_id.clone())
+        .unwrap_or_default();
+    Some(Ok(SourceEvent::Delivery(Delivery {
+        key: Key::new(stream),
+        message,
+        settle,
+        epoch,
+    })))
 }

@@ -251,6 +251,17 @@ pub struct Metrics {
     pub init_failures: u64,
 }
 
+/// What a source feeds [`Dispatcher::run`]: messages, and the loss of the connection
+/// (epoch) they came on. A source numbers its connections itself (`Epoch::new(n)`): one
+/// source feeds one dispatcher through `run`.
+#[derive(Debug)]
+pub enum SourceEvent<S> {
+    /// A message to process, from the connection of its epoch.
+    Delivery(Delivery<S>),
+    /// The connection of this epoch is gone: see [`Dispatcher::epoch_lost`].
+    EpochLost(Epoch),
+}
+
 /// What [`Dispatcher::shutdown`] achieved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -474,6 +485,34 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
             m.init_failures += c.init_failures.load(Relaxed);
         }
         m
+    }
+
+    /// The loop every ordered consumer runs: feed the dispatcher from `source` until it ends
+    /// (or the dispatcher is shut down elsewhere), then [`shutdown`](Self::shutdown) with
+    /// `grace`. A source error ends the feeding the same way and is returned after the
+    /// shutdown; deliveries not settled by then come again from the broker.
+    pub async fn run<St, E>(&self, source: St, grace: Duration) -> Result<ShutdownReport, E>
+    where
+        St: futures_util::Stream<Item = Result<SourceEvent<S>, E>>,
+    {
+        let mut source = pin!(source);
+        let mut failed = None;
+        while let Some(event) = source.next().await {
+            match event {
+                Ok(SourceEvent::Delivery(delivery)) => {
+                    if self.dispatch(delivery).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(SourceEvent::EpochLost(epoch)) => self.epoch_lost(epoch),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let report = self.shutdown(grace).await;
+        failed.map_or(Ok(report), Err)
     }
 
     /// Stop accepting deliveries, finish the queued and running work until `grace` has passed,

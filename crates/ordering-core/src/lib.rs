@@ -112,7 +112,7 @@ pub use backoff::Backoff;
 #[cfg_attr(docsrs, doc(cfg(feature = "dispatcher")))]
 pub use dispatcher::{
     Config, ConfigError, DispatchError, Dispatcher, Metrics, ShutdownReport, SignalError,
-    TryDispatchError,
+    SourceEvent, TryDispatchError,
 };
 pub use handler::{Handler, Outcome, SimpleHandler, StopAction, TerminateReason};
 pub use message::{HeaderValue, Headers, Key, Message, Timestamp};

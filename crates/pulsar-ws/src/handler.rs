@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use headwaters_ordering_core::{
     self as ordering, Delivery, Dispatcher, Epoch, Headers, Key, Settlement, ShutdownReport,
-    Timestamp,
+    SourceEvent, Timestamp,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -128,7 +128,7 @@ pub fn to_ordering_message(m: &Message) -> ordering::Message {
 /// redelivery brings them back in order), and a handler state they fed ends before its key's
 /// next message ([`TerminateReason::EpochLost`](ordering::TerminateReason::EpochLost)).
 pub async fn run_ordered<H>(
-    mut consumer: Consumer,
+    consumer: Consumer,
     handler: H,
     config: ordering::Config,
     grace: Duration,
@@ -139,105 +139,101 @@ where
 {
     let dispatcher: Dispatcher<H, Settler> =
         Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
-    let mut connections = Connections::new(&consumer, &dispatcher);
-    let mut fatal = None;
-    loop {
-        let item = tokio::select! {
-            // A lost connection is noticed at once, not when the next one delivers.
-            () = connections.lost() => continue,
-            item = consumer.next() => item,
-        };
-        let Some(item) = item else { break };
-        let m = match item {
-            Ok(m) => m,
-            Err(Error::Decode(e)) => {
-                tracing::warn!(error = %e, "pulsar-ws ordered: skipping a malformed frame");
-                continue;
-            }
-            Err(e) => {
-                fatal = Some(e);
-                continue;
-            }
-        };
-        let epoch = connections.epoch_of(&m);
-        let key = Key::new(
-            m.key
-                .clone()
-                .unwrap_or_else(|| m.message_id.as_str().to_owned()),
-        );
-        let delivery = Delivery {
-            key,
-            message: to_ordering_message(&m),
-            settle: Settler {
-                message: m,
-                on_discard: on_discard.clone(),
-            },
-            epoch,
-        };
-        if dispatcher.dispatch(delivery).await.is_err() {
-            break;
-        }
-    }
-    let report = dispatcher.shutdown(grace).await;
-    fatal.map_or(Ok(report), Err)
+    let source = OrderedSource::new(consumer, on_discard);
+    let source = futures_util::stream::unfold(source, |mut source| async move {
+        let event = source.next().await?;
+        Some((event, source))
+    });
+    dispatcher.run(source, grace).await
 }
 
-/// The consumer's connections as dispatcher epochs.
-struct Connections<'a, H: ordering::Handler> {
-    dispatcher: &'a Dispatcher<H, Settler>,
-    watch: Option<watch::Receiver<u64>>,
-    /// The current connection and its epoch.
-    current: (u64, Epoch),
-    /// The epoch of the connection lost last: messages of older connections still buffered
-    /// are dispatched with it, so the dispatcher drops them.
-    lost: Option<Epoch>,
+/// A consumer as a dispatcher source: each connection is an epoch (its number), lost as
+/// soon as the consumer notices, before the next connection's messages.
+struct OrderedSource {
+    consumer: Consumer,
+    /// The consumer's connection number; `None` once its task ended.
+    connection: Option<watch::Receiver<u64>>,
+    current: u64,
+    /// A delivery of a newer connection, held back behind the loss of the current one.
+    next: Option<Delivery<Settler>>,
+    on_discard: OnDiscard,
 }
 
-impl<'a, H: ordering::Handler> Connections<'a, H> {
-    fn new(consumer: &Consumer, dispatcher: &'a Dispatcher<H, Settler>) -> Self {
-        let mut watch = consumer.handle().connection();
-        let connection = *watch.borrow_and_update();
+impl OrderedSource {
+    fn new(consumer: Consumer, on_discard: OnDiscard) -> Self {
+        let mut connection = consumer.handle().connection();
+        let current = *connection.borrow_and_update();
         Self {
-            dispatcher,
-            watch: Some(watch),
-            current: (connection, dispatcher.new_epoch()),
-            lost: None,
+            consumer,
+            connection: Some(connection),
+            current,
+            next: None,
+            on_discard,
         }
     }
 
-    /// Wait until the connection changes and switch to the new one.
-    async fn lost(&mut self) {
-        let Some(watch) = &mut self.watch else {
-            return std::future::pending().await;
-        };
-        if watch.changed().await.is_err() {
-            // The connection task ended: the stream ends too.
-            self.watch = None;
-            return;
+    async fn next(&mut self) -> Option<Result<SourceEvent<Settler>, Error>> {
+        if let Some(delivery) = self.next.take() {
+            return Some(Ok(SourceEvent::Delivery(delivery)));
         }
-        let connection = *watch.borrow_and_update();
-        self.switch_to(connection);
+        loop {
+            let item = tokio::select! {
+                // A lost connection is noticed at once, not when the next one delivers.
+                connection = changed(&mut self.connection) => match connection {
+                    Some(c) if c > self.current => return Some(Ok(self.switch_to(c))),
+                    _ => continue,
+                },
+                item = self.consumer.next() => item?,
+            };
+            let m = match item {
+                Ok(m) => m,
+                Err(Error::Decode(e)) => {
+                    tracing::warn!(error = %e, "pulsar-ws ordered: skipping a malformed frame");
+                    continue;
+                }
+                Err(e) => return Some(Err(e)),
+            };
+            // Messages of an older connection carry its lost epoch: the dispatcher drops them.
+            let connection = m.connection();
+            let key = Key::new(
+                m.key
+                    .clone()
+                    .unwrap_or_else(|| m.message_id.as_str().to_owned()),
+            );
+            let delivery = Delivery {
+                key,
+                message: to_ordering_message(&m),
+                settle: Settler {
+                    message: m,
+                    on_discard: self.on_discard.clone(),
+                },
+                epoch: Epoch::new(connection),
+            };
+            if connection > self.current {
+                self.next = Some(delivery);
+                return Some(Ok(self.switch_to(connection)));
+            }
+            return Some(Ok(SourceEvent::Delivery(delivery)));
+        }
     }
 
-    fn switch_to(&mut self, connection: u64) {
-        if connection <= self.current.0 {
-            return;
-        }
-        let (_, old) = self.current;
-        self.dispatcher.epoch_lost(old);
-        self.lost = Some(old);
-        self.current = (connection, self.dispatcher.new_epoch());
+    fn switch_to(&mut self, connection: u64) -> SourceEvent<Settler> {
+        let lost = Epoch::new(self.current);
+        self.current = connection;
+        SourceEvent::EpochLost(lost)
     }
+}
 
-    /// The epoch to dispatch a message with.
-    fn epoch_of(&mut self, m: &Message) -> Epoch {
-        let connection = m.connection();
-        self.switch_to(connection);
-        match self.lost {
-            Some(lost) if connection < self.current.0 => lost,
-            _ => self.current.1,
-        }
+/// The next connection number, or `None` when the consumer's task ended (then never again).
+async fn changed(watch: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
+    let Some(w) = watch else {
+        return std::future::pending().await;
+    };
+    if w.changed().await.is_err() {
+        *watch = None;
+        return None;
     }
+    Some(*w.borrow_and_update())
 }
 
 /// What a `Discard` outcome does to a Pulsar message in [`run_ordered`].

@@ -989,3 +989,144 @@ async fn close_stops_a_reconnect_in_progress() {
     );
     assert!(matches!(c.ping().await, Err(Error::Closed)));
 }
+
+/// Records, per stream, each event number it handles and whether its handler state was
+/// fresh; the first event 0 of `acct` waits for the gate.
+#[derive(Clone, Default)]
+struct Gated {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u32, bool)>>>,
+    gate: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl headwaters_ordering_core::Handler for Gated {
+    /// The stream, and whether this state handled nothing yet.
+    type State = (String, bool);
+    type Continue = ();
+    type Signal = ();
+    type Reply = ();
+    type Error = String;
+
+    async fn init(&self, key: &headwaters_ordering_core::Key) -> Result<(String, bool), String> {
+        Ok((String::from_utf8_lossy(key.as_bytes()).into_owned(), true))
+    }
+
+    async fn handle_message(
+        &self,
+        m: &headwaters_ordering_core::Message,
+        (stream, fresh): &mut (String, bool),
+    ) -> Result<headwaters_ordering_core::Outcome, String> {
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let n: u32 = text
+            .trim_start_matches("{\"n\":")
+            .trim_end_matches('}')
+            .parse()
+            .map_err(|_| format!("bad payload {text}"))?;
+        let first = self.seen.lock().unwrap().is_empty();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((stream.clone(), n, std::mem::take(fresh)));
+        if first {
+            self.gate.notified().await;
+        }
+        Ok(headwaters_ordering_core::Outcome::ack())
+    }
+
+    async fn handle_signal(&self, (): (), _: &mut (String, bool)) {}
+}
+
+/// Links to `numbers` of `stream`, appended to `into`.
+async fn link(c: &Connection, into: &str, stream: &str, numbers: std::ops::Range<u32>) {
+    let links: Vec<EventData> = numbers
+        .map(|n| EventData::binary("$>", format!("{n}@{stream}")))
+        .collect();
+    c.append_to_stream(into, ExpectedVersion::Any, &links)
+        .await
+        .unwrap();
+}
+
+/// A connection lost while a stream's first event runs: the events that connection
+/// delivered and the handler had not started are dropped (the group gives them out again)
+/// and the handler state they fed ends, so the stream is handled 0, then again from 0 by a
+/// fresh handler — not 0, 1, 2, 3, 4 from the lost connection and then everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_drops_what_a_lost_connection_delivered_and_the_group_redelivers() {
+    use headwaters_eventstore_tcp::{PersistentSettings, StartFrom};
+    let (e, c) = setup().await;
+    c.append_to_stream("acct", ExpectedVersion::Any, &events(0..5))
+        .await
+        .unwrap();
+    link(&c, "mix", "acct", 0..5).await;
+    c.create_persistent_subscription(
+        "mix",
+        "g",
+        &PersistentSettings::default()
+            .with_start_from(StartFrom::Beginning)
+            .with_resolve_link_tos(true),
+    )
+    .await
+    .unwrap();
+    let sub = c
+        .connect_to_persistent_subscription("mix", "g", 50)
+        .await
+        .unwrap();
+    let handler = Gated::default();
+    let run = tokio::spawn(headwaters_eventstore_tcp::ordered::run_ordered(
+        sub,
+        handler.clone(),
+        headwaters_ordering_core::Config::default(),
+        Duration::from_secs(5),
+    ));
+    eventually("event 0 running", || {
+        handler.seen.lock().unwrap().len() == 1
+    })
+    .await;
+    e.drop_connections();
+    // An event on another stream, delivered after the reconnect: once it was handled, the
+    // loss of the first connection has reached the dispatcher.
+    c.append_to_stream("marker", ExpectedVersion::Any, &events(0..1))
+        .await
+        .unwrap();
+    link(&c, "mix", "marker", 0..1).await;
+    eventually("the marker handled", || {
+        handler
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, ..)| s == "marker")
+    })
+    .await;
+    handler.gate.notify_one();
+    eventually("acct handled to its end again", || {
+        let seen = handler.seen.lock().unwrap();
+        seen.iter().filter(|(s, ..)| s == "acct").count() >= 6
+    })
+    .await;
+    let acct: Vec<(u32, bool)> = handler
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, ..)| s == "acct")
+        .map(|(_, n, fresh)| (*n, *fresh))
+        .collect();
+    assert_eq!(
+        acct,
+        [
+            (0, true),
+            (0, true),
+            (1, false),
+            (2, false),
+            (3, false),
+            (4, false)
+        ],
+        "0 from the lost connection, then everything again from a fresh handler"
+    );
+    c.delete_persistent_subscription("mix", "g").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("ends when the group is deleted")
+        .unwrap()
+        .unwrap();
+}

@@ -281,6 +281,46 @@ async fn lost_epoch_is_never_settled_and_its_queue_is_dropped() {
 }
 
 #[tokio::test]
+async fn run_feeds_a_source_then_shuts_down_and_returns_its_error() {
+    let rec = Arc::new(Recorder::default());
+    let d = Dispatcher::new(Arc::clone(&rec), config()).unwrap();
+    let settled: Settled = Arc::default();
+    let (one, two) = (Epoch::new(1), Epoch::new(2));
+    let delivery = |id, delay, epoch| {
+        Ok(SourceEvent::Delivery(Delivery {
+            key: Key::from("k"),
+            message: msg(id, delay, None),
+            settle: recording(id, &settled),
+            epoch,
+        }))
+    };
+    // 1 runs while its connection is lost; 2 never starts; 3 comes on the next connection.
+    let source = futures_util::stream::iter([
+        delivery(1, 255, one),
+        delivery(2, 0, one),
+        Ok(SourceEvent::EpochLost(one)),
+        delivery(3, 0, two),
+        Err("the source gave up"),
+        delivery(4, 0, two),
+    ]);
+    let result = d.run(source, Duration::from_secs(5)).await;
+    assert_eq!(result, Err("the source gave up"));
+    assert_eq!(*settled.lock().unwrap(), [(3, Settlement::Ack)]);
+    assert_eq!(rec.seen.lock().unwrap()[&Key::from("k")], [1, 3]);
+    let report = d
+        .run(
+            futures_util::stream::empty::<Result<_, ()>>(),
+            Duration::ZERO,
+        )
+        .await;
+    assert_eq!(
+        report.map(|r| r.abandoned),
+        Ok(0),
+        "a second run finds it shut down"
+    );
+}
+
+#[tokio::test]
 async fn signals_reach_the_key_handler_and_report_unavailable() {
     let rec = Arc::new(Recorder::default());
     let d: Dispatcher<_, NoSettle> = Dispatcher::new(Arc::clone(&rec), config()).unwrap();
