@@ -498,8 +498,8 @@ pub(crate) enum KeyError {
     NotATerm(#[from] crate::etf::EtfError),
 }
 
-/// A delivery's sharding key (read as `wire` writes it) and message. A redelivery carries
-/// the header `redelivered = true`.
+/// A delivery's sharding key (read as `wire` writes it) and message, with its
+/// redeliveries counted.
 pub(crate) fn decode(
     delivery: lapin::message::Delivery,
     wire: WireFormat,
