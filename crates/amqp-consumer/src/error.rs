@@ -83,6 +83,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the failure is worth retrying with the same settings: the broker was gone or
+    /// the connection was being re-established, or the broker refused to store a message
+    /// for now (a nack under `x-overflow: reject-publish`). Refused credentials, a wrong
+    /// virtual host, bad configuration and oversized or unroutable messages are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Reconnecting | Self::Nacked | Self::Connection(_) => {
+                true
+            }
+            // 320 CONNECTION_FORCED (broker shutting down), 505/506 (frame/resource errors
+            // on a connection the broker closed), 541 INTERNAL_ERROR.
+            Self::Broker { code, .. } => matches!(code, 320 | 505 | 506 | 541),
+            _ => false,
+        }
+    }
+
     /// Map a lapin error, naming `target` (host and port) for network failures.
     pub(crate) fn from_lapin(e: &lapin::Error, target: &str) -> Self {
         use lapin::ErrorKind;
@@ -110,6 +126,41 @@ impl Error {
                 reason: reason.clone(),
             },
             _ => Self::Connection(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_the_ones_a_retry_can_cure() {
+        let unreachable = Error::Unreachable {
+            target: "127.0.0.1:1".into(),
+            reason: "refused".into(),
+        };
+        let forced = Error::Broker {
+            code: 320,
+            reason: "CONNECTION_FORCED".into(),
+        };
+        for e in [unreachable, Error::Reconnecting, Error::Nacked, forced] {
+            assert!(e.is_transient(), "{e}");
+        }
+        let refused = Error::AccessRefused {
+            reason: "ACCESS_REFUSED".into(),
+        };
+        let precondition = Error::Broker {
+            code: 406,
+            reason: "PRECONDITION_FAILED".into(),
+        };
+        let too_large = Error::TooLarge {
+            what: "headers",
+            size: 200_000,
+            limit: 131_072,
+        };
+        for e in [refused, precondition, too_large, Error::Config("x".into())] {
+            assert!(!e.is_transient(), "{e}");
         }
     }
 }

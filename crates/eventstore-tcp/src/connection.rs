@@ -107,8 +107,8 @@ impl Settings {
     /// if given, the CA certificates in `ca_pem`. Cluster discovery then picks nodes'
     /// secure ports and gossips over HTTPS.
     pub fn with_tls(self, ca_pem: Option<&[u8]>) -> Result<Self, Error> {
-        let config = headwaters_ordering_core::tls::client_config(ca_pem, None)
-            .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+        let config =
+            headwaters_ordering_core::tls::client_config(ca_pem, None).map_err(Error::Tls)?;
         Ok(self.with_tls_config(config))
     }
 
@@ -122,7 +122,7 @@ impl Settings {
     ) -> Result<Self, Error> {
         let config =
             headwaters_ordering_core::tls::client_config(ca_pem, Some((cert_pem, key_pem)))
-                .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+                .map_err(Error::Tls)?;
         Ok(self.with_tls_config(config))
     }
 

@@ -11,6 +11,10 @@ pub enum Error {
     /// Bad settings.
     #[error("invalid settings: {0}")]
     Config(String),
+    /// The TLS configuration could not be built (bad PEM, key mismatch); the cause is the
+    /// source.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] headwaters_ordering_core::tls::TlsConfigError),
     /// Credentials that cannot be sent.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -87,6 +91,18 @@ pub enum Error {
     Frame(#[from] FrameError),
 }
 
+impl Error {
+    /// Whether the failure is worth retrying with the same settings: the server was gone,
+    /// busy, not the leader or slow to answer. Refused credentials or access, a wrong
+    /// expected version, a deleted stream and bad settings are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::NotLeader(_) | Self::NotHandled(_) | Self::Timeout(_)
+        )
+    }
+}
+
 /// Why a node did not handle an operation it may handle later (`NotHandled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -103,5 +119,37 @@ impl std::fmt::Display for Busy {
             Self::NotReady => "NotReady",
             Self::TooBusy => "TooBusy",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_the_ones_a_retry_can_cure() {
+        let connect = Error::Connect {
+            addr: "127.0.0.1:1113".into(),
+            reason: "refused".into(),
+        };
+        let transient = [
+            connect,
+            Error::NotLeader("127.0.0.1:1114".into()),
+            Error::NotHandled(Busy::TooBusy),
+            Error::Timeout(Duration::from_secs(1)),
+        ];
+        for e in transient {
+            assert!(e.is_transient(), "{e}");
+        }
+        let lasting = [
+            Error::NotAuthenticated("bad password".into()),
+            Error::AccessDenied("$all".into()),
+            Error::WrongExpectedVersion { current: Some(3) },
+            Error::StreamDeleted("s".into()),
+            Error::Config("x".into()),
+        ];
+        for e in lasting {
+            assert!(!e.is_transient(), "{e}");
+        }
     }
 }

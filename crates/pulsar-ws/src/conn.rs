@@ -289,7 +289,7 @@ impl ClientConfig {
             let tls = self
                 .tls
                 .clone()
-                .ok_or_else(|| Error::Tls("no TLS configuration for wss://".into()))?;
+                .ok_or_else(|| Error::Config("no TLS configuration for wss://".into()))?;
             Some(Connector::Rustls(tls))
         } else {
             None

@@ -33,9 +33,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The TLS configuration could not be built (bad PEM, key mismatch).
+    /// The TLS configuration could not be built (bad PEM, key mismatch); the cause is the
+    /// source.
     #[error("TLS configuration: {0}")]
-    Tls(String),
+    Tls(#[source] headwaters_ordering_core::tls::TlsConfigError),
     /// The token provider failed (its error is the source).
     #[error("the token provider failed: {0}")]
     Token(#[source] TokenError),

@@ -627,7 +627,9 @@ async fn tls_with_a_trusted_ca_and_clear_errors_without() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
-    assert!(settings(&e).with_tls(Some(b"not a pem")).is_err());
+    let bad = settings(&e).with_tls(Some(b"not a pem")).unwrap_err();
+    assert!(matches!(bad, Error::Tls(_)), "{bad}");
+    assert!(!bad.is_transient());
 
     // A server that wants client certificates takes ours and refuses a connection without.
     let config = EventStoreConfig::default().with_tls(certs.server_config(true).unwrap());
