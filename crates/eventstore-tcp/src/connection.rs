@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use headwaters_ordering_core::Backoff;
+use headwaters_ordering_core::{Backoff, Keepalive, Liveness};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -699,9 +699,12 @@ impl Driver {
             return End::Lost("write failed".into());
         }
         let interval = self.settings.heartbeat_interval;
-        let timeout = self.settings.heartbeat_timeout;
-        let mut last_heard = Instant::now();
-        let mut heartbeat_sent: Option<Instant> = None;
+        let mut keepalive = Keepalive::new(
+            interval,
+            self.settings.heartbeat_timeout,
+            Instant::now().into_std(),
+        );
+        // Drives the heartbeats and the operation timeouts.
         let mut tick = tokio::time::interval(Duration::from_millis(50).min(interval));
         let mut closing = self.closing.clone();
         loop {
@@ -725,8 +728,7 @@ impl Driver {
                         Err(e) => return End::Lost(e.to_string()),
                         Ok(_) => {}
                     }
-                    last_heard = Instant::now();
-                    heartbeat_sent = None;
+                    keepalive.heard();
                     let mut out = BytesMut::new();
                     loop {
                         match link.decoder.next_frame() {
@@ -745,17 +747,18 @@ impl Driver {
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    if let Some(sent) = heartbeat_sent {
-                        if now >= sent + timeout {
+                    match keepalive.poll(now.into_std()) {
+                        Liveness::Wait => {}
+                        Liveness::Probe => {
+                            let request = Frame::new(Command::HeartbeatRequest, correlation(), Bytes::new());
+                            let Ok(bytes) = request.to_bytes() else { continue };
+                            if link.stream.write_all(&bytes).await.is_err() {
+                                return End::Lost("write failed".into());
+                            }
+                        }
+                        Liveness::Dead(timeout) => {
                             return End::Lost(format!("no heartbeat answer within {timeout:?}"));
                         }
-                    } else if now >= last_heard + interval {
-                        let request = Frame::new(Command::HeartbeatRequest, correlation(), Bytes::new());
-                        let Ok(bytes) = request.to_bytes() else { continue };
-                        if link.stream.write_all(&bytes).await.is_err() {
-                            return End::Lost("write failed".into());
-                        }
-                        heartbeat_sent = Some(now);
                     }
                     let mut out = BytesMut::new();
                     self.expire(now, &mut out);

@@ -97,6 +97,7 @@
 
 pub mod backoff;
 pub mod handler;
+pub mod keepalive;
 pub mod message;
 pub mod settle;
 #[cfg(feature = "tls")]
@@ -115,6 +116,7 @@ pub use dispatcher::{
     SourceEvent, TryDispatchError,
 };
 pub use handler::{Handler, Outcome, SimpleHandler, StopAction, TerminateReason};
+pub use keepalive::{Keepalive, Liveness};
 pub use message::{HeaderValue, Headers, Key, Message, Timestamp};
 pub use settle::{Delivery, Epoch, NoSettle, Settle, Settlement};
 pub use tracker::{PoisonAction, RetryPolicy, Tracker};

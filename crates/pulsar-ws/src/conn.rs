@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use headwaters_ordering_core::Backoff;
+use headwaters_ordering_core::{Backoff, Keepalive, Liveness};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -356,57 +356,19 @@ pub(crate) async fn reconnect(
     }
 }
 
-/// Keepalive bookkeeping for one socket: ping every interval; any inbound frame since a
-/// ping proves the connection alive; silence for `pong_timeout` after a ping kills it.
-/// Hearing a frame only sets a flag, so the timer is re-armed only when it fires.
-#[derive(Debug)]
-pub(crate) struct Keepalive {
-    interval: Duration,
-    pong_timeout: Duration,
-    next_ping: tokio::time::Instant,
-    ping_sent: Option<tokio::time::Instant>,
-    heard: bool,
+/// The keepalive of a socket opened now: a ping after `ping_interval` of silence, given up
+/// `pong_timeout` after an unanswered ping.
+pub(crate) fn keepalive(config: &ClientConfig) -> Keepalive {
+    Keepalive::new(config.ping_interval, config.pong_timeout, now())
 }
 
-impl Keepalive {
-    pub(crate) fn new(config: &ClientConfig) -> Self {
-        Self {
-            interval: config.ping_interval,
-            pong_timeout: config.pong_timeout,
-            next_ping: tokio::time::Instant::now() + config.ping_interval,
-            ping_sent: None,
-            heard: false,
-        }
-    }
+/// The keepalive's deadline on tokio's clock.
+pub(crate) fn keepalive_deadline(keepalive: &Keepalive) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(keepalive.deadline())
+}
 
-    /// When [`Keepalive::fire`] must run next.
-    pub(crate) fn wake_at(&self) -> tokio::time::Instant {
-        self.ping_sent.map_or(self.next_ping, |t| {
-            (t + self.pong_timeout).min(self.next_ping)
-        })
-    }
-
-    /// Something arrived.
-    pub(crate) fn heard(&mut self) {
-        self.heard = true;
-    }
-
-    /// Timer expiry: `Ok(true)` means send a ping now; `Err` means the peer is gone.
-    pub(crate) fn fire(&mut self) -> Result<bool, Duration> {
-        let now = tokio::time::Instant::now();
-        if std::mem::take(&mut self.heard) {
-            self.ping_sent = None;
-        }
-        if self.ping_sent.is_some_and(|t| now >= t + self.pong_timeout) {
-            return Err(self.pong_timeout);
-        }
-        if now >= self.next_ping {
-            self.next_ping = now + self.interval;
-            self.ping_sent.get_or_insert(now);
-            return Ok(true);
-        }
-        Ok(false)
-    }
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// What a read from the socket means: `Ok(Some(text))` a JSON frame, `Ok(None)` a control
@@ -449,12 +411,12 @@ pub(crate) fn read_round(
 
 /// The keepalive timer fired: ping if it is time, fail if the last ping went unanswered.
 pub(crate) async fn keepalive_fired(keepalive: &mut Keepalive, ws: &mut Ws) -> Result<(), String> {
-    match keepalive.fire() {
-        Ok(true) => ws
+    match keepalive.poll(now()) {
+        Liveness::Probe => ws
             .send(Frame::Ping(Default::default()))
             .await
             .map_err(|e| e.to_string()),
-        Ok(false) => Ok(()),
-        Err(t) => Err(format!("no answer to a ping within {t:?}")),
+        Liveness::Wait => Ok(()),
+        Liveness::Dead(t) => Err(format!("no answer to a ping within {t:?}")),
     }
 }

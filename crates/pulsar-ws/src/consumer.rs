@@ -25,7 +25,7 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
-use crate::conn::{self, ClientConfig, Keepalive, Ws};
+use crate::conn::{self, ClientConfig, Ws};
 use crate::error::Error;
 use crate::params::{ConsumerParams, MAX_RECEIVER_QUEUE_SIZE, ReaderParams, ReaderStart};
 use crate::proto::{Command, ConsumerFrame, MessageId, ReceivedMessage, ZonedTime};
@@ -826,8 +826,8 @@ impl Task {
         if let Err(e) = self.replenish(ws).await {
             return End::Lost(e);
         }
-        let mut keepalive = Keepalive::new(&self.config);
-        let timer = tokio::time::sleep_until(keepalive.wake_at());
+        let mut keepalive = conn::keepalive(&self.config);
+        let timer = tokio::time::sleep_until(conn::keepalive_deadline(&keepalive));
         tokio::pin!(timer);
         let ack_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(ack_timer);
@@ -901,7 +901,7 @@ impl Task {
                     if let Err(reason) = conn::keepalive_fired(&mut keepalive, ws).await {
                         return End::Lost(reason);
                     }
-                    timer.as_mut().reset(keepalive.wake_at());
+                    timer.as_mut().reset(conn::keepalive_deadline(&keepalive));
                 }
                 () = &mut dropped => return End::Dropped,
             }

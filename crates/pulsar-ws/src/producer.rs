@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
-use crate::conn::{self, ClientConfig, Keepalive, Ws};
+use crate::conn::{self, ClientConfig, Ws};
 use crate::error::Error;
 use crate::params::ProducerParams;
 use crate::proto::{MessageId, OutgoingMessage, Receipt};
@@ -460,8 +460,8 @@ impl Task {
         if let Err(e) = ws.flush().await {
             return End::Lost(e.to_string());
         }
-        let mut keepalive = Keepalive::new(&self.config);
-        let timer = tokio::time::sleep_until(keepalive.wake_at());
+        let mut keepalive = conn::keepalive(&self.config);
+        let timer = tokio::time::sleep_until(conn::keepalive_deadline(&keepalive));
         tokio::pin!(timer);
         let mut closing: Option<Option<oneshot::Sender<()>>> = None;
         loop {
@@ -506,7 +506,7 @@ impl Task {
                     if let Err(reason) = conn::keepalive_fired(&mut keepalive, ws).await {
                         return End::Lost(reason);
                     }
-                    timer.as_mut().reset(keepalive.wake_at());
+                    timer.as_mut().reset(conn::keepalive_deadline(&keepalive));
                 }
             }
         }

@@ -167,30 +167,34 @@ async fn refused_credentials_are_a_typed_error_at_connect() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_keep_an_idle_connection_and_a_stall_is_detected() {
-    let e = EventStoreEmulator::start_with(
-        EventStoreConfig::default()
-            .with_heartbeats(Duration::from_millis(100), Duration::from_millis(100)),
+/// An emulator asking for heartbeats after `interval` of silence and closing `interval`
+/// later without an answer.
+async fn heartbeating(interval: Duration) -> EventStoreEmulator {
+    EventStoreEmulator::start_with(
+        EventStoreConfig::default().with_heartbeats(interval, interval),
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
-    .unwrap();
-    let c = Connection::connect(
-        settings(&e).with_heartbeat(Duration::from_millis(100), Duration::from_millis(200)),
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        e.accepted(),
-        1,
-        "heartbeats answered both ways: no reconnect"
-    );
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_an_idle_connection_and_a_stall_is_detected() {
+    let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+    // The client asks; the emulator stays quiet.
+    let e = heartbeating(slow).await;
+    let c = Connection::connect(settings(&e).with_heartbeat(fast, Duration::from_millis(200)))
+        .await
+        .unwrap();
+    eventually("five heartbeats asked and answered", || {
+        e.heartbeats().0 >= 5
+    })
+    .await;
+    assert_eq!(e.accepted(), 1, "answered heartbeats: no reconnect");
     c.append_to_stream("hb", ExpectedVersion::Any, &events(0..1))
         .await
         .unwrap();
-
+    // The server stops answering: the client notices and connects again.
     e.stop_heartbeats(true);
     eventually(
         "the client noticed the silent server and reconnected",
@@ -199,6 +203,21 @@ async fn heartbeats_keep_an_idle_connection_and_a_stall_is_detected() {
     .await;
     e.stop_heartbeats(false);
     c.append_to_stream("hb", ExpectedVersion::Any, &events(1..2))
+        .await
+        .unwrap();
+
+    // The emulator asks; the client answers (and, quiet itself, asks nothing).
+    let e = heartbeating(fast).await;
+    let c = Connection::connect(settings(&e).with_heartbeat(slow, slow))
+        .await
+        .unwrap();
+    eventually("five heartbeats answered by the client", || {
+        e.heartbeats().1 >= 5
+    })
+    .await;
+    assert_eq!(e.accepted(), 1, "the client answered: the server kept it");
+    assert_eq!(e.heartbeats().0, 0, "the client asked nothing");
+    c.append_to_stream("hb", ExpectedVersion::Any, &events(0..1))
         .await
         .unwrap();
 }

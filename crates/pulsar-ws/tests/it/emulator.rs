@@ -633,7 +633,8 @@ async fn keepalive_pings_hold_an_idle_connection_open() {
     let consumer = Consumer::subscribe(&config, topic("idle"), "s", ConsumerOptions::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Ten pings span 2.5 idle timeouts.
+    eventually("ten pings", || e.pings() >= 10).await;
     assert_eq!(
         consumer.handle().reconnects(),
         0,
@@ -647,11 +648,11 @@ async fn keepalive_pings_hold_an_idle_connection_open() {
     let consumer = Consumer::subscribe(&quiet, topic("idle"), "t", ConsumerOptions::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(
-        consumer.handle().reconnects() >= 1,
-        "without pings the idle timeout closes it, and the client reconnects"
-    );
+    eventually(
+        "without pings the idle timeout closes it, and the client reconnects",
+        || consumer.handle().reconnects() >= 1,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

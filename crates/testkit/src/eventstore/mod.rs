@@ -158,6 +158,8 @@ struct Shared {
     config: EventStoreConfig,
     kill: watch::Sender<u64>,
     heartbeats_stopped: AtomicBool,
+    /// Heartbeat requests from clients answered, and answers from clients to the server's.
+    heartbeats: [AtomicU64; 2],
     reply_delay_ms: AtomicU64,
     not_handled: Mutex<Option<(u32, NotHandledReason)>>,
     next_conn: AtomicU64,
@@ -216,6 +218,7 @@ impl EventStoreEmulator {
             config,
             kill: watch::channel(0).0,
             heartbeats_stopped: AtomicBool::new(false),
+            heartbeats: [AtomicU64::new(0), AtomicU64::new(0)],
             reply_delay_ms: AtomicU64::new(0),
             not_handled: Mutex::new(None),
             next_conn: AtomicU64::new(1),
@@ -319,6 +322,15 @@ impl EventStoreEmulator {
     /// Open connections.
     pub fn open_connections(&self) -> u32 {
         self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// Heartbeats so far: (clients' requests the emulator answered, clients' answers to the
+    /// emulator's requests).
+    pub fn heartbeats(&self) -> (u64, u64) {
+        (
+            self.shared.heartbeats[0].load(Ordering::Relaxed),
+            self.shared.heartbeats[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Run until the task is cancelled (for the standalone binary).
@@ -564,11 +576,15 @@ fn handle(
     match p.command {
         Command::HeartbeatRequest => {
             if !shared.heartbeats_stopped.load(Ordering::Relaxed) {
+                shared.heartbeats[0].fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(frame(Command::HeartbeatResponse, c, Bytes::new()));
             }
             return;
         }
-        Command::HeartbeatResponse => return,
+        Command::HeartbeatResponse => {
+            shared.heartbeats[1].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         Command::Ping => {
             let _ = tx.send(frame(Command::Pong, c, p.payload));
             return;

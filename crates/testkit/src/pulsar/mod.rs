@@ -120,6 +120,7 @@ struct Shared {
     next_conn: AtomicU64,
     kill: watch::Sender<u64>,
     open: AtomicU64,
+    pings: AtomicU64,
 }
 
 impl Shared {
@@ -169,6 +170,7 @@ impl PulsarEmulator {
             next_conn: AtomicU64::new(1),
             kill: watch::channel(0).0,
             open: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         let ticker = {
@@ -265,6 +267,11 @@ impl PulsarEmulator {
     /// Open WebSocket connections.
     pub fn open_connections(&self) -> u64 {
         self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// WebSocket pings received from clients so far (each answered with a pong).
+    pub fn pings(&self) -> u64 {
+        self.shared.pings.load(Ordering::Relaxed)
     }
 
     /// Run until the task is cancelled (for the standalone binary).
@@ -378,7 +385,11 @@ where
                             break;
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                    Some(Ok(Message::Ping(_))) => {
+                        shared.pings.fetch_add(1, Ordering::Relaxed);
+                        let _ = ws.flush().await;
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {
                         let _ = ws.flush().await;
                     }
                     // Binary frames are not part of the API: the JSON decoder fails.
