@@ -131,6 +131,7 @@ fn integration() -> Result<()> {
             .env("AMQP_URL", rabbit.url())
             .env("KINESIS_ENDPOINT", kinesis.url());
         cmd.envs(rabbit.test_env());
+        cmd.envs(pg.test_env());
     };
     let outcome = (|| {
         let mut tests = cargo();
@@ -154,6 +155,12 @@ fn integration() -> Result<()> {
                  or kill and restart it (`broker_restart`) are not run"
             );
             tests.args(["--skip", "amqps_"]);
+        }
+        if !pg.is_local() {
+            println!(
+                "note: DATABASE_URL points at a server xtask did not set up: the PostgreSQL TLS tests (`pg_tls_`) need its CA and are not run"
+            );
+            tests.args(["--skip", "pg_tls_"]);
         }
         if std::env::var_os("PULSAR_WS_URL").is_none() {
             println!(

@@ -42,6 +42,22 @@ impl Postgres {
             pg.print_log();
         }
     }
+
+    /// Whether xtask started this server (and so can tell the tests its TLS CA).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
+    }
+
+    /// What the TLS tests need: the CA that signed the throwaway server's certificate.
+    pub(crate) fn test_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::External(_) => Vec::new(),
+            Self::Local(pg) => vec![(
+                "HEADWATERS_PG_CA",
+                pg.dir.join("tls").join("ca.pem").display().to_string(),
+            )],
+        }
+    }
 }
 
 fn is_root() -> bool {
@@ -144,6 +160,11 @@ impl LocalPostgres {
             dir,
             as_user,
         };
+        // TLS with a throwaway CA, as a production server would have it; the server key must
+        // be private to the server's user.
+        let tls = pg.dir.join("tls");
+        make_certificates(&tls)?;
+        pg.pg(Command::new("chmod").arg("600").arg(tls.join("server.key")))?;
         if let Some(user) = &pg.as_user {
             pg.pg(Command::new("chown").args(["-R", user]).arg(&pg.dir))?;
         }
@@ -162,8 +183,11 @@ impl LocalPostgres {
             "--no-sync",
         ]))?;
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-            pg.dir.display()
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            pg.dir.display(),
+            tls.join("server.pem").display(),
+            tls.join("server.key").display(),
         );
         pg.pg(pg
             .tool("pg_ctl")
@@ -467,8 +491,8 @@ fn make_certificates(dir: &Path) -> Result<()> {
     {
         apt_install(
             &["openssl"],
-            "openssl (to make the test broker's TLS certificates)",
-            "AMQP_URL",
+            "openssl (to make the test servers' TLS certificates)",
+            "DATABASE_URL and AMQP_URL",
         )?;
     }
     std::fs::create_dir_all(dir)?;

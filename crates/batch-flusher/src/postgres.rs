@@ -1,14 +1,13 @@
 //! [`PostgresCheckpoints`]: checkpoints shared by many instances, with an owner lease and
 //! compare-and-set, so that two instances never checkpoint the same shard.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
-use tokio_postgres::config::Host;
+use headwaters_ordering_core::pg::{PgConnection, PgError};
+use tokio::sync::MappedMutexGuard;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, Lease, check_table_name};
 
@@ -25,19 +24,21 @@ use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, Lease, che
 ///
 /// Table (created if missing): `shard TEXT PRIMARY KEY, position TEXT, owner TEXT,
 /// lease_until TIMESTAMPTZ, updated_at TIMESTAMPTZ`.
+///
+/// The connection is re-established by the next operation after it is lost. TLS (rustls)
+/// follows the URL's `sslmode` and `sslrootcert` as libpq does (see
+/// [`headwaters_ordering_core::pg`]).
 pub struct PostgresCheckpoints {
-    config: tokio_postgres::Config,
-    target: String,
+    pg: PgConnection,
     table: String,
     owner: String,
     lease_ms: i64,
-    client: Mutex<Option<Client>>,
 }
 
 impl std::fmt::Debug for PostgresCheckpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresCheckpoints")
-            .field("target", &self.target)
+            .field("target", &self.pg.target())
             .field("table", &self.table)
             .field("owner", &self.owner)
             .field("lease_ms", &self.lease_ms)
@@ -64,18 +65,11 @@ impl PostgresCheckpoints {
         table: &str,
     ) -> Result<Self, CheckpointError> {
         check_table_name(table)?;
-        let config =
-            tokio_postgres::Config::from_str(url).map_err(|e| CheckpointError::InvalidUrl {
-                reason: e.to_string(),
-            })?;
-        let target = describe(&config);
         let store = Self {
-            config,
-            target,
+            pg: PgConnection::new(url).map_err(pg_error)?,
             table: table.to_owned(),
             owner: owner.into(),
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
-            client: Mutex::new(None),
         };
         store
             .client()
@@ -101,32 +95,7 @@ impl PostgresCheckpoints {
 
     /// The live client, connecting first if there is none.
     async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, CheckpointError> {
-        let mut slot = self.client.lock().await;
-        if slot.as_ref().is_some_and(Client::is_closed) {
-            *slot = None;
-        }
-        if slot.is_none() {
-            let (client, connection) =
-                self.config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| CheckpointError::Connect {
-                        target: self.target.clone(),
-                        reason: e
-                            .as_db_error()
-                            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
-                    })?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "PostgreSQL checkpoint connection ended");
-                }
-            });
-            *slot = Some(client);
-        }
-        MutexGuard::try_map(slot, Option::as_mut).map_err(|_| CheckpointError::Connect {
-            target: self.target.clone(),
-            reason: "the connection closed".into(),
-        })
+        self.pg.client().await.map_err(pg_error)
     }
 
     /// Run one statement on the live client; the number of rows it changed.
@@ -178,19 +147,13 @@ impl PostgresCheckpoints {
     }
 }
 
-fn describe(config: &tokio_postgres::Config) -> String {
-    let host = config.get_hosts().first().map_or_else(
-        || "localhost".to_owned(),
-        |h| match h {
-            Host::Tcp(name) => name.clone(),
-            #[cfg(unix)]
-            Host::Unix(path) => path.display().to_string(),
+fn pg_error(e: PgError) -> CheckpointError {
+    match e {
+        PgError::Connect { target, reason } => CheckpointError::Connect { target, reason },
+        other => CheckpointError::InvalidUrl {
+            reason: other.to_string(),
         },
-    );
-    format!(
-        "{host}:{}",
-        config.get_ports().first().copied().unwrap_or(5432)
-    )
+    }
 }
 
 fn server_error(e: tokio_postgres::Error) -> CheckpointError {

@@ -99,6 +99,9 @@ pub mod backoff;
 pub mod handler;
 pub mod keepalive;
 pub mod message;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod pg;
 pub mod settle;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]

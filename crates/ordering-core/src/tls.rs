@@ -43,24 +43,7 @@ pub fn client_config(
     ca_pem: Option<&[u8]>,
     identity: Option<(&[u8], &[u8])>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(pem) = ca_pem {
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| TlsConfigError::CaPem(Arc::new(e)))?;
-            roots.add(cert).map_err(TlsConfigError::CaCertificate)?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(TlsConfigError::NoCaCertificate);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsConfigError::Protocols)?
-        .with_root_certificates(roots);
+    let builder = builder()?.with_root_certificates(roots(ca_pem)?);
     let config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
@@ -78,6 +61,37 @@ pub fn client_config(
         }
     };
     Ok(Arc::new(config))
+}
+
+/// The system's roots plus the certificates in `ca_pem`.
+pub(crate) fn roots(ca_pem: Option<&[u8]>) -> Result<rustls::RootCertStore, TlsConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(pem) = ca_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| TlsConfigError::CaPem(Arc::new(e)))?;
+            roots.add(cert).map_err(TlsConfigError::CaCertificate)?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(TlsConfigError::NoCaCertificate);
+        }
+    }
+    Ok(roots)
+}
+
+/// The crypto provider every configuration uses.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A configuration builder with the provider and the safe protocol versions.
+pub(crate) fn builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, TlsConfigError> {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsConfigError::Protocols)
 }
 
 #[cfg(test)]

@@ -1,13 +1,10 @@
 //! [`PostgresStore`]: status in PostgreSQL, in a table compatible with EventStreamex.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use headwaters_ordering_core::Timestamp;
-use tokio::sync::Mutex;
-use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls};
+use headwaters_ordering_core::pg::{PgConnection, PgError};
 
 use crate::error::check_table_name;
 use crate::store::{Item, StatusStore};
@@ -20,20 +17,20 @@ use crate::{DEFAULT_TABLE, Error};
 /// `updated_at TIMESTAMP NOT NULL`. Unlike EventStreamex, the upsert keeps the greater
 /// timestamp (`GREATEST`), so a late, older event never moves an entity backwards.
 ///
-/// The connection is re-established by the next operation after it is lost. Connections are
-/// plain TCP (use a local socket or a trusted network; TLS is not wired up yet).
+/// The connection is re-established by the next operation after it is lost. TLS (rustls)
+/// follows the URL's `sslmode` and `sslrootcert` as libpq does — `prefer` by default; use
+/// `verify-full` to check the server's certificate (see
+/// [`headwaters_ordering_core::pg`]).
 pub struct PostgresStore {
-    config: tokio_postgres::Config,
-    target: String,
+    pg: PgConnection,
     table: Arc<str>,
-    client: Mutex<Option<Client>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the config: it holds the password.
         f.debug_struct("PostgresStore")
-            .field("target", &self.target)
+            .field("target", &self.pg.target())
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
@@ -49,19 +46,15 @@ impl PostgresStore {
     /// Connect and use `table`.
     pub async fn connect_with(url: &str, table: &str) -> Result<Self, Error> {
         check_table_name(table)?;
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| Error::InvalidUrl {
-            reason: e.to_string(),
-        })?;
-        let target = describe(&config);
         let store = Self {
-            config,
-            target,
+            pg: PgConnection::new(url).map_err(pg_error)?,
             table: Arc::from(table),
-            client: Mutex::new(None),
         };
-        let mut guard = store.client.lock().await;
-        let client = store.connected(&mut guard).await?;
-        client
+        store
+            .pg
+            .client()
+            .await
+            .map_err(pg_error)?
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {table} (
                     entity VARCHAR(255) NOT NULL PRIMARY KEY,
@@ -71,48 +64,17 @@ impl PostgresStore {
             ))
             .await
             .map_err(server_error)?;
-        drop(guard);
         Ok(store)
-    }
-
-    /// The live client, connecting first if there is none.
-    async fn connected<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a Client, Error> {
-        if slot.as_ref().is_some_and(Client::is_closed) {
-            *slot = None;
-        }
-        if slot.is_none() {
-            let (client, connection) =
-                self.config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| Error::Connect {
-                        target: self.target.clone(),
-                        reason: e
-                            .as_db_error()
-                            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
-                    })?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "PostgreSQL status connection ended");
-                }
-            });
-            *slot = Some(client);
-        }
-        slot.as_ref().ok_or(Error::WriterStopped)
     }
 }
 
-fn describe(config: &tokio_postgres::Config) -> String {
-    let host = config.get_hosts().first().map_or_else(
-        || "localhost".to_owned(),
-        |h| match h {
-            Host::Tcp(name) => name.clone(),
-            #[cfg(unix)]
-            Host::Unix(path) => path.display().to_string(),
+fn pg_error(e: PgError) -> Error {
+    match e {
+        PgError::Connect { target, reason } => Error::Connect { target, reason },
+        other => Error::InvalidUrl {
+            reason: other.to_string(),
         },
-    );
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}")
+    }
 }
 
 fn server_error(e: tokio_postgres::Error) -> Error {
@@ -142,8 +104,7 @@ impl StatusStore for PostgresStore {
                timestamp = GREATEST(old.timestamp, EXCLUDED.timestamp),
                updated_at = NOW()"
         );
-        let mut guard = self.client.lock().await;
-        let client = self.connected(&mut guard).await?;
+        let client = self.pg.client().await.map_err(pg_error)?;
         client
             .execute(&sql, &[&entities, &stamps])
             .await
@@ -153,8 +114,7 @@ impl StatusStore for PostgresStore {
 
     async fn load(&self) -> Result<Vec<Item>, Error> {
         let table = &self.table;
-        let mut guard = self.client.lock().await;
-        let client = self.connected(&mut guard).await?;
+        let client = self.pg.client().await.map_err(pg_error)?;
         let rows = client
             .query(
                 &format!("SELECT entity, timestamp FROM {table} ORDER BY updated_at"),
@@ -173,8 +133,7 @@ impl StatusStore for PostgresStore {
 
     async fn reset(&self) -> Result<(), Error> {
         let table = &self.table;
-        let mut guard = self.client.lock().await;
-        let client = self.connected(&mut guard).await?;
+        let client = self.pg.client().await.map_err(pg_error)?;
         client
             .execute(&format!("DELETE FROM {table}"), &[])
             .await

@@ -164,3 +164,88 @@ fn reader_url(url: &str) -> String {
     let rest = url.split_once('@').map_or(url, |(_, r)| r);
     format!("postgres://hw_reader:hw_reader@{rest}")
 }
+
+/// `DATABASE_URL` with these libpq parameters added.
+fn url_with(params: &str) -> String {
+    let url = database_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// The CA of the throwaway server `cargo xtask integration` starts with TLS on.
+fn server_ca() -> String {
+    std::env::var("HEADWATERS_PG_CA").expect(
+        "HEADWATERS_PG_CA is not set: the TLS tests need the CA of a server with ssl=on, which `cargo xtask integration` starts",
+    )
+}
+
+/// Whether the connection `url` makes is encrypted, as the server sees it.
+async fn encrypted(url: &str) -> Result<bool, headwaters_ordering_core::pg::PgError> {
+    let pg = headwaters_ordering_core::pg::PgConnection::new(url)?;
+    let client = pg.client().await?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL with TLS: cargo xtask integration"]
+async fn pg_tls_follows_the_urls_sslmode_as_libpq_does() {
+    let ca = server_ca();
+    for (params, tls) in [
+        ("sslmode=disable".to_owned(), false),
+        ("sslmode=prefer".to_owned(), true),
+        ("sslmode=require".to_owned(), true),
+        (format!("sslmode=verify-ca&sslrootcert={ca}"), true),
+        (format!("sslmode=verify-full&sslrootcert={ca}"), true),
+    ] {
+        assert_eq!(
+            encrypted(&url_with(&params)).await.unwrap(),
+            tls,
+            "{params}"
+        );
+    }
+    assert!(
+        encrypted(&database_url()).await.unwrap(),
+        "the default (prefer) encrypts when the server offers TLS"
+    );
+    // The store itself, over a verified connection.
+    let url = url_with(&format!("sslmode=verify-full&sslrootcert={ca}"));
+    let store = PostgresStore::connect_with(&url, "hw_it_tls")
+        .await
+        .unwrap();
+    store.reset().await.unwrap();
+    store
+        .item_processed("tls", Timestamp::from_micros(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load().await.unwrap(),
+        [("tls".to_owned(), Timestamp::from_micros(7))]
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL with TLS: cargo xtask integration"]
+async fn pg_tls_refuses_a_server_certificate_its_ca_did_not_sign() {
+    let other = rcgen::generate_simple_self_signed(vec!["other-ca".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other-ca.pem");
+    std::fs::write(&path, other.cert.pem()).unwrap();
+    for mode in ["verify-ca", "verify-full", "require"] {
+        let url = url_with(&format!("sslmode={mode}&sslrootcert={}", path.display()));
+        let err = encrypted(&url).await.unwrap_err();
+        assert!(
+            matches!(err, headwaters_ordering_core::pg::PgError::Connect { .. }),
+            "{mode}: {err}"
+        );
+        assert!(err.to_string().contains("certificate"), "{mode}: {err}");
+        let store = PostgresStore::connect(&url).await.unwrap_err();
+        assert!(matches!(store, Error::Connect { .. }), "{store}");
+    }
+}
