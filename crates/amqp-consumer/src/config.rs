@@ -258,11 +258,21 @@ impl AmqpConfig {
         self
     }
 
-    /// Set the reconnect backoff.
-    pub fn with_reconnect(mut self, min: Duration, max: Duration) -> Self {
+    /// Set the reconnect backoff: the first delay (with jitter), doubled up to `max` — the
+    /// same name and meaning as in the Pulsar and EventStore clients.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min;
         self.reconnect_max = max.max(min);
         self
+    }
+
+    /// The old name of [`with_backoff`](Self::with_backoff).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `with_backoff`, as in the other transports"
+    )]
+    pub fn with_reconnect(self, min: Duration, max: Duration) -> Self {
+        self.with_backoff(min, max)
     }
 
     /// Bound every connection attempt (see [`AmqpConfig::connect_timeout`]).

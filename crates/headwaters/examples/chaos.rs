@@ -563,7 +563,7 @@ async fn amqp(url: &str, args: &Args, stop: &Arc<AtomicBool>) -> anyhow::Result<
     let config = AmqpConfig::new(via_proxy)
         .with_prefix(format!("hw_chaos_{}_", std::process::id()))
         .with_total_count(4)
-        .with_reconnect(Duration::from_millis(100), Duration::from_secs(1));
+        .with_backoff(Duration::from_millis(100), Duration::from_secs(1));
     let consumer = AmqpConsumer::start(
         config.clone(),
         Check(Arc::clone(&ledger)),

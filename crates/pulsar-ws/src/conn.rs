@@ -356,7 +356,7 @@ pub(crate) async fn reconnect(
     }
 }
 
-/// The keepalive of a socket opened now: a ping after `ping_interval` of silence, given up
+/// The keepalive of a socket opened now: a ping every `ping_interval`, the socket given up
 /// `pong_timeout` after an unanswered ping.
 pub(crate) fn keepalive(config: &ClientConfig) -> Keepalive {
     Keepalive::new(config.ping_interval, config.pong_timeout, now())

@@ -29,7 +29,7 @@ async fn broker_restart_loses_nothing_and_keeps_order() {
     let defaults = AmqpConfig::default();
     let cfg = config("restart", 8)
         .with_publish_wait(Duration::from_secs(30))
-        .with_reconnect(defaults.reconnect_min, defaults.reconnect_max);
+        .with_backoff(defaults.reconnect_min, defaults.reconnect_max);
     let producer = Producer::connect(cfg.clone()).await.unwrap();
     let recorder = Arc::new(Recorder::default());
     let consumer = Consumer::start(cfg, Recording(Arc::clone(&recorder)), Config::default())

@@ -62,7 +62,7 @@ async fn a_consumer_resumes_by_itself_after_a_proxy_froze_and_thawed() {
     via_proxy.url = format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr());
     let via_proxy = via_proxy
         .with_connect_timeout(Duration::from_millis(500))
-        .with_reconnect(Duration::from_millis(50), Duration::from_millis(200));
+        .with_backoff(Duration::from_millis(50), Duration::from_millis(200));
     let recorder = Arc::new(Recorder::default());
     let consumer = Consumer::start(
         via_proxy,

@@ -17,7 +17,7 @@ pub(crate) fn config(test: &str, total: u32) -> AmqpConfig {
     AmqpConfig::new(amqp_url())
         .with_prefix(format!("hw_{test}_{}_", std::process::id()))
         .with_total_count(total)
-        .with_reconnect(Duration::from_millis(100), Duration::from_secs(1))
+        .with_backoff(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 /// Payload `key:seq`.
