@@ -273,31 +273,41 @@ fn client_config(
     root_pem: Option<&[u8]>,
 ) -> Result<rustls::ClientConfig, TlsConfigError> {
     let builder = tls::builder()?;
+    let chain = || -> Result<_, TlsConfigError> {
+        WebPkiServerVerifier::builder_with_provider(
+            Arc::new(tls::roots(root_pem)?),
+            tls::provider(),
+        )
+        .build()
+        .map_err(|e| TlsConfigError::CaCertificate(rustls::Error::General(e.to_string())))
+    };
     let config = match check {
         Check::ChainAndHost => builder.with_root_certificates(tls::roots(root_pem)?),
-        Check::Chain => {
-            let verifier = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(tls::roots(root_pem)?),
-                tls::provider(),
-            )
-            .build()
-            .map_err(|e| TlsConfigError::CaCertificate(rustls::Error::General(e.to_string())))?;
+        Check::Chain | Check::Nothing => {
+            let verifier = Libpq {
+                provider: tls::provider(),
+                chain: (check == Check::Chain).then(chain).transpose()?,
+            };
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyHost(verifier)))
+                .with_custom_certificate_verifier(Arc::new(verifier))
         }
-        Check::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(tls::provider()))),
     };
     Ok(config.with_no_client_auth())
 }
 
-/// `verify-ca`: the chain must be valid; the name in it is not checked.
+/// libpq's weaker checks: `verify-ca` (the chain must be valid, the name in it is not
+/// checked) and `prefer` / `require` without a root certificate (the certificate is not
+/// checked at all: encryption without knowing who the server is). The handshake's
+/// signatures are verified either way.
 #[derive(Debug)]
-struct AnyHost(Arc<WebPkiServerVerifier>);
+struct Libpq {
+    provider: Arc<CryptoProvider>,
+    /// `None`: any certificate.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+}
 
-impl ServerCertVerifier for AnyHost {
+impl ServerCertVerifier for Libpq {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -306,10 +316,10 @@ impl ServerCertVerifier for AnyHost {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -323,7 +333,8 @@ impl ServerCertVerifier for AnyHost {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -332,61 +343,14 @@ impl ServerCertVerifier for AnyHost {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` / `require`: encryption without checking who the server is, as libpq does. The
-/// handshake's signatures are still verified.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

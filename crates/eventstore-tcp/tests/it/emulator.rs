@@ -740,6 +740,24 @@ async fn a_slow_catch_up_consumer_falls_back_to_paging_without_loss() {
     }
 }
 
+/// A group on `stream` from its beginning with links resolved, joined with 50 in flight.
+async fn resolving_group(
+    c: &Connection,
+    stream: &str,
+    group: &str,
+) -> headwaters_eventstore_tcp::PersistentSubscription {
+    use headwaters_eventstore_tcp::{PersistentSettings, StartFrom};
+    let settings = PersistentSettings::default()
+        .with_start_from(StartFrom::Beginning)
+        .with_resolve_link_tos(true);
+    c.create_persistent_subscription(stream, group, &settings)
+        .await
+        .unwrap();
+    c.connect_to_persistent_subscription(stream, group, 50)
+        .await
+        .unwrap()
+}
+
 #[derive(Clone)]
 struct PerStream(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u32>>>>);
 
@@ -784,7 +802,6 @@ impl headwaters_ordering_core::Handler for PerStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_processing_keeps_each_streams_order_and_acks() {
-    use headwaters_eventstore_tcp::{PersistentSettings, StartFrom};
     let (_e, c) = setup().await;
     // Ten streams, interleaved, all linked into one stream a group reads with links resolved.
     for i in 0..200u32 {
@@ -807,19 +824,7 @@ async fn ordered_processing_keeps_each_streams_order_and_acks() {
     c.append_to_stream("$ce-account", ExpectedVersion::Any, &links)
         .await
         .unwrap();
-    c.create_persistent_subscription(
-        "$ce-account",
-        "ordered",
-        &PersistentSettings::default()
-            .with_start_from(StartFrom::Beginning)
-            .with_resolve_link_tos(true),
-    )
-    .await
-    .unwrap();
-    let sub = c
-        .connect_to_persistent_subscription("$ce-account", "ordered", 50)
-        .await
-        .unwrap();
+    let sub = resolving_group(&c, "$ce-account", "ordered").await;
     let seen = PerStream(std::sync::Arc::default());
     let run = tokio::spawn(headwaters_eventstore_tcp::ordered::run_ordered(
         sub,
@@ -1072,25 +1077,12 @@ async fn link(c: &Connection, into: &str, stream: &str, numbers: std::ops::Range
 /// fresh handler — not 0, 1, 2, 3, 4 from the lost connection and then everything again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_drops_what_a_lost_connection_delivered_and_the_group_redelivers() {
-    use headwaters_eventstore_tcp::{PersistentSettings, StartFrom};
     let (e, c) = setup().await;
     c.append_to_stream("acct", ExpectedVersion::Any, &events(0..5))
         .await
         .unwrap();
     link(&c, "mix", "acct", 0..5).await;
-    c.create_persistent_subscription(
-        "mix",
-        "g",
-        &PersistentSettings::default()
-            .with_start_from(StartFrom::Beginning)
-            .with_resolve_link_tos(true),
-    )
-    .await
-    .unwrap();
-    let sub = c
-        .connect_to_persistent_subscription("mix", "g", 50)
-        .await
-        .unwrap();
+    let sub = resolving_group(&c, "mix", "g").await;
     let handler = Gated::default();
     let run = tokio::spawn(headwaters_eventstore_tcp::ordered::run_ordered(
         sub,

@@ -770,16 +770,23 @@ impl ordering::Handler for Ordered {
     async fn handle_signal(&self, (): (), _: &mut String) {}
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ordered_mode_keeps_per_key_order_over_a_key_shared_group() {
-    let (e, config) = emulator().await;
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let mut runs = Vec::new();
+type OrderedRun = tokio::task::JoinHandle<Result<ordering::ShutdownReport, Error>>;
+
+/// Two Key_Shared consumers of subscription `s` on `name`, each running `handler` ordered.
+async fn ordered_group<H>(
+    config: &ClientConfig,
+    name: &str,
+    handler: &H,
+) -> (Vec<headwaters_pulsar_ws::ConsumerHandle>, Vec<OrderedRun>)
+where
+    H: ordering::Handler + Clone,
+{
     let mut handles = Vec::new();
+    let mut runs = Vec::new();
     for _ in 0..2 {
         let c = Consumer::subscribe(
-            &config,
-            topic("ord"),
+            config,
+            topic(name),
             "s",
             consumer_options(SubscriptionType::KeyShared),
         )
@@ -788,12 +795,20 @@ async fn ordered_mode_keeps_per_key_order_over_a_key_shared_group() {
         handles.push(c.handle());
         runs.push(tokio::spawn(headwaters_pulsar_ws::run_ordered(
             c,
-            Ordered(seen.clone()),
+            handler.clone(),
             ordering::Config::default(),
             Duration::from_secs(5),
             OnDiscard::Acknowledge,
         )));
     }
+    (handles, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_mode_keeps_per_key_order_over_a_key_shared_group() {
+    let (e, config) = emulator().await;
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let (handles, runs) = ordered_group(&config, "ord", &Ordered(seen.clone())).await;
     let producer = connect_producer(&config, "ord").await;
     for i in 0..1000u32 {
         let _receipt = producer
@@ -883,26 +898,7 @@ async fn ordered_key_shared_through_drops() {
     let (e, config) = emulator().await;
     let config = config.with_backoff(Duration::from_millis(5), Duration::from_millis(50));
     let checker = Checkpointed::default();
-    let mut runs = Vec::new();
-    let mut handles = Vec::new();
-    for _ in 0..2 {
-        let c = Consumer::subscribe(
-            &config,
-            topic("ord-drop"),
-            "s",
-            consumer_options(SubscriptionType::KeyShared),
-        )
-        .await
-        .unwrap();
-        handles.push(c.handle());
-        runs.push(tokio::spawn(headwaters_pulsar_ws::run_ordered(
-            c,
-            checker.clone(),
-            ordering::Config::default(),
-            Duration::from_secs(5),
-            OnDiscard::Acknowledge,
-        )));
-    }
+    let (handles, runs) = ordered_group(&config, "ord-drop", &checker).await;
     let (keys, per_key) = (25u32, 80u32);
     let producer = connect_producer(&config, "ord-drop").await;
     let mut receipts = Vec::new();
