@@ -127,6 +127,12 @@ pub fn to_ordering_message(m: &Message) -> ordering::Message {
 /// group — so the messages of that connection not yet started are dropped here (the
 /// redelivery brings them back in order), and a handler state they fed ends before its key's
 /// next message ([`TerminateReason::EpochLost`](ordering::TerminateReason::EpochLost)).
+///
+/// Keys also move between the consumers of a Key_Shared group when another consumer joins or
+/// leaves; the broker keeps each key's order through that (it waits until the old consumer
+/// acknowledged what it holds), but this consumer is not told. A handler state kept only in
+/// memory may then be behind when the key comes back: let `init` read your checkpoint, or
+/// keep the idle timeout short.
 pub async fn run_ordered<H>(
     consumer: Consumer,
     handler: H,
