@@ -10,7 +10,7 @@
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
 //! | `chaos [--minutes N]`   | the chaos soak (`examples/chaos.rs`, release) against a throwaway RabbitMQ and the emulators |
-//! | `ci`                    | fmt, clippy, each crate without default features, `test`, a 1-minute chaos soak, docs, the demo, `cargo package` checks |
+//! | `ci`                    | fmt, clippy, each crate without default features and the facade per feature, `test`, a 1-minute chaos soak, docs, the demo, `cargo package` checks |
 
 mod emulators;
 mod servers;
@@ -262,12 +262,32 @@ const CRATES: [&str; 9] = [
     "headwaters",
 ];
 
+/// The facade's features, each checked alone: a user who picks one gets a build.
+const FACADE_FEATURES: [&str; 7] = [
+    "ordering",
+    "status",
+    "flusher",
+    "amqp",
+    "pulsar",
+    "eventstore",
+    "kinesis",
+];
+
 fn feature_checks() -> Result<()> {
-    for krate in CRATES {
-        let shown = format!("cargo check -p {krate} --no-default-features --locked");
+    let alone = CRATES.iter().map(|krate| vec!["-p", krate]);
+    let facade = FACADE_FEATURES
+        .iter()
+        .map(|feature| vec!["-p", "headwaters", "--features", feature]);
+    for args in alone.chain(facade) {
+        let shown = format!(
+            "cargo check {} --no-default-features --locked",
+            args.join(" ")
+        );
         println!("$ {shown}");
         let out = cargo()
-            .args(["check", "-p", krate, "--no-default-features", "--locked"])
+            .arg("check")
+            .args(&args)
+            .args(["--no-default-features", "--locked"])
             .output()
             .with_context(|| format!("cannot start {shown}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -393,7 +413,9 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    step("each crate without its default features (no errors, no warnings)");
+    step(
+        "each crate without its default features, and the facade with each feature alone (no errors, no warnings)",
+    );
     feature_checks()?;
     step("test");
     test()?;
