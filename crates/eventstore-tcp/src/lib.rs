@@ -27,7 +27,7 @@
 //!
 //! Operations: append with an expected version, read one event, read a stream or `$all`
 //! forward and backward, soft and hard delete, transactions ([`Transaction`]), typed stream
-//! metadata ([`StreamMetadata`]). Subscriptions: volatile ([`Connection::subscribe_to`], a
+//! metadata ([`StreamMetadata`]). Subscriptions: volatile ([`Connection::subscribe_to_stream`] / [`Connection::subscribe_to_all`], a
 //! stream or `$all`, re-subscribed after a reconnect with an explicit
 //! `Dropped(ConnectionLost)`, [`Subscription::resubscribe`] for fanout), catch-up
 //! ([`Connection::subscribe_to_stream_from`], [`Connection::subscribe_to_all_from`]: history
@@ -117,6 +117,6 @@ pub use subscription::{
 #[cfg(feature = "client")]
 pub use transaction::Transaction;
 pub use types::{
-    AllSlice, EventData, ExpectedVersion, ParsePositionError, Position, ReadDirection,
+    AllSlice, DeleteMode, EventData, ExpectedVersion, ParsePositionError, Position, ReadDirection,
     RecordedEvent, ResolvedEvent, StreamSlice, WriteResult,
 };

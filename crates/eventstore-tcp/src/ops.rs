@@ -8,8 +8,8 @@ use crate::connection::Connection;
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::types::{
-    AllSlice, EventData, ExpectedVersion, Position, ReadDirection, ResolvedEvent, StreamSlice,
-    WriteResult,
+    AllSlice, DeleteMode, EventData, ExpectedVersion, Position, ReadDirection, ResolvedEvent,
+    StreamSlice, WriteResult,
 };
 use crate::wire::{self, OperationResult};
 
@@ -231,19 +231,19 @@ impl Connection {
         }
     }
 
-    /// Delete a stream: soft (it can be written again, numbers continue) or hard (a
-    /// tombstone: gone for good).
+    /// Delete a stream: [`DeleteMode::Soft`] (it can be written again, numbers continue) or
+    /// [`DeleteMode::Hard`] (a tombstone: gone for good).
     pub async fn delete_stream(
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        hard: bool,
+        mode: DeleteMode,
     ) -> Result<(), Error> {
         let request = wire::DeleteStream {
             event_stream_id: stream.to_owned(),
             expected_version: expected.wire(),
             require_master: true,
-            hard_delete: Some(hard),
+            hard_delete: Some(mode == DeleteMode::Hard),
         };
         let frame = self
             .request(Command::DeleteStream, request.encode_to_vec())

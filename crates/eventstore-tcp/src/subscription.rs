@@ -142,8 +142,24 @@ pub(crate) fn ending(frame: &Frame) -> Option<DropReason> {
 }
 
 impl Connection {
-    /// Subscribe to `stream` (`None` = `$all`), live.
-    pub async fn subscribe_to(
+    /// Subscribe to `stream`, live (events from now on; for history first, see
+    /// [`subscribe_to_stream_from`](Self::subscribe_to_stream_from)).
+    pub async fn subscribe_to_stream(
+        &self,
+        stream: &str,
+        resolve_links: bool,
+    ) -> Result<Subscription, Error> {
+        self.subscribe_to(Some(stream), resolve_links).await
+    }
+
+    /// Subscribe to `$all`, live (see
+    /// [`subscribe_to_all_from`](Self::subscribe_to_all_from) for history first).
+    pub async fn subscribe_to_all(&self, resolve_links: bool) -> Result<Subscription, Error> {
+        self.subscribe_to(None, resolve_links).await
+    }
+
+    /// Subscribe to `stream` (`None`: `$all`), live.
+    pub(crate) async fn subscribe_to(
         &self,
         stream: Option<&str>,
         resolve_links: bool,

@@ -230,6 +230,17 @@ impl ResolvedEvent {
     }
 }
 
+/// How [`Connection::delete_stream`](crate::Connection::delete_stream) deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteMode {
+    /// The stream's events are hidden (`$tb` in its metadata); it can be written again and
+    /// its numbers continue.
+    Soft,
+    /// A tombstone: the stream is gone for good, and writing to it fails with
+    /// `StreamDeleted`.
+    Hard,
+}
+
 /// Which way to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadDirection {

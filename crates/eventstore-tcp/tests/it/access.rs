@@ -4,8 +4,8 @@
 //! positions that never start at 0/0.
 
 use headwaters_eventstore_tcp::{
-    Connection, DropReason, Error, ExpectedVersion, PersistentSettings, Position, ReadDirection,
-    Settings, StreamAcl, StreamMetadata, SubscriptionEvent,
+    Connection, DeleteMode, DropReason, Error, ExpectedVersion, PersistentSettings, Position,
+    ReadDirection, Settings, StreamAcl, StreamMetadata, SubscriptionEvent,
 };
 use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator, User};
 
@@ -83,14 +83,15 @@ async fn a_stream_acl_refuses_anonymous_and_other_users_before_anything_else() {
             &format!("{who} writes"),
         );
         denied(
-            c.delete_stream("ledger", ExpectedVersion::Any, false).await,
+            c.delete_stream("ledger", ExpectedVersion::Any, DeleteMode::Soft)
+                .await,
             &format!("{who} deletes"),
         );
         denied(
             c.start_transaction("ledger", ExpectedVersion::Any).await,
             &format!("{who} starts a transaction"),
         );
-        let mut sub = c.subscribe_to(Some("ledger"), false).await.unwrap();
+        let mut sub = c.subscribe_to_stream("ledger", false).await.unwrap();
         let first = crate::emulator::next_event(&mut sub).await;
         assert!(
             matches!(
@@ -129,13 +130,13 @@ async fn a_stream_acl_refuses_anonymous_and_other_users_before_anything_else() {
     );
     denied(
         reader
-            .delete_stream("ledger", ExpectedVersion::Any, false)
+            .delete_stream("ledger", ExpectedVersion::Any, DeleteMode::Soft)
             .await,
         "the reader deletes (only $admins may)",
     );
     assert_eq!(e.stream("ledger").len(), 4, "nothing denied was written");
     admin
-        .delete_stream("ledger", ExpectedVersion::Any, true)
+        .delete_stream("ledger", ExpectedVersion::Any, DeleteMode::Hard)
         .await
         .unwrap();
 }
@@ -181,7 +182,7 @@ async fn all_and_system_streams_are_for_admins_and_settings_set_the_defaults() {
             .await,
         "anonymous reads $all",
     );
-    let mut all = reader.subscribe_to(None, false).await.unwrap();
+    let mut all = reader.subscribe_to_all(false).await.unwrap();
     assert!(matches!(
         crate::emulator::next_event(&mut all).await,
         Some(SubscriptionEvent::Dropped(DropReason::AccessDenied))
@@ -296,7 +297,7 @@ async fn the_servers_edges() {
 
     // A hard delete takes the metadata with it.
     admin
-        .delete_stream("edge", ExpectedVersion::Any, true)
+        .delete_stream("edge", ExpectedVersion::Any, DeleteMode::Hard)
         .await
         .unwrap();
     let meta = admin.get_stream_metadata("edge").await.unwrap();

@@ -10,7 +10,7 @@ use headwaters_batch_flusher::{
     Schedule, Token,
 };
 use headwaters_eventstore_tcp::{
-    Connection, EventData, EventStoreSource, ExpectedVersion, ResolvedEvent, Settings,
+    Connection, DeleteMode, EventData, EventStoreSource, ExpectedVersion, ResolvedEvent, Settings,
 };
 use headwaters_testkit::eventstore::EventStoreEmulator;
 use headwaters_testkit::eventually;
@@ -120,7 +120,7 @@ async fn streams_feed_a_batch_processor_and_resume_from_the_checkpoint() {
     assert_eq!(numbers, (120..130).collect::<Vec<u64>>());
 
     // A hard delete ends the shard, with everything flushed and checkpointed.
-    c.delete_stream("a", ExpectedVersion::Any, true)
+    c.delete_stream("a", ExpectedVersion::Any, DeleteMode::Hard)
         .await
         .unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), second.wait())

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use headwaters_eventstore_tcp::{
-    Connection, Error, EventData, EventRead, ExpectedVersion, Position, ReadDirection, Settings,
+    Connection, DeleteMode, Error, EventData, EventRead, ExpectedVersion, Position, ReadDirection,
+    Settings,
 };
 use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator, NotHandledReason};
 use headwaters_testkit::eventually;
@@ -131,7 +132,7 @@ async fn append_read_and_delete_follow_the_servers_rules() {
         Err(Error::Config(_))
     ));
 
-    c.delete_stream("orders", ExpectedVersion::Exact(5), true)
+    c.delete_stream("orders", ExpectedVersion::Exact(5), DeleteMode::Hard)
         .await
         .unwrap();
     assert!(matches!(
@@ -315,8 +316,8 @@ async fn volatile_subscriptions_see_live_events_and_unsubscribe() {
     c.append_to_stream("live", ExpectedVersion::Any, &events(0..2))
         .await
         .unwrap();
-    let mut sub = c.subscribe_to(Some("live"), false).await.unwrap();
-    let mut all = c.subscribe_to(None, false).await.unwrap();
+    let mut sub = c.subscribe_to_stream("live", false).await.unwrap();
+    let mut all = c.subscribe_to_all(false).await.unwrap();
     assert!(matches!(
         next_event(&mut sub).await,
         Some(SubscriptionEvent::Confirmed {
@@ -436,7 +437,7 @@ async fn catch_up_switches_to_live_without_gap_or_duplicate_even_across_reconnec
     assert_eq!(rest, [195, 196, 197, 198, 199]);
 
     // A hard delete ends a catch-up subscription explicitly.
-    c.delete_stream("cu", ExpectedVersion::Any, true)
+    c.delete_stream("cu", ExpectedVersion::Any, DeleteMode::Hard)
         .await
         .unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), from_five.next())
@@ -890,7 +891,7 @@ async fn a_volatile_subscription_is_restored_after_a_reconnect() {
     use headwaters_eventstore_tcp::{DropReason, SubscriptionEvent};
 
     let (e, c) = setup().await;
-    let mut sub = c.subscribe_to(Some("vol"), false).await.unwrap();
+    let mut sub = c.subscribe_to_stream("vol", false).await.unwrap();
     assert!(matches!(
         next_event(&mut sub).await,
         Some(SubscriptionEvent::Confirmed { .. })
