@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use headwaters_eventstore_tcp::{
     Command, Connection, Credentials, EventData, ExpectedVersion, Frame, FrameDecoder,
-    ReadDirection, Settings,
+    ReadDirection, Settings, StreamPosition,
 };
 use headwaters_testkit::eventstore::EventStoreEmulator;
 
@@ -90,17 +90,17 @@ fn main() {
         }
         let write = started.elapsed();
         let started = Instant::now();
-        let (mut from, mut read) = (0i64, 0u64);
+        let (mut from, mut read) = (StreamPosition::START, 0u64);
         loop {
             let slice = connection
                 .read_stream("bench", from, 4096, ReadDirection::Forward, false)
                 .await
                 .unwrap();
             read += slice.events.len() as u64;
-            from = slice.next_event_number;
             if slice.is_end_of_stream {
                 break;
             }
+            from = slice.next_position().expect("a forward page names the next");
         }
         let reading = started.elapsed();
         assert_eq!(read, appends * 100);

@@ -118,5 +118,5 @@ pub use subscription::{
 pub use transaction::Transaction;
 pub use types::{
     AllSlice, DeleteMode, EventData, ExpectedVersion, ParsePositionError, Position, ReadDirection,
-    RecordedEvent, ResolvedEvent, StreamSlice, WriteResult,
+    RecordedEvent, ResolvedEvent, StreamPosition, StreamSlice, WriteResult,
 };

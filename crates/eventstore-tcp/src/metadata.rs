@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::ops::EventRead;
-use crate::types::{EventData, ExpectedVersion, WriteResult};
+use crate::types::{EventData, ExpectedVersion, StreamPosition, WriteResult};
 
 /// Who may do what with a stream (`$acl`): user or role names per right.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -234,7 +234,10 @@ impl Connection {
             meta_version,
             metadata,
         };
-        match self.read_event(&metadata_stream(stream), -1, false).await? {
+        match self
+            .read_event(&metadata_stream(stream), StreamPosition::End, false)
+            .await?
+        {
             EventRead::Found(e) => {
                 let record = e
                     .original()

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::frame::Frame;
 use crate::types::{
     AllSlice, DeleteMode, EventData, ExpectedVersion, Position, ReadDirection, ResolvedEvent,
-    StreamSlice, WriteResult,
+    StreamPosition, StreamSlice, WriteResult,
 };
 use crate::wire::{self, OperationResult};
 
@@ -97,16 +97,16 @@ impl Connection {
         }
     }
 
-    /// Read one event (`-1` reads the last one).
+    /// Read one event (`StreamPosition::End`: the last one).
     pub async fn read_event(
         &self,
         stream: &str,
-        event_number: i64,
+        event: impl Into<StreamPosition>,
         resolve_links: bool,
     ) -> Result<EventRead, Error> {
         let request = wire::ReadEvent {
             event_stream_id: stream.to_owned(),
-            event_number,
+            event_number: event.into().wire(),
             resolve_link_tos: resolve_links,
             require_master: self.settings().reads_require_leader(),
         };
@@ -127,17 +127,18 @@ impl Connection {
         }
     }
 
-    /// Read up to `count` (≤ 4096) events of a stream from `from` (backward: `-1` = the
-    /// end). A stream that does not exist reads as an empty slice at its end; a deleted one
-    /// is [`Error::StreamDeleted`].
+    /// Read up to `count` (≤ 4096) events of a stream from `from` (backward from the newest:
+    /// `StreamPosition::End`). A stream that does not exist reads as an empty slice at its
+    /// end; a deleted one is [`Error::StreamDeleted`].
     pub async fn read_stream(
         &self,
         stream: &str,
-        from: i64,
+        from: impl Into<StreamPosition>,
         count: u32,
         direction: ReadDirection,
         resolve_links: bool,
     ) -> Result<StreamSlice, Error> {
+        let from = from.into().wire();
         let request = wire::ReadStreamEvents {
             event_stream_id: stream.to_owned(),
             from_event_number: from,

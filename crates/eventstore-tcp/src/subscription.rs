@@ -249,7 +249,7 @@ impl Connection {
         let settings = settings.into();
         let cursor = StreamCursor {
             stream: stream.to_owned(),
-            next: last_processed.map_or(0, |n| n as i64 + 1),
+            next: last_processed.map_or(0, |n| n + 1),
             resolve: settings.resolve_link_tos,
         };
         CatchUp::spawn(self.clone(), cursor, settings)
@@ -429,7 +429,7 @@ trait Cursor: Send + 'static {
 struct StreamCursor {
     stream: String,
     /// The first event number not delivered.
-    next: i64,
+    next: u64,
     resolve: bool,
 }
 
@@ -461,8 +461,8 @@ impl Cursor for StreamCursor {
 
     fn advance(&mut self, event: &ResolvedEvent) -> bool {
         match event.original_event_number() {
-            Some(n) if n as i64 >= self.next => {
-                self.next = n as i64 + 1;
+            Some(n) if n >= self.next => {
+                self.next = n + 1;
                 true
             }
             _ => false,

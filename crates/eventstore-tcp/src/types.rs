@@ -230,6 +230,37 @@ impl ResolvedEvent {
     }
 }
 
+/// Where a stream read starts: an event number, or the stream's last event (the wire's
+/// `-1`). A `u64` converts: `read_stream("orders", 0, …)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPosition {
+    /// The event with this number.
+    Event(u64),
+    /// The stream's last event: where a backward read or [`read_event`] of the newest starts.
+    ///
+    /// [`read_event`]: crate::Connection::read_event
+    End,
+}
+
+impl StreamPosition {
+    /// The first event.
+    pub const START: Self = Self::Event(0);
+
+    /// The number on the wire.
+    pub(crate) fn wire(self) -> i64 {
+        match self {
+            Self::Event(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            Self::End => -1,
+        }
+    }
+}
+
+impl From<u64> for StreamPosition {
+    fn from(number: u64) -> Self {
+        Self::Event(number)
+    }
+}
+
 /// How [`Connection::delete_stream`](crate::Connection::delete_stream) deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteMode {
@@ -285,6 +316,17 @@ pub struct StreamSlice {
     pub last_event_number: i64,
     /// Whether this page reached the end (forward) or the start (backward).
     pub is_end_of_stream: bool,
+}
+
+impl StreamSlice {
+    /// Where the next page in the same direction starts: `next_event_number` as a
+    /// [`StreamPosition`], `None` when a backward read passed the first event (the wire's
+    /// `-1`).
+    pub fn next_position(&self) -> Option<StreamPosition> {
+        u64::try_from(self.next_event_number)
+            .ok()
+            .map(StreamPosition::Event)
+    }
 }
 
 /// A page of `$all`.

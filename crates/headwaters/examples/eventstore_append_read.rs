@@ -13,7 +13,9 @@
 mod eventstore_node;
 
 use futures_util::StreamExt;
-use headwaters::eventstore::{CatchUpEvent, EventData, ExpectedVersion, Position, ReadDirection};
+use headwaters::eventstore::{
+    CatchUpEvent, EventData, ExpectedVersion, Position, ReadDirection, StreamPosition,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -49,7 +51,13 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let backward = connection
-        .read_stream(&stream, -1, 2, ReadDirection::Backward, false)
+        .read_stream(
+            &stream,
+            StreamPosition::End,
+            2,
+            ReadDirection::Backward,
+            false,
+        )
         .await?;
     println!(
         "last two, newest first: {:?}",

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use headwaters_eventstore_tcp::{
     Connection, DeleteMode, Error, EventData, EventRead, ExpectedVersion, Position, ReadDirection,
-    Settings,
+    Settings, StreamPosition,
 };
 use headwaters_testkit::eventstore::{EventStoreConfig, EventStoreEmulator, NotHandledReason};
 use headwaters_testkit::eventually;
@@ -73,10 +73,27 @@ async fn append_read_and_delete_follow_the_servers_rules() {
     assert!(first.is_json);
     let sent = events(0..1);
     let backward = c
-        .read_stream("orders", -1, 2, ReadDirection::Backward, false)
+        .read_stream(
+            "orders",
+            StreamPosition::End,
+            2,
+            ReadDirection::Backward,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(numbers(&backward.events), [5, 4]);
+    assert_eq!(forward.next_position(), Some(StreamPosition::Event(4)));
+    let to_start = c
+        .read_stream("orders", 1, 10, ReadDirection::Backward, false)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&to_start.events), [1, 0]);
+    assert_eq!(
+        (to_start.next_position(), to_start.is_end_of_stream),
+        (None, true),
+        "a backward read that passed the first event has no next page"
+    );
 
     // Event ids go out in .NET order and come back as the same UUID.
     let marked = sent[0].clone();

@@ -128,7 +128,7 @@ pub(crate) async fn run(
             let last = eventstore
                 .read_stream(
                     &stream,
-                    -1,
+                    headwaters::eventstore::StreamPosition::End,
                     1,
                     headwaters::eventstore::ReadDirection::Backward,
                     false,
