@@ -613,7 +613,8 @@ enum End {
 impl Driver {
     async fn run(mut self, first: Link) {
         let mut link = Some(first);
-        let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max);
+        let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max)
+            .with_max_attempts(self.settings.max_reconnect_attempts);
         loop {
             let mut current = match link.take() {
                 Some(l) => l,
@@ -624,14 +625,9 @@ impl Driver {
                     }
                     Err(e @ Error::NotAuthenticated(_)) => return self.give_up(e),
                     Err(e) => {
-                        if self
-                            .settings
-                            .max_reconnect_attempts
-                            .is_some_and(|max| backoff.failures() >= max)
-                        {
+                        let Some(wait) = backoff.retry() else {
                             return self.give_up(e);
-                        }
-                        let wait = backoff.step();
+                        };
                         tracing::warn!(addr = %self.addr, error = %e, ?wait, "eventstore: reconnecting");
                         let mut closing = self.closing.clone();
                         tokio::select! {

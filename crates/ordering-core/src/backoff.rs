@@ -26,6 +26,7 @@ pub struct Backoff {
     max: Duration,
     seed: u64,
     failures: u32,
+    max_attempts: Option<u32>,
 }
 
 impl Backoff {
@@ -41,7 +42,25 @@ impl Backoff {
             max: max.max(min),
             seed,
             failures: 0,
+            max_attempts: None,
         }
+    }
+
+    /// Give up after `max` failed attempts in a row (`None`: never): [`retry`](Self::retry)
+    /// then answers `None`.
+    pub fn with_max_attempts(mut self, max: Option<u32>) -> Self {
+        self.max_attempts = max;
+        self
+    }
+
+    /// An attempt failed: the delay before the next one, or `None` when the attempts allowed
+    /// by [`with_max_attempts`](Self::with_max_attempts) are used up — the rule every
+    /// transport's reconnect loop follows.
+    pub fn retry(&mut self) -> Option<Duration> {
+        if self.max_attempts.is_some_and(|max| self.failures >= max) {
+            return None;
+        }
+        Some(self.step())
     }
 
     /// The delay before the next attempt; counts a failure.
@@ -93,6 +112,19 @@ mod tests {
         assert!(b.step() >= Duration::from_secs(u64::MAX / 4));
         assert!(b.step() <= Duration::MAX);
         assert_eq!(b.failures(), 2);
+    }
+
+    #[test]
+    fn retries_stop_after_the_attempt_limit_until_a_reset() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(1), ms(2)).with_max_attempts(Some(3));
+        assert!((0..3).all(|_| b.retry().is_some()));
+        assert_eq!(b.retry(), None);
+        assert_eq!(b.retry(), None, "stays given up");
+        b.reset();
+        assert!(b.retry().is_some());
+        let mut forever = Backoff::new(ms(1), ms(2));
+        assert!((0..1000).all(|_| forever.retry().is_some()));
     }
 
     #[test]

@@ -230,9 +230,10 @@ impl ClientConfig {
         self
     }
 
-    /// A fresh reconnection backoff.
+    /// A fresh reconnection backoff, with the attempt limit.
     pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(self.backoff_min, self.backoff_max)
+            .with_max_attempts(self.max_reconnect_attempts)
     }
 
     /// `ws://host:port`.
@@ -341,13 +342,9 @@ pub(crate) async fn reconnect(
                 return Ok(ws);
             }
             Err(e) if e.is_transient() => {
-                if config
-                    .max_reconnect_attempts
-                    .is_some_and(|max| backoff.failures() >= max)
-                {
+                let Some(wait) = backoff.retry() else {
                     return Err(e);
-                }
-                let wait = backoff.step();
+                };
                 tracing::warn!(endpoint = path, error = %e, ?wait, "pulsar-ws: reconnecting");
                 tokio::time::sleep(wait).await;
             }
