@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use headwaters_eventstore_tcp::Links;
 use headwaters_eventstore_tcp::{
     Command, Connection, Credentials, EventData, ExpectedVersion, Frame, FrameDecoder,
     ReadDirection, Settings, StreamPosition,
@@ -93,7 +94,7 @@ fn main() {
         let (mut from, mut read) = (StreamPosition::START, 0u64);
         loop {
             let slice = connection
-                .read_stream("bench", from, 4096, ReadDirection::Forward, false)
+                .read_stream("bench", from, 4096, ReadDirection::Forward, Links::AsStored)
                 .await
                 .unwrap();
             read += slice.events.len() as u64;

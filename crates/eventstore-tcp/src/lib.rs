@@ -117,6 +117,6 @@ pub use subscription::{
 #[cfg(feature = "client")]
 pub use transaction::Transaction;
 pub use types::{
-    AllSlice, DeleteMode, EventData, ExpectedVersion, ParsePositionError, Position, ReadDirection,
-    RecordedEvent, ResolvedEvent, StreamPosition, StreamSlice, WriteResult,
+    AllSlice, DeleteMode, EventData, ExpectedVersion, Links, ParsePositionError, Position,
+    ReadDirection, RecordedEvent, ResolvedEvent, StreamPosition, StreamSlice, WriteResult,
 };

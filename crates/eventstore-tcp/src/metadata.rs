@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::ops::EventRead;
-use crate::types::{EventData, ExpectedVersion, StreamPosition, WriteResult};
+use crate::types::{EventData, ExpectedVersion, Links, StreamPosition, WriteResult};
 
 /// Who may do what with a stream (`$acl`): user or role names per right.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -235,7 +235,11 @@ impl Connection {
             metadata,
         };
         match self
-            .read_event(&metadata_stream(stream), StreamPosition::End, false)
+            .read_event(
+                &metadata_stream(stream),
+                StreamPosition::End,
+                Links::AsStored,
+            )
             .await?
         {
             EventRead::Found(e) => {

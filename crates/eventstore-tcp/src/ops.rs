@@ -8,8 +8,8 @@ use crate::connection::Connection;
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::types::{
-    AllSlice, DeleteMode, EventData, ExpectedVersion, Position, ReadDirection, ResolvedEvent,
-    StreamPosition, StreamSlice, WriteResult,
+    AllSlice, DeleteMode, EventData, ExpectedVersion, Links, Position, ReadDirection,
+    ResolvedEvent, StreamPosition, StreamSlice, WriteResult,
 };
 use crate::wire::{self, OperationResult};
 
@@ -102,12 +102,12 @@ impl Connection {
         &self,
         stream: &str,
         event: impl Into<StreamPosition>,
-        resolve_links: bool,
+        links: Links,
     ) -> Result<EventRead, Error> {
         let request = wire::ReadEvent {
             event_stream_id: stream.to_owned(),
             event_number: event.into().wire(),
-            resolve_link_tos: resolve_links,
+            resolve_link_tos: links.resolve(),
             require_master: self.settings().reads_require_leader(),
         };
         let frame = self
@@ -136,14 +136,14 @@ impl Connection {
         from: impl Into<StreamPosition>,
         count: u32,
         direction: ReadDirection,
-        resolve_links: bool,
+        links: Links,
     ) -> Result<StreamSlice, Error> {
         let from = from.into().wire();
         let request = wire::ReadStreamEvents {
             event_stream_id: stream.to_owned(),
             from_event_number: from,
             max_count: check_count(count)?,
-            resolve_link_tos: resolve_links,
+            resolve_link_tos: links.resolve(),
             require_master: self.settings().reads_require_leader(),
         };
         let (command, completed) = match direction {
@@ -188,14 +188,14 @@ impl Connection {
         from: Position,
         count: u32,
         direction: ReadDirection,
-        resolve_links: bool,
+        links: Links,
     ) -> Result<AllSlice, Error> {
         let max_count = check_count(count)?;
         let request = wire::ReadAllEvents {
             commit_position: from.commit,
             prepare_position: from.prepare,
             max_count,
-            resolve_link_tos: resolve_links,
+            resolve_link_tos: links.resolve(),
             require_master: self.settings().reads_require_leader(),
         };
         let (command, completed) = match direction {

@@ -13,7 +13,7 @@ use crate::command::Command;
 use crate::connection::{Connection, Routed};
 use crate::error::Error;
 use crate::frame::Frame;
-use crate::types::{Position, ReadDirection, ResolvedEvent};
+use crate::types::{Links, Position, ReadDirection, ResolvedEvent};
 use crate::wire;
 
 /// Why a subscription stopped (or, for [`DropReason::ConnectionLost`], was cut and is being
@@ -147,15 +147,15 @@ impl Connection {
     pub async fn subscribe_to_stream(
         &self,
         stream: &str,
-        resolve_links: bool,
+        links: Links,
     ) -> Result<Subscription, Error> {
-        self.subscribe_to(Some(stream), resolve_links).await
+        self.subscribe_to(Some(stream), links.resolve()).await
     }
 
     /// Subscribe to `$all`, live (see
     /// [`subscribe_to_all_from`](Self::subscribe_to_all_from) for history first).
-    pub async fn subscribe_to_all(&self, resolve_links: bool) -> Result<Subscription, Error> {
-        self.subscribe_to(None, resolve_links).await
+    pub async fn subscribe_to_all(&self, links: Links) -> Result<Subscription, Error> {
+        self.subscribe_to(None, links.resolve()).await
     }
 
     /// Subscribe to `stream` (`None`: `$all`), live.
@@ -453,7 +453,7 @@ impl Cursor for StreamCursor {
                 self.next,
                 count,
                 ReadDirection::Forward,
-                self.resolve,
+                Links::from_resolve(self.resolve),
             )
             .await?;
         Ok((slice.events, slice.is_end_of_stream))
@@ -494,7 +494,12 @@ impl Cursor for AllCursor {
         count: u32,
     ) -> Result<(Vec<ResolvedEvent>, bool), Error> {
         let slice = connection
-            .read_all(self.from, count, ReadDirection::Forward, self.resolve)
+            .read_all(
+                self.from,
+                count,
+                ReadDirection::Forward,
+                Links::from_resolve(self.resolve),
+            )
             .await?;
         let end = slice.is_end || slice.next_position == self.from;
         self.from = slice.next_position;

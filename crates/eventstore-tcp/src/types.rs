@@ -230,6 +230,33 @@ impl ResolvedEvent {
     }
 }
 
+/// What a read or subscription does with link events (`$>`, e.g. in category and event-type
+/// streams): hand over the event they point to, or the link itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Links {
+    /// Resolve each link to the event it points to (the link rides along in
+    /// [`ResolvedEvent::link`]).
+    Resolve,
+    /// Hand link events over as stored.
+    #[default]
+    AsStored,
+}
+
+impl Links {
+    /// `resolve_link_tos` on the wire.
+    pub(crate) fn resolve(self) -> bool {
+        self == Self::Resolve
+    }
+
+    pub(crate) fn from_resolve(resolve: bool) -> Self {
+        if resolve {
+            Self::Resolve
+        } else {
+            Self::AsStored
+        }
+    }
+}
+
 /// Where a stream read starts: an event number, or the stream's last event (the wire's
 /// `-1`). A `u64` converts: `read_stream("orders", 0, …)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@
 mod eventstore_node;
 
 use futures_util::StreamExt;
+use headwaters::eventstore::Links;
 use headwaters::eventstore::{
     CatchUpEvent, EventData, ExpectedVersion, Position, ReadDirection, StreamPosition,
 };
@@ -39,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     println!("a stale writer gets: {}", late.unwrap_err());
 
     let forward = connection
-        .read_stream(&stream, 0, 4, ReadDirection::Forward, false)
+        .read_stream(&stream, 0, 4, ReadDirection::Forward, Links::AsStored)
         .await?;
     for e in &forward.events {
         let r = e.original().expect("an event");
@@ -56,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
             StreamPosition::End,
             2,
             ReadDirection::Backward,
-            false,
+            Links::AsStored,
         )
         .await?;
     println!(
@@ -68,7 +69,12 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     );
     let all = connection
-        .read_all(Position::START, 4096, ReadDirection::Forward, false)
+        .read_all(
+            Position::START,
+            4096,
+            ReadDirection::Forward,
+            Links::AsStored,
+        )
         .await?;
     println!("$all holds {} events so far", all.events.len());
 

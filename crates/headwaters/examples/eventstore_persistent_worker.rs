@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use headwaters::eventstore::Links;
 use headwaters::eventstore::{
     Error, EventData, ExpectedVersion, NakAction, PersistentEvent, PersistentSettings,
     ReadDirection, StartFrom,
@@ -106,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
             0,
             10,
             ReadDirection::Forward,
-            true,
+            Links::Resolve,
         )
         .await?;
     println!(

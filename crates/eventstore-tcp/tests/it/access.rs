@@ -3,6 +3,7 @@
 //! access checked before the expected version; `$$stream` gone with a hard delete; `$all`
 //! positions that never start at 0/0.
 
+use headwaters_eventstore_tcp::Links;
 use headwaters_eventstore_tcp::{
     Connection, DeleteMode, DropReason, Error, ExpectedVersion, PersistentSettings, Position,
     ReadDirection, Settings, StreamAcl, StreamMetadata, SubscriptionEvent,
@@ -68,12 +69,12 @@ async fn a_stream_acl_refuses_anonymous_and_other_users_before_anything_else() {
 
     for (who, c) in [("anonymous", &anonymous), ("another user", &stranger)] {
         denied(
-            c.read_stream("ledger", 0, 10, ReadDirection::Forward, false)
+            c.read_stream("ledger", 0, 10, ReadDirection::Forward, Links::AsStored)
                 .await,
             &format!("{who} reads the stream"),
         );
         denied(
-            c.read_event("ledger", 0, false).await,
+            c.read_event("ledger", 0, Links::AsStored).await,
             &format!("{who} reads an event"),
         );
         // Access comes first: a wrong expected version is not what they learn.
@@ -91,7 +92,10 @@ async fn a_stream_acl_refuses_anonymous_and_other_users_before_anything_else() {
             c.start_transaction("ledger", ExpectedVersion::Any).await,
             &format!("{who} starts a transaction"),
         );
-        let mut sub = c.subscribe_to_stream("ledger", false).await.unwrap();
+        let mut sub = c
+            .subscribe_to_stream("ledger", Links::AsStored)
+            .await
+            .unwrap();
         let first = crate::emulator::next_event(&mut sub).await;
         assert!(
             matches!(
@@ -104,13 +108,13 @@ async fn a_stream_acl_refuses_anonymous_and_other_users_before_anything_else() {
 
     // The named user reads and writes; a group member reads; deleting is for admins.
     let slice = reader
-        .read_stream("ledger", 0, 10, ReadDirection::Forward, false)
+        .read_stream("ledger", 0, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(slice.events.len(), 3);
     assert_eq!(
         auditor
-            .read_stream("ledger", 0, 10, ReadDirection::Forward, false)
+            .read_stream("ledger", 0, 10, ReadDirection::Forward, Links::AsStored)
             .await
             .unwrap()
             .events
@@ -172,17 +176,17 @@ async fn all_and_system_streams_are_for_admins_and_settings_set_the_defaults() {
         .unwrap();
     denied(
         reader
-            .read_all(Position::START, 10, ReadDirection::Forward, false)
+            .read_all(Position::START, 10, ReadDirection::Forward, Links::AsStored)
             .await,
         "a user reads $all",
     );
     denied(
         anonymous
-            .read_all(Position::END, 10, ReadDirection::Backward, false)
+            .read_all(Position::END, 10, ReadDirection::Backward, Links::AsStored)
             .await,
         "anonymous reads $all",
     );
-    let mut all = reader.subscribe_to_all(false).await.unwrap();
+    let mut all = reader.subscribe_to_all(Links::AsStored).await.unwrap();
     assert!(matches!(
         crate::emulator::next_event(&mut all).await,
         Some(SubscriptionEvent::Dropped(DropReason::AccessDenied))
@@ -201,7 +205,7 @@ async fn all_and_system_streams_are_for_admins_and_settings_set_the_defaults() {
     );
     assert!(
         admin
-            .read_all(Position::START, 10, ReadDirection::Forward, false)
+            .read_all(Position::START, 10, ReadDirection::Forward, Links::AsStored)
             .await
             .is_ok()
     );
@@ -259,7 +263,12 @@ async fn the_servers_edges() {
 
     // No event at 0/0: from the start nothing is excluded, and every position is past it.
     let all = admin
-        .read_all(Position::START, 100, ReadDirection::Forward, false)
+        .read_all(
+            Position::START,
+            100,
+            ReadDirection::Forward,
+            Links::AsStored,
+        )
         .await
         .unwrap();
     assert_eq!(all.events.len(), 4, "three events and one metadata event");
@@ -271,7 +280,7 @@ async fn the_servers_edges() {
 
     // From the end: forward is an empty page whose next position is the end.
     let tail = admin
-        .read_all(Position::END, 10, ReadDirection::Forward, false)
+        .read_all(Position::END, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert!(tail.events.is_empty());
@@ -281,14 +290,19 @@ async fn the_servers_edges() {
         .await
         .unwrap();
     let after = admin
-        .read_all(tail.next_position, 10, ReadDirection::Forward, false)
+        .read_all(
+            tail.next_position,
+            10,
+            ReadDirection::Forward,
+            Links::AsStored,
+        )
         .await
         .unwrap();
     assert_eq!(after.events.len(), 1, "only what came after the end");
 
     // Backward from past the end: that range, empty, the next page from the last event.
     let far = admin
-        .read_stream("edge", 50, 10, ReadDirection::Backward, false)
+        .read_stream("edge", 50, 10, ReadDirection::Backward, Links::AsStored)
         .await
         .unwrap();
     assert!(far.events.is_empty());

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use headwaters_eventstore_tcp::Links;
 use headwaters_eventstore_tcp::{
     Connection, ExpectedVersion, NodePreference, ReadDirection, Settings,
 };
@@ -19,7 +20,7 @@ fn cluster_settings(cluster: &EventStoreCluster, seed: usize) -> Settings {
 }
 
 async fn read_count(c: &Connection, stream: &str) -> usize {
-    c.read_stream(stream, 0, 100, ReadDirection::Forward, false)
+    c.read_stream(stream, 0, 100, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap()
         .events

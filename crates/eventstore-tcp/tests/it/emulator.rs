@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use headwaters_eventstore_tcp::Links;
 use headwaters_eventstore_tcp::{
     Connection, DeleteMode, Error, EventData, EventRead, ExpectedVersion, Position, ReadDirection,
     Settings, StreamPosition,
@@ -60,7 +61,7 @@ async fn append_read_and_delete_follow_the_servers_rules() {
         .unwrap();
 
     let forward = c
-        .read_stream("orders", 0, 4, ReadDirection::Forward, false)
+        .read_stream("orders", 0, 4, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(numbers(&forward.events), [0, 1, 2, 3]);
@@ -78,14 +79,14 @@ async fn append_read_and_delete_follow_the_servers_rules() {
             StreamPosition::End,
             2,
             ReadDirection::Backward,
-            false,
+            Links::AsStored,
         )
         .await
         .unwrap();
     assert_eq!(numbers(&backward.events), [5, 4]);
     assert_eq!(forward.next_position(), Some(StreamPosition::Event(4)));
     let to_start = c
-        .read_stream("orders", 1, 10, ReadDirection::Backward, false)
+        .read_stream("orders", 1, 10, ReadDirection::Backward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(numbers(&to_start.events), [1, 0]);
@@ -100,31 +101,41 @@ async fn append_read_and_delete_follow_the_servers_rules() {
     c.append_to_stream("ids", ExpectedVersion::Any, std::slice::from_ref(&marked))
         .await
         .unwrap();
-    let EventRead::Found(read) = c.read_event("ids", 0, false).await.unwrap() else {
+    let EventRead::Found(read) = c.read_event("ids", 0, Links::AsStored).await.unwrap() else {
         panic!("event 0 of ids");
     };
     assert_eq!(read.event.unwrap().id, marked.id);
     assert_eq!(
-        c.read_event("ids", 7, false).await.unwrap(),
+        c.read_event("ids", 7, Links::AsStored).await.unwrap(),
         EventRead::NotFound
     );
     assert_eq!(
-        c.read_event("nope", 0, false).await.unwrap(),
+        c.read_event("nope", 0, Links::AsStored).await.unwrap(),
         EventRead::NoStream
     );
 
     let all = c
-        .read_all(Position::START, 100, ReadDirection::Forward, false)
+        .read_all(
+            Position::START,
+            100,
+            ReadDirection::Forward,
+            Links::AsStored,
+        )
         .await
         .unwrap();
     assert_eq!(all.events.len(), 7);
     assert!(all.is_end);
     let page = c
-        .read_all(Position::START, 3, ReadDirection::Forward, false)
+        .read_all(Position::START, 3, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     let rest = c
-        .read_all(page.next_position, 100, ReadDirection::Forward, false)
+        .read_all(
+            page.next_position,
+            100,
+            ReadDirection::Forward,
+            Links::AsStored,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -133,18 +144,18 @@ async fn append_read_and_delete_follow_the_servers_rules() {
         "pages neither overlap nor skip"
     );
     let last = c
-        .read_all(Position::END, 1, ReadDirection::Backward, false)
+        .read_all(Position::END, 1, ReadDirection::Backward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(last.events[0].original().unwrap().stream_id, "ids");
 
     let missing = c
-        .read_stream("nope", 0, 10, ReadDirection::Forward, false)
+        .read_stream("nope", 0, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert!(missing.events.is_empty() && missing.is_end_of_stream);
     assert!(matches!(
-        c.read_stream("orders", 0, 5000, ReadDirection::Forward, false)
+        c.read_stream("orders", 0, 5000, ReadDirection::Forward, Links::AsStored)
             .await,
         Err(Error::Config(_))
     ));
@@ -153,7 +164,7 @@ async fn append_read_and_delete_follow_the_servers_rules() {
         .await
         .unwrap();
     assert!(matches!(
-        c.read_stream("orders", 0, 10, ReadDirection::Forward, false)
+        c.read_stream("orders", 0, 10, ReadDirection::Forward, Links::AsStored)
             .await,
         Err(Error::StreamDeleted(_))
     ));
@@ -310,7 +321,7 @@ async fn slow_answers_time_out_after_the_retries() {
         .unwrap();
     e.delay_replies(Duration::from_millis(1000));
     let err = c
-        .read_stream("slow", 0, 1, ReadDirection::Forward, false)
+        .read_stream("slow", 0, 1, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err}");
@@ -333,8 +344,11 @@ async fn volatile_subscriptions_see_live_events_and_unsubscribe() {
     c.append_to_stream("live", ExpectedVersion::Any, &events(0..2))
         .await
         .unwrap();
-    let mut sub = c.subscribe_to_stream("live", false).await.unwrap();
-    let mut all = c.subscribe_to_all(false).await.unwrap();
+    let mut sub = c
+        .subscribe_to_stream("live", Links::AsStored)
+        .await
+        .unwrap();
+    let mut all = c.subscribe_to_all(Links::AsStored).await.unwrap();
     assert!(matches!(
         next_event(&mut sub).await,
         Some(SubscriptionEvent::Confirmed {
@@ -530,14 +544,14 @@ async fn transactions_become_visible_at_the_commit() {
     tx.write(&events(0..2)).await.unwrap();
     tx.write(&events(2..3)).await.unwrap();
     let before = c
-        .read_stream("ledger", 0, 10, ReadDirection::Forward, false)
+        .read_stream("ledger", 0, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert!(before.events.is_empty(), "nothing before the commit");
     let done = tx.commit().await.unwrap();
     assert_eq!(done.next_expected_version, 2);
     let after = c
-        .read_stream("ledger", 0, 10, ReadDirection::Forward, false)
+        .read_stream("ledger", 0, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(numbers(&after.events), [0, 1, 2]);
@@ -576,7 +590,7 @@ async fn stream_metadata_round_trips_and_limits_reads() {
     let got = c.get_stream_metadata("audit").await.unwrap();
     assert_eq!((got.meta_version, &got.metadata), (Some(0), &meta));
     let slice = c
-        .read_stream("audit", 0, 10, ReadDirection::Forward, false)
+        .read_stream("audit", 0, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(
@@ -598,7 +612,7 @@ async fn stream_metadata_round_trips_and_limits_reads() {
     .await
     .unwrap();
     let slice = c
-        .read_stream("audit", 0, 10, ReadDirection::Forward, false)
+        .read_stream("audit", 0, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(numbers(&slice.events), [1, 2, 3, 4]);
@@ -647,7 +661,7 @@ async fn tls_with_a_trusted_ca_and_clear_errors_without() {
         .await
         .unwrap();
     let slice = c
-        .read_stream("secret", 0, 10, ReadDirection::Forward, false)
+        .read_stream("secret", 0, 10, ReadDirection::Forward, Links::AsStored)
         .await
         .unwrap();
     assert_eq!(numbers(&slice.events), [0, 1]);
@@ -829,7 +843,12 @@ async fn ordered_processing_keeps_each_streams_order_and_acks() {
             .unwrap();
     }
     let all = c
-        .read_all(Position::START, 4096, ReadDirection::Forward, false)
+        .read_all(
+            Position::START,
+            4096,
+            ReadDirection::Forward,
+            Links::AsStored,
+        )
         .await
         .unwrap();
     let links: Vec<EventData> = all
@@ -868,7 +887,7 @@ async fn ordered_processing_keeps_each_streams_order_and_acks() {
             0,
             10,
             ReadDirection::Forward,
-            true,
+            Links::Resolve,
         )
         .await
         .unwrap();
@@ -908,7 +927,7 @@ async fn a_volatile_subscription_is_restored_after_a_reconnect() {
     use headwaters_eventstore_tcp::{DropReason, SubscriptionEvent};
 
     let (e, c) = setup().await;
-    let mut sub = c.subscribe_to_stream("vol", false).await.unwrap();
+    let mut sub = c.subscribe_to_stream("vol", Links::AsStored).await.unwrap();
     assert!(matches!(
         next_event(&mut sub).await,
         Some(SubscriptionEvent::Confirmed { .. })

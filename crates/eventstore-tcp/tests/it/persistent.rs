@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use headwaters_eventstore_tcp::Links;
 use headwaters_eventstore_tcp::{
     Connection, DropReason, Error, ExpectedVersion, NakAction, PersistentEvent, PersistentMessage,
     PersistentSettings, PersistentSubscription, ReadDirection, StartFrom,
@@ -179,7 +180,7 @@ async fn naks_retry_park_and_skip() {
     // The parked-messages stream links to events 0 and 2.
     let parked = "$persistentsubscription-mail::senders-parked";
     let slice = c
-        .read_stream(parked, 0, 10, ReadDirection::Forward, true)
+        .read_stream(parked, 0, 10, ReadDirection::Forward, Links::Resolve)
         .await
         .unwrap();
     let targets: Vec<u64> = slice

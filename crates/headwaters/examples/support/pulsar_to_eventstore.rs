@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use headwaters::eventstore::Links;
 use headwaters::eventstore::{Connection, EventData, ExpectedVersion};
 use headwaters::flusher::{
     Added, BatchProcessor, FlushKind, Flusher, FlusherFactory, ProcessorConfig, Schedule,
@@ -131,7 +132,7 @@ pub(crate) async fn run(
                     headwaters::eventstore::StreamPosition::End,
                     1,
                     headwaters::eventstore::ReadDirection::Backward,
-                    false,
+                    Links::AsStored,
                 )
                 .await
                 .context("reading back from EventStore")?;
