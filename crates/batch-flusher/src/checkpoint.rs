@@ -205,13 +205,7 @@ pub const DEFAULT_TABLE: &str = "headwaters_checkpoints";
 /// Check a table name: it is spliced into SQL, so only plain identifiers are allowed.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn check_table_name(name: &str) -> Result<(), CheckpointError> {
-    let mut chars = name.chars();
-    let ok = name.len() <= 63
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if headwaters_ordering_core::sql::is_table_name(name) {
         Ok(())
     } else {
         Err(CheckpointError::InvalidTableName(name.to_owned()))

@@ -83,13 +83,7 @@ impl From<tokio::task::JoinError> for Error {
 /// Check a table name: it is spliced into SQL, so only plain identifiers are allowed.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn check_table_name(name: &str) -> Result<(), Error> {
-    let mut chars = name.chars();
-    let ok = name.len() <= 63
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if headwaters_ordering_core::sql::is_table_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidTableName(name.to_owned()))
