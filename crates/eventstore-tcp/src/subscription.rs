@@ -149,24 +149,24 @@ impl Connection {
         stream: &str,
         links: Links,
     ) -> Result<Subscription, Error> {
-        self.subscribe_to(Some(stream), links.resolve()).await
+        self.subscribe_to(Some(stream), links).await
     }
 
     /// Subscribe to `$all`, live (see
     /// [`subscribe_to_all_from`](Self::subscribe_to_all_from) for history first).
     pub async fn subscribe_to_all(&self, links: Links) -> Result<Subscription, Error> {
-        self.subscribe_to(None, links.resolve()).await
+        self.subscribe_to(None, links).await
     }
 
     /// Subscribe to `stream` (`None`: `$all`), live.
     pub(crate) async fn subscribe_to(
         &self,
         stream: Option<&str>,
-        resolve_links: bool,
+        links: Links,
     ) -> Result<Subscription, Error> {
         let request = wire::SubscribeToStream {
             event_stream_id: stream.unwrap_or_default().to_owned(),
-            resolve_link_tos: resolve_links,
+            resolve_link_tos: links.resolve(),
         }
         .encode_to_vec();
         let (correlation, rx) = self.subscribe_raw(Command::SubscribeToStream, request.clone())?;
@@ -250,7 +250,7 @@ impl Connection {
         let cursor = StreamCursor {
             stream: stream.to_owned(),
             next: last_processed.map_or(0, |n| n + 1),
-            resolve: settings.resolve_link_tos,
+            links: Links::from_resolve(settings.resolve_link_tos),
         };
         CatchUp::spawn(self.clone(), cursor, settings)
     }
@@ -267,7 +267,7 @@ impl Connection {
         let cursor = AllCursor {
             last: last_processed,
             from: last_processed.unwrap_or(Position::START),
-            resolve: settings.resolve_link_tos,
+            links: Links::from_resolve(settings.resolve_link_tos),
         };
         CatchUp::spawn(self.clone(), cursor, settings)
     }
@@ -411,8 +411,8 @@ impl Drop for CatchUp {
 trait Cursor: Send + 'static {
     /// The stream to subscribe to (`None` = `$all`).
     fn stream(&self) -> Option<&str>;
-    /// Whether reads and the subscription resolve link events.
-    fn resolve(&self) -> bool;
+    /// What reads and the subscription do with link events.
+    fn links(&self) -> Links;
     /// Read the next page after what was delivered: the events and whether it was the end.
     fn page(
         &mut self,
@@ -430,7 +430,7 @@ struct StreamCursor {
     stream: String,
     /// The first event number not delivered.
     next: u64,
-    resolve: bool,
+    links: Links,
 }
 
 impl Cursor for StreamCursor {
@@ -438,8 +438,8 @@ impl Cursor for StreamCursor {
         Some(&self.stream)
     }
 
-    fn resolve(&self) -> bool {
-        self.resolve
+    fn links(&self) -> Links {
+        self.links
     }
 
     async fn page(
@@ -453,7 +453,7 @@ impl Cursor for StreamCursor {
                 self.next,
                 count,
                 ReadDirection::Forward,
-                Links::from_resolve(self.resolve),
+                self.links,
             )
             .await?;
         Ok((slice.events, slice.is_end_of_stream))
@@ -476,7 +476,7 @@ struct AllCursor {
     last: Option<Position>,
     /// Where the next page starts.
     from: Position,
-    resolve: bool,
+    links: Links,
 }
 
 impl Cursor for AllCursor {
@@ -484,8 +484,8 @@ impl Cursor for AllCursor {
         None
     }
 
-    fn resolve(&self) -> bool {
-        self.resolve
+    fn links(&self) -> Links {
+        self.links
     }
 
     async fn page(
@@ -494,12 +494,7 @@ impl Cursor for AllCursor {
         count: u32,
     ) -> Result<(Vec<ResolvedEvent>, bool), Error> {
         let slice = connection
-            .read_all(
-                self.from,
-                count,
-                ReadDirection::Forward,
-                Links::from_resolve(self.resolve),
-            )
+            .read_all(self.from, count, ReadDirection::Forward, self.links)
             .await?;
         let end = slice.is_end || slice.next_position == self.from;
         self.from = slice.next_position;
@@ -607,7 +602,7 @@ async fn catch_up(
         let pass: Result<(), Over> = async {
             read_to_end(&connection, &mut cursor, page, &tx).await?;
             let subscription = match connection
-                .subscribe_to(cursor.stream(), cursor.resolve())
+                .subscribe_to(cursor.stream(), cursor.links())
                 .await
             {
                 Ok(s) => s,

@@ -133,9 +133,10 @@ impl PgConnection {
         if slot.is_none() {
             *slot = Some(self.connect().await?);
         }
-        Ok(MutexGuard::map(slot, |c| {
-            c.as_mut().expect("connected just above")
-        }))
+        MutexGuard::try_map(slot, Option::as_mut).map_err(|_| PgError::Connect {
+            target: self.target.clone(),
+            reason: "no connection".into(),
+        })
     }
 
     async fn connect(&self) -> Result<Client, PgError> {
