@@ -3,21 +3,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use headwaters_ordering_core::{Backoff, Keepalive, Liveness};
+use headwaters_ordering_core::Backoff;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::command::Command;
-use crate::error::{Busy, Error};
-use crate::frame::{Credentials, Frame, FrameDecoder};
+use crate::error::{ConnectError, Error};
+use crate::frame::{Credentials, Frame};
 use crate::gossip::{self, NodePreference, Seeds};
+use crate::session::{Correlation, Event, Expect, Request, Session, SessionConfig, correlation};
 use crate::wire;
 
 /// Connection settings (Extreme's configuration, with the .NET client's defaults).
@@ -59,7 +57,11 @@ impl std::fmt::Debug for Tls {
 impl Tls {
     /// Wrap `stream` for `addr` (`host:port`; the host is the name checked unless one
     /// was set).
-    pub(crate) async fn connect(&self, addr: &str, stream: TcpStream) -> Result<Socket, String> {
+    pub(crate) async fn connect(
+        &self,
+        addr: &str,
+        stream: TcpStream,
+    ) -> Result<Socket, ConnectError> {
         let host = self.server_name.clone().unwrap_or_else(|| {
             let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
             host.trim_start_matches('[')
@@ -67,11 +69,11 @@ impl Tls {
                 .to_owned()
         });
         let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| format!("TLS server name {host:?}: {e}"))?;
+            .map_err(|_| ConnectError::TlsServerName(host))?;
         let tls = tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, stream)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(|e| ConnectError::TlsHandshake(Arc::new(e)))?;
         Ok(Box::new(tls))
     }
 }
@@ -243,14 +245,12 @@ pub(crate) enum Routed {
     Lost,
 }
 
-/// Where the answer to a request goes.
+/// Where the answers to a request go.
 enum Reply {
     /// One reply frame.
     Once(oneshot::Sender<Result<Frame, Error>>),
-    /// Every frame with this correlation id, until `SubscriptionDropped` (subscriptions).
+    /// Every frame with this correlation id, until one ends the subscription.
     Stream(mpsc::UnboundedSender<Routed>),
-    /// None expected (unsubscribe, acks).
-    Nothing,
 }
 
 impl Reply {
@@ -262,26 +262,15 @@ impl Reply {
             Self::Stream(tx) => {
                 let _ = tx.send(Routed::Lost);
             }
-            Self::Nothing => {}
         }
     }
 }
 
-/// One request on its way.
+/// One request from a handle to the driver.
 struct Op {
-    command: Command,
-    payload: Bytes,
-    credentials: Option<Credentials>,
-    reply: Reply,
-    /// Reuse this correlation id (unsubscribe names its subscription's).
-    correlation: Option<[u8; 16]>,
-}
-
-struct Pending {
-    frame: Bytes,
-    reply: Reply,
-    sent: Instant,
-    attempts: u32,
+    request: Request,
+    /// `None`: no answer expected (unsubscribe, acks).
+    reply: Option<Reply>,
 }
 
 /// A connection to one node. Cheap to clone; every clone shares the socket. Operations are
@@ -309,51 +298,13 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// A handshaken socket.
-struct Link {
-    stream: Socket,
-    decoder: FrameDecoder,
-}
-
-fn correlation() -> [u8; 16] {
-    *Uuid::new_v4().as_bytes()
-}
-
-/// Write one handshake frame; the error says why the connection failed.
-async fn write_frame(stream: &mut Socket, frame: &Frame) -> Result<(), String> {
-    let bytes = frame.to_bytes().map_err(|e| e.to_string())?;
-    stream.write_all(&bytes).await.map_err(|e| e.to_string())
-}
-
-/// Read the reply to `correlation` during the handshake, answering heartbeats.
-async fn await_reply(link: &mut Link, correlation: [u8; 16]) -> Result<Frame, String> {
-    loop {
-        while let Some(frame) = link.decoder.next_frame().map_err(|e| e.to_string())? {
-            if frame.command == Command::HeartbeatRequest {
-                let pong = Frame::new(Command::HeartbeatResponse, frame.correlation, Bytes::new());
-                write_frame(&mut link.stream, &pong).await?;
-            } else if frame.correlation == correlation {
-                return Ok(frame);
-            }
-        }
-        let n = link
-            .stream
-            .read_buf(link.decoder.buffer())
-            .await
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the server closed the connection".into());
-        }
-    }
-}
-
 /// The node to connect to: where a `NotLeader` answer pointed, else the gossip's choice
 /// (avoiding `failed`), else the configured address.
 async fn target(
     settings: &Settings,
     redirect: Option<String>,
     failed: Option<&str>,
-) -> Result<String, Error> {
+) -> Result<String, ConnectError> {
     if let Some(addr) = redirect {
         return Ok(addr);
     }
@@ -368,106 +319,51 @@ async fn target(
         settings.gossip_timeout,
     )
     .await
-    .map_err(|reason| Error::Connect {
-        addr: settings.addr.clone(),
-        reason,
-    })
+    .map_err(ConnectError::Gossip)
 }
 
-/// TCP connect to `addr`, then `Authenticate` (with default credentials) and
-/// `IdentifyClient`.
-async fn handshake(settings: &Settings, addr: &str) -> Result<Link, Error> {
-    let connect_err = |reason: String| Error::Connect {
-        addr: addr.to_owned(),
-        reason,
-    };
-    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+/// A socket to `addr`: TCP, then TLS when configured, each within the connect timeout.
+async fn open(settings: &Settings, addr: &str) -> Result<Socket, ConnectError> {
+    let timeout = settings.connect_timeout;
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| {
-            connect_err(format!(
-                "no connection within {:?}",
-                settings.connect_timeout
-            ))
-        })?
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|_| ConnectError::ConnectTimeout(timeout))??;
     let _ = stream.set_nodelay(true);
-    let stream: Socket = match &settings.tls {
-        None => Box::new(stream),
-        Some(tls) => tokio::time::timeout(settings.connect_timeout, tls.connect(addr, stream))
+    match &settings.tls {
+        None => Ok(Box::new(stream)),
+        Some(tls) => tokio::time::timeout(timeout, tls.connect(addr, stream))
             .await
-            .map_err(|_| connect_err("no TLS handshake in time".into()))?
-            .map_err(connect_err)?,
-    };
-    let mut link = Link {
-        stream,
-        decoder: FrameDecoder::new(),
-    };
-    let steps = async {
-        if let Some(credentials) = &settings.credentials {
-            let c = correlation();
-            let auth = Frame::new(Command::Authenticate, c, Bytes::new())
-                .with_credentials(credentials.clone());
-            write_frame(&mut link.stream, &auth)
-                .await
-                .map_err(connect_err)?;
-            let reply = await_reply(&mut link, c).await.map_err(connect_err)?;
-            match reply.command {
-                Command::Authenticated => {}
-                Command::NotAuthenticated => {
-                    return Err(Error::NotAuthenticated(
-                        String::from_utf8_lossy(&reply.payload).into_owned(),
-                    ));
-                }
-                other => {
-                    return Err(connect_err(format!("unexpected {other:?} to Authenticate")));
-                }
-            }
-        }
-        let c = correlation();
-        let identify = wire::IdentifyClient {
-            version: 1,
-            connection_name: Some(settings.connection_name.clone()),
-        };
-        write_frame(
-            &mut link.stream,
-            &Frame::new(Command::IdentifyClient, c, identify.encode_to_vec()),
-        )
-        .await
-        .map_err(connect_err)?;
-        let reply = await_reply(&mut link, c).await.map_err(connect_err)?;
-        if reply.command != Command::ClientIdentified {
-            return Err(connect_err(format!(
-                "unexpected {:?} to IdentifyClient",
-                reply.command
-            )));
-        }
-        Ok(())
-    };
-    tokio::time::timeout(settings.operation_timeout, steps)
-        .await
-        .map_err(|_| connect_err("no answer to the handshake".into()))??;
-    Ok(link)
+            .map_err(|_| ConnectError::ConnectTimeout(timeout))?,
+    }
 }
 
 impl Connection {
     /// Connect and handshake; the first connection's errors (unreachable, refused
     /// credentials) are returned here.
     pub async fn connect(settings: Settings) -> Result<Self, Error> {
-        let addr = target(&settings, None, None).await?;
-        let link = handshake(&settings, &addr).await?;
-        tracing::debug!(%addr, "eventstore: connected");
         let settings = Arc::new(settings);
         let (tx, rx) = mpsc::unbounded_channel();
         let (close, closing) = watch::channel(false);
+        let (first, ready) = oneshot::channel();
         let driver = Driver {
+            session: Session::new(SessionConfig {
+                credentials: settings.credentials.clone(),
+                connection_name: settings.connection_name.clone(),
+                heartbeat_interval: settings.heartbeat_interval,
+                heartbeat_timeout: settings.heartbeat_timeout,
+                operation_timeout: settings.operation_timeout,
+                operation_retries: settings.operation_retries,
+                tls: settings.tls.is_some(),
+            }),
             settings: settings.clone(),
             rx,
             closing,
-            pending: HashMap::new(),
-            addr,
-            redirect: None,
+            replies: HashMap::new(),
+            addr: settings.addr.clone(),
+            first: Some(first),
         };
-        tokio::spawn(driver.run(link));
+        tokio::spawn(driver.run());
+        ready.await.unwrap_or(Err(Error::Closed))?;
         Ok(Self {
             tx,
             close: Arc::new(close),
@@ -506,13 +402,11 @@ impl Connection {
     /// Send a request and wait for its reply frame (retries included).
     pub(crate) async fn request(&self, command: Command, payload: Vec<u8>) -> Result<Frame, Error> {
         let (reply, rx) = oneshot::channel();
+        let request = self.request_to(command, correlation(), payload, Expect::Reply);
         self.tx
             .send(Op {
-                command,
-                payload: payload.into(),
-                credentials: self.credentials.clone(),
-                reply: Reply::Once(reply),
-                correlation: None,
+                request,
+                reply: Some(Reply::Once(reply)),
             })
             .map_err(|_| Error::Closed)?;
         rx.await.unwrap_or(Err(Error::Closed))
@@ -527,13 +421,11 @@ impl Connection {
     ) -> Result<([u8; 16], mpsc::UnboundedReceiver<Routed>), Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let c = correlation();
+        let request = self.request_to(command, c, payload, Expect::Stream);
         self.tx
             .send(Op {
-                command,
-                payload: payload.into(),
-                credentials: self.credentials.clone(),
-                reply: Reply::Stream(tx),
-                correlation: Some(c),
+                request,
+                reply: Some(Reply::Stream(tx)),
             })
             .map_err(|_| Error::Closed)?;
         Ok((c, rx))
@@ -546,15 +438,30 @@ impl Connection {
         correlation: [u8; 16],
         payload: Vec<u8>,
     ) -> Result<(), Error> {
+        let request = self.request_to(command, correlation, payload, Expect::Nothing);
         self.tx
             .send(Op {
-                command,
-                payload: payload.into(),
-                credentials: self.credentials.clone(),
-                reply: Reply::Nothing,
-                correlation: Some(correlation),
+                request,
+                reply: None,
             })
             .map_err(|_| Error::Closed)
+    }
+
+    /// A request with this handle's credentials.
+    fn request_to(
+        &self,
+        command: Command,
+        correlation: Correlation,
+        payload: Vec<u8>,
+        expect: Expect,
+    ) -> Request {
+        Request {
+            command,
+            correlation,
+            payload: payload.into(),
+            credentials: self.credentials.clone(),
+            expect,
+        }
     }
 
     /// End the subscription with this correlation id (the server answers
@@ -569,7 +476,7 @@ impl Connection {
 
     /// Round trip to the server (`Ping` → `Pong`).
     pub async fn ping(&self) -> Result<Duration, Error> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let reply = self.request(Command::Ping, Vec::new()).await?;
         if reply.command != Command::Pong {
             return Err(Error::Decode(format!(
@@ -591,76 +498,103 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
 }
 
+/// Moves bytes between the socket and the [`Session`], re-arms its one timer, connects
+/// again when it asks; it decides nothing else.
 struct Driver {
     settings: Arc<Settings>,
+    session: Session,
     rx: mpsc::UnboundedReceiver<Op>,
     /// True once `Connection::close` was called.
     closing: watch::Receiver<bool>,
-    pending: HashMap<[u8; 16], Pending>,
+    /// Where each request's answers go, by correlation id.
+    replies: HashMap<Correlation, Reply>,
     /// The node of the current (or last) connection.
     addr: String,
-    /// The leader a `NotHandled(NotLeader)` named: the next connection goes there.
-    redirect: Option<String>,
+    /// Told how the first connection went (`Connection::connect` waits for it).
+    first: Option<oneshot::Sender<Result<(), Error>>>,
 }
 
+/// How one connection ended.
 enum End {
     /// Every handle is gone, or `close` was called.
     Closed,
-    /// The socket broke.
-    Lost(String),
+    /// The connection failed or broke (`ready`: after its handshake).
+    Lost { why: ConnectError, ready: bool },
 }
 
 impl Driver {
-    async fn run(mut self, first: Link) {
-        let mut link = Some(first);
+    async fn run(mut self) {
         let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max)
             .with_max_attempts(self.settings.max_reconnect_attempts);
+        let mut redirect = None;
+        let mut failed = None;
         loop {
-            let mut current = match link.take() {
-                Some(l) => l,
-                None => match self.reconnect().await {
-                    Ok(l) => {
-                        backoff.reset();
-                        l
-                    }
-                    Err(e @ Error::NotAuthenticated(_)) => return self.give_up(e),
-                    Err(e) => {
-                        let Some(wait) = backoff.retry() else {
-                            return self.give_up(e);
-                        };
-                        tracing::warn!(addr = %self.addr, error = %e, ?wait, "eventstore: reconnecting");
-                        let mut closing = self.closing.clone();
-                        tokio::select! {
-                            () = tokio::time::sleep(wait) => {}
-                            () = closed(&mut closing) => return self.finish(Error::Closed),
-                        }
-                        continue;
-                    }
+            let end = match self.open(redirect.take(), failed.take()).await {
+                Ok(socket) => self.session(socket).await,
+                Err(End::Closed) => End::Closed,
+                Err(lost) => lost,
+            };
+            let (why, ready) = match end {
+                End::Closed => return self.finish(Error::Closed),
+                End::Lost { why, ready } => (why, ready),
+            };
+            let error = match why.clone() {
+                ConnectError::NotAuthenticated(why) => Error::NotAuthenticated(why),
+                reason => Error::Connect {
+                    addr: self.addr.clone(),
+                    reason,
                 },
             };
-            match self.session(&mut current).await {
-                End::Closed => {
-                    let _ = current.stream.shutdown().await;
-                    return self.finish(Error::Closed);
+            if let Some(first) = self.first.take() {
+                let _ = first.send(Err(error));
+                return self.finish(Error::Closed);
+            }
+            if matches!(why, ConnectError::NotAuthenticated(_)) {
+                return self.give_up(error);
+            }
+            failed = Some(self.addr.clone());
+            if ready {
+                tracing::warn!(addr = %self.addr, reason = %why, pending = self.session.in_flight(), "eventstore: connection lost");
+                backoff.reset();
+                if let ConnectError::NotLeader(leader) = why {
+                    redirect = Some(leader);
                 }
-                End::Lost(reason) => {
-                    tracing::warn!(addr = %self.addr, %reason, pending = self.pending.len(), "eventstore: connection lost");
-                }
+                continue; // at once: the node (or its leader) is likely up
+            }
+            let Some(wait) = backoff.retry() else {
+                return self.give_up(error);
+            };
+            tracing::warn!(addr = %self.addr, error = %error, ?wait, "eventstore: reconnecting");
+            let mut closing = self.closing.clone();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = closed(&mut closing) => return self.finish(Error::Closed),
             }
         }
     }
 
-    /// Connect again: to the leader a `NotLeader` named, or to the node gossip chooses now
-    /// (not the one that just failed, when there is another), or to the one address.
-    async fn reconnect(&mut self) -> Result<Link, Error> {
-        let redirected = self.redirect.is_some();
-        let addr = target(&self.settings, self.redirect.take(), Some(&self.addr)).await?;
-        let link = handshake(&self.settings, &addr).await?;
-        if addr != self.addr || redirected {
-            tracing::info!(from = %self.addr, to = %addr, redirected, "eventstore: connected to another node");
+    /// A socket to the leader a `NotLeader` named, or to the node gossip chooses now (not
+    /// the one that just failed, when there is another), or to the one address.
+    async fn open(
+        &mut self,
+        redirect: Option<String>,
+        failed: Option<String>,
+    ) -> Result<Socket, End> {
+        let lost = |why| End::Lost { why, ready: false };
+        let redirected = redirect.is_some();
+        let mut closing = self.closing.clone();
+        let addr = tokio::select! {
+            addr = target(&self.settings, redirect, failed.as_deref()) => addr.map_err(lost)?,
+            () = closed(&mut closing) => return Err(End::Closed),
+        };
+        if failed.as_ref().is_some_and(|f| *f != addr) || redirected {
+            tracing::info!(from = %self.addr, to = %addr, redirected, "eventstore: connecting to another node");
         }
         self.addr = addr;
-        Ok(link)
+        tokio::select! {
+            socket = open(&self.settings, &self.addr) => socket.map_err(lost),
+            () = closed(&mut closing) => Err(End::Closed),
+        }
     }
 
     fn give_up(self, error: Error) {
@@ -672,268 +606,108 @@ impl Driver {
     /// the channel closed ([`Error::Closed`]).
     fn finish(mut self, error: Error) {
         self.rx.close();
-        for (_, p) in self.pending.drain() {
-            p.reply.fail(error.clone());
+        for (_, reply) in self.replies.drain() {
+            reply.fail(error.clone());
         }
         while let Ok(op) = self.rx.try_recv() {
-            op.reply.fail(error.clone());
+            if let Some(reply) = op.reply {
+                reply.fail(error.clone());
+            }
         }
     }
 
-    async fn session(&mut self, link: &mut Link) -> End {
-        // Operations in flight when the last connection broke go out again; subscriptions
-        // hear that they were cut, then subscribe again.
-        let mut out = BytesMut::new();
-        for p in self.pending.values_mut() {
-            if let Reply::Stream(tx) = &p.reply {
-                let _ = tx.send(Routed::Lost);
-            }
-            out.extend_from_slice(&p.frame);
-            p.sent = Instant::now();
-        }
-        if !out.is_empty() && link.stream.write_all(&out).await.is_err() {
-            return End::Lost("write failed".into());
-        }
-        let interval = self.settings.heartbeat_interval;
-        let mut keepalive = Keepalive::new(
-            interval,
-            self.settings.heartbeat_timeout,
-            Instant::now().into_std(),
-        );
-        // Drives the heartbeats and the operation timeouts.
-        let mut tick = tokio::time::interval(Duration::from_millis(50).min(interval));
+    /// One connection: handshake, then operations until it breaks or the client closes.
+    async fn session(&mut self, mut socket: Socket) -> End {
+        self.session.connected(Instant::now());
         let mut closing = self.closing.clone();
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed = None;
+        let mut ready = false;
         loop {
+            if let Some(bytes) = self.session.poll_transmit()
+                && let Err(e) = socket.write_all(&bytes).await
+            {
+                self.session.connection_lost(e.into());
+            }
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    Event::Ready => {
+                        ready = true;
+                        if let Some(first) = self.first.take() {
+                            let _ = first.send(Ok(()));
+                        }
+                    }
+                    Event::Lost(why) => return End::Lost { why, ready },
+                    event => self.route(event),
+                }
+            }
+            let deadline = self.session.poll_timeout();
+            if deadline != armed {
+                armed = deadline;
+                // No deadline: a day away (the loop re-arms on the next turn anyway).
+                let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+                timer.as_mut().reset(at.into());
+            }
             tokio::select! {
-                () = closed(&mut closing) => return End::Closed,
+                () = closed(&mut closing) => break,
                 op = self.rx.recv() => {
-                    let Some(op) = op else { return End::Closed };
-                    let mut out = BytesMut::new();
+                    let Some(op) = op else { break };
+                    let now = Instant::now();
                     let mut next = Some(op);
                     while let Some(op) = next.take() {
-                        self.start(op, &mut out);
+                        if let Some(reply) = op.reply {
+                            self.replies.insert(op.request.correlation, reply);
+                        }
+                        self.session.send(op.request, now);
                         next = self.rx.try_recv().ok();
                     }
-                    if link.stream.write_all(&out).await.is_err() {
-                        return End::Lost("write failed".into());
-                    }
                 }
-                n = link.stream.read_buf(link.decoder.buffer()) => {
-                    match n {
-                        Ok(0) => return End::Lost("closed by the server".into()),
-                        Err(e) => return End::Lost(e.to_string()),
-                        Ok(_) => {}
-                    }
-                    keepalive.heard();
-                    let mut out = BytesMut::new();
-                    loop {
-                        match link.decoder.next_frame() {
-                            Ok(Some(frame)) => {
-                                if let Err(reason) = self.received(frame, &mut out) {
-                                    return End::Lost(reason);
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => return End::Lost(e.to_string()),
-                        }
-                    }
-                    if !out.is_empty() && link.stream.write_all(&out).await.is_err() {
-                        return End::Lost("write failed".into());
-                    }
-                }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    match keepalive.poll(now.into_std()) {
-                        Liveness::Wait => {}
-                        Liveness::Probe => {
-                            let request = Frame::new(Command::HeartbeatRequest, correlation(), Bytes::new());
-                            let Ok(bytes) = request.to_bytes() else { continue };
-                            if link.stream.write_all(&bytes).await.is_err() {
-                                return End::Lost("write failed".into());
-                            }
-                        }
-                        Liveness::Dead(timeout) => {
-                            return End::Lost(format!("no heartbeat answer within {timeout:?}"));
-                        }
-                    }
-                    let mut out = BytesMut::new();
-                    self.expire(now, &mut out);
-                    if !out.is_empty() && link.stream.write_all(&out).await.is_err() {
-                        return End::Lost("write failed".into());
-                    }
+                n = socket.read_buf(self.session.buffer()) => match n {
+                    Ok(0) => self.session.connection_lost(ConnectError::ClosedByServer),
+                    Ok(_) => self.session.handle_read(Instant::now()),
+                    Err(e) => self.session.connection_lost(e.into()),
+                },
+                () = &mut timer => {
+                    armed = None;
+                    self.session.handle_timeout(Instant::now());
                 }
             }
         }
+        let _ = socket.shutdown().await;
+        End::Closed
     }
 
-    /// Encode an operation, remember it, queue its bytes.
-    fn start(&mut self, op: Op, out: &mut BytesMut) {
-        let c = op.correlation.unwrap_or_else(correlation);
-        let mut frame = Frame::new(op.command, c, op.payload);
-        if let Some(creds) = op.credentials.or_else(|| self.settings.credentials.clone()) {
-            frame = frame.with_credentials(creds);
-        }
-        match frame.to_bytes() {
-            Ok(bytes) => {
-                out.extend_from_slice(&bytes);
-                if matches!(op.reply, Reply::Nothing) {
-                    return;
+    /// Hand an answer, a subscription's frame or its interruption to its owner.
+    fn route(&mut self, event: Event) {
+        match event {
+            Event::Reply {
+                correlation,
+                result,
+            } => {
+                if let Some(Reply::Once(tx)) = self.replies.remove(&correlation) {
+                    let _ = tx.send(result);
                 }
-                self.pending.insert(
-                    c,
-                    Pending {
-                        frame: bytes,
-                        reply: op.reply,
-                        sent: Instant::now(),
-                        attempts: 1,
-                    },
-                );
             }
-            Err(e) => op.reply.fail(e.into()),
+            Event::Delivered { correlation, frame } => {
+                let ends = frame.command.ends_subscription();
+                let taken = match self.replies.get(&correlation) {
+                    Some(Reply::Stream(tx)) => tx.send(Routed::Frame(frame)).is_ok(),
+                    _ => false,
+                };
+                if !taken {
+                    self.session.forget(&correlation); // the subscriber is gone
+                }
+                if ends || !taken {
+                    self.replies.remove(&correlation);
+                }
+            }
+            Event::Interrupted { correlation } => {
+                if let Some(Reply::Stream(tx)) = self.replies.get(&correlation) {
+                    let _ = tx.send(Routed::Lost);
+                }
+            }
+            Event::Ready | Event::Lost(_) => {}
         }
     }
-
-    /// Retry or fail operations whose answer is overdue.
-    fn expire(&mut self, now: Instant, out: &mut BytesMut) {
-        let timeout = self.settings.operation_timeout;
-        let overdue: Vec<[u8; 16]> = self
-            .pending
-            .iter()
-            // A subscription waits for its events as long as it lives.
-            .filter(|(_, p)| !matches!(p.reply, Reply::Stream(_)) && now >= p.sent + timeout)
-            .map(|(c, _)| *c)
-            .collect();
-        for c in overdue {
-            let Some(mut p) = self.pending.remove(&c) else {
-                continue;
-            };
-            if p.attempts > self.settings.operation_retries {
-                p.reply.fail(Error::Timeout(timeout));
-                continue;
-            }
-            p.attempts += 1;
-            p.sent = now;
-            out.extend_from_slice(&p.frame);
-            self.pending.insert(c, p);
-        }
-    }
-
-    /// Route a frame from the server. `Err` when the connection must be dropped.
-    fn received(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), String> {
-        match frame.command {
-            Command::HeartbeatRequest => {
-                let answer =
-                    Frame::new(Command::HeartbeatResponse, frame.correlation, Bytes::new());
-                if let Ok(bytes) = answer.to_bytes() {
-                    out.extend_from_slice(&bytes);
-                }
-                return Ok(());
-            }
-            Command::HeartbeatResponse => return Ok(()),
-            Command::BadRequest if frame.correlation == [0; 16] => {
-                return Err(format!(
-                    "the server refused the connection: {}",
-                    String::from_utf8_lossy(&frame.payload)
-                ));
-            }
-            _ => {}
-        }
-        if let Some(Pending {
-            reply: Reply::Stream(tx),
-            ..
-        }) = self.pending.get(&frame.correlation)
-            && frame.command != Command::NotHandled
-        {
-            let ends = frame.command.ends_subscription();
-            let c = frame.correlation;
-            if tx.send(Routed::Frame(frame)).is_err() || ends {
-                self.pending.remove(&c);
-            }
-            return Ok(());
-        }
-        let Some(mut p) = self.pending.remove(&frame.correlation) else {
-            tracing::debug!(command = ?frame.command, "eventstore: a reply for no pending operation");
-            return Ok(());
-        };
-        if frame.command == Command::NotHandled {
-            let reason = match wire::NotHandled::decode(frame.payload.clone()) {
-                Ok(n) => n.reason(),
-                Err(e) => {
-                    // Not retried as if busy: what the server meant is unknown.
-                    p.reply.fail(Error::Decode(format!(
-                        "a NotHandled reply that does not decode: {e}"
-                    )));
-                    return Ok(());
-                }
-            };
-            use wire::not_handled::NotHandledReason as R;
-            let busy = match reason {
-                R::NotReady => Busy::NotReady,
-                R::TooBusy => Busy::TooBusy,
-                R::IsReadOnly => {
-                    p.reply.fail(Error::ReadOnly);
-                    return Ok(());
-                }
-                R::NotMaster => {
-                    // Reconnect to the leader it names and send the operation there.
-                    let leader = leader(&frame.payload, self.settings.tls.is_some());
-                    match leader {
-                        Some(addr) if p.attempts <= self.settings.operation_retries => {
-                            p.attempts += 1;
-                            self.pending.insert(frame.correlation, p);
-                            let reason =
-                                format!("not the leader; reconnecting to the leader at {addr}");
-                            self.redirect = Some(addr);
-                            return Err(reason);
-                        }
-                        _ => {
-                            p.reply
-                                .fail(Error::NotLeader(leader.unwrap_or_else(|| "unknown".into())));
-                            return Ok(());
-                        }
-                    }
-                }
-            };
-            if p.attempts > self.settings.operation_retries {
-                p.reply.fail(Error::NotHandled(busy));
-                return Ok(());
-            }
-            p.attempts += 1;
-            p.sent = Instant::now();
-            out.extend_from_slice(&p.frame);
-            self.pending.insert(frame.correlation, p);
-            return Ok(());
-        }
-        let result = match frame.command {
-            Command::NotAuthenticated => Err(Error::NotAuthenticated(
-                String::from_utf8_lossy(&frame.payload).into_owned(),
-            )),
-            Command::BadRequest => Err(Error::BadRequest(
-                String::from_utf8_lossy(&frame.payload).into_owned(),
-            )),
-            _ => Ok(frame),
-        };
-        if let Reply::Once(tx) = p.reply {
-            let _ = tx.send(result);
-        }
-        Ok(())
-    }
-}
-
-/// The leader's TCP address from a `NotHandled(NotMaster)` reply: its secure endpoint
-/// when connecting over TLS.
-fn leader(payload: &Bytes, tls: bool) -> Option<String> {
-    let info = wire::NotHandled::decode(payload.clone())
-        .ok()?
-        .additional_info
-        .and_then(|info| wire::not_handled::MasterInfo::decode(info).ok())?;
-    let (host, port) = if tls {
-        (
-            info.external_secure_tcp_address?,
-            info.external_secure_tcp_port?,
-        )
-    } else {
-        (info.external_tcp_address, info.external_tcp_port)
-    };
-    (!host.is_empty() && port > 0).then(|| format!("{host}:{port}"))
 }

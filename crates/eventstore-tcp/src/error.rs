@@ -1,7 +1,9 @@
 //! The client's error type.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::command::Command;
 use crate::frame::{CredentialsError, FrameError};
 
 /// What went wrong, with what to do about it in the message.
@@ -24,7 +26,8 @@ pub enum Error {
         /// Where.
         addr: String,
         /// Why.
-        reason: String,
+        #[source]
+        reason: ConnectError,
     },
     /// The server refused the credentials.
     #[error("not authenticated: {0} — check the login and password")]
@@ -103,6 +106,57 @@ impl Error {
     }
 }
 
+/// Why a connection could not be made, or why it ended.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No TCP connection (or TLS handshake) within the connect timeout.
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    /// The socket failed (refused, reset, closed mid-write).
+    #[error("socket: {0}")]
+    Io(#[source] Arc<std::io::Error>),
+    /// The name to check the server's certificate against is not a valid DNS name or IP.
+    #[error("TLS server name {0:?} is not valid")]
+    TlsServerName(String),
+    /// The TLS handshake failed (untrusted certificate, wrong name, no TLS on the port).
+    #[error("TLS handshake: {0}")]
+    TlsHandshake(#[source] Arc<std::io::Error>),
+    /// Cluster discovery found no node to connect to.
+    #[error("gossip: {0}")]
+    Gossip(String),
+    /// The server closed the connection.
+    #[error("closed by the server")]
+    ClosedByServer,
+    /// The server refused the connection (`BadRequest` without a correlation id).
+    #[error("the server refused the connection: {0}")]
+    Refused(String),
+    /// The server refused the default credentials during the handshake.
+    #[error("not authenticated: {0}")]
+    NotAuthenticated(String),
+    /// The server answered the handshake with something else.
+    #[error("unexpected {0:?} during the handshake")]
+    Handshake(Command),
+    /// No answer to the handshake within the operation timeout.
+    #[error("no answer to the handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// No heartbeat answer (nor anything else) within the heartbeat timeout.
+    #[error("no heartbeat answer within {0:?}")]
+    HeartbeatTimeout(Duration),
+    /// The node is not the leader; the client reconnects to the one named.
+    #[error("not the leader; the leader is at {0}")]
+    NotLeader(String),
+    /// The bytes from the server are not valid framing.
+    #[error("malformed frame: {0}")]
+    Frame(#[source] FrameError),
+}
+
+impl From<std::io::Error> for ConnectError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(Arc::new(e))
+    }
+}
+
 /// Why a node did not handle an operation it may handle later (`NotHandled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -130,7 +184,7 @@ mod tests {
     fn transient_failures_are_the_ones_a_retry_can_cure() {
         let connect = Error::Connect {
             addr: "127.0.0.1:1113".into(),
-            reason: "refused".into(),
+            reason: ConnectError::ClosedByServer,
         };
         let transient = [
             connect,

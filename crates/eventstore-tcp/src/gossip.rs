@@ -205,7 +205,7 @@ pub(crate) async fn fetch(
         let tcp = TcpStream::connect(seed).await.map_err(|e| e.to_string())?;
         let mut stream: Socket = match tls {
             None => Box::new(tcp),
-            Some(tls) => tls.connect(seed, tcp).await?,
+            Some(tls) => tls.connect(seed, tcp).await.map_err(|e| e.to_string())?,
         };
         let host = seed.rsplit_once(':').map_or(seed, |(h, _)| h);
         let request = format!(

@@ -86,6 +86,8 @@ pub mod ordered;
 #[cfg(feature = "client")]
 mod persistent;
 #[cfg(feature = "client")]
+mod session;
+#[cfg(feature = "client")]
 mod subscription;
 #[cfg(feature = "client")]
 mod transaction;
@@ -97,7 +99,7 @@ pub use command::Command;
 #[cfg(feature = "client")]
 pub use connection::{Connection, Settings};
 #[cfg(feature = "client")]
-pub use error::{Busy, Error};
+pub use error::{Busy, ConnectError, Error};
 pub use frame::{Credentials, CredentialsError, Flags, Frame, FrameDecoder, FrameError};
 #[cfg(feature = "client")]
 pub use gossip::{NodePreference, NodeState};
