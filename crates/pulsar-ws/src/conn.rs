@@ -3,13 +3,15 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use headwaters_ordering_core::{Backoff, Keepalive, Liveness};
+use headwaters_ordering_core::Backoff;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -18,6 +20,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::error::{Error, TokenError};
 use crate::params::Secret;
+use crate::session::{Link, Lost, Out, Session};
 use crate::topic::encode;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -236,6 +239,11 @@ impl ClientConfig {
             .with_max_attempts(self.max_reconnect_attempts)
     }
 
+    /// The keepalive part of a session on this server.
+    pub(crate) fn link(&self) -> Link {
+        Link::new(self.ping_interval, self.pong_timeout)
+    }
+
     /// `ws://host:port`.
     pub fn base_url(&self) -> String {
         let scheme = if self.secure { "wss" } else { "ws" };
@@ -353,18 +361,7 @@ pub(crate) async fn reconnect(
     }
 }
 
-/// The keepalive of a socket opened now: a ping every `ping_interval`, the socket given up
-/// `pong_timeout` after an unanswered ping.
-pub(crate) fn keepalive(config: &ClientConfig) -> Keepalive {
-    Keepalive::new(config.ping_interval, config.pong_timeout, now())
-}
-
-/// The keepalive's deadline on tokio's clock.
-pub(crate) fn keepalive_deadline(keepalive: &Keepalive) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(keepalive.deadline())
-}
-
-fn now() -> std::time::Instant {
+pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -373,11 +370,11 @@ fn now() -> std::time::Instant {
 /// connection is gone. Close codes are not inspected: the server's are not valid.
 pub(crate) fn text_of(
     frame: Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>,
-) -> Result<Option<Utf8Bytes>, String> {
+) -> Result<Option<Utf8Bytes>, Lost> {
     match frame {
         Some(Ok(Frame::Text(text))) => Ok(Some(text)),
-        Some(Ok(Frame::Close(_))) | None => Err("closed by the server".into()),
-        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(Frame::Close(_))) | None => Err(Lost::Closed),
+        Some(Err(e)) => Err(Lost::Socket(e)),
         Some(Ok(_)) => Ok(None),
     }
 }
@@ -391,7 +388,7 @@ pub(crate) fn read_round(
     ws: &mut Ws,
     first: Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>,
     mut on_text: impl FnMut(&str),
-) -> Result<(), String> {
+) -> Result<(), Lost> {
     let mut frame = first;
     for round in 1..=DRAIN {
         if let Some(text) = text_of(frame)? {
@@ -406,14 +403,33 @@ pub(crate) fn read_round(
     Ok(())
 }
 
-/// The keepalive timer fired: ping if it is time, fail if the last ping went unanswered.
-pub(crate) async fn keepalive_fired(keepalive: &mut Keepalive, ws: &mut Ws) -> Result<(), String> {
-    match keepalive.poll(now()) {
-        Liveness::Probe => ws
-            .send(Frame::Ping(Default::default()))
-            .await
-            .map_err(|e| e.to_string()),
-        Liveness::Wait => Ok(()),
-        Liveness::Dead(t) => Err(format!("no answer to a ping within {t:?}")),
+/// Write what a session asks for: every frame fed, then one flush.
+pub(crate) async fn write_out(ws: &mut Ws, session: &mut impl Session) -> Result<(), Lost> {
+    let mut fed = false;
+    while let Some(out) = session.poll_transmit() {
+        let frame = match out {
+            Out::Text(text) => Frame::Text(text),
+            Out::Ping => Frame::Ping(Default::default()),
+        };
+        ws.feed(frame).await?;
+        fed = true;
+    }
+    if fed {
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+/// Point the driver's one timer at the session's deadline (none: a day away).
+pub(crate) fn arm(timer: Pin<&mut Sleep>, deadline: Option<std::time::Instant>) {
+    let at = match deadline {
+        Some(at) => tokio::time::Instant::from_std(at),
+        None if timer.deadline() > tokio::time::Instant::now() + Duration::from_secs(3600) => {
+            return;
+        }
+        None => tokio::time::Instant::now() + Duration::from_secs(86_400),
+    };
+    if timer.deadline() != at {
+        timer.reset(at);
     }
 }

@@ -21,14 +21,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
 use crate::conn::{self, ClientConfig, Ws};
 use crate::error::Error;
 use crate::params::{ConsumerParams, MAX_RECEIVER_QUEUE_SIZE, ReaderParams, ReaderStart};
-use crate::proto::{Command, ConsumerFrame, MessageId, ReceivedMessage, ZonedTime};
+use crate::proto::{Command, MessageId, ReceivedMessage, ZonedTime};
+use crate::session::{
+    ACK_BATCH, ANY_EPOCH, ConsumerSession, Delivery, FIRST_CONNECTION, Kind, Lost, Session, Settle,
+};
 use crate::topic::Topic;
 
 /// Consumer settings.
@@ -66,9 +68,6 @@ impl ConsumerOptions {
         self
     }
 }
-
-/// Acks waiting that force a write.
-const ACK_BATCH: usize = 64;
 
 /// Reader settings.
 #[derive(Debug, Clone, Default)]
@@ -115,14 +114,6 @@ struct Acker {
     epoch: u64,
 }
 
-/// One ack or nack on its way to the socket.
-#[derive(Debug)]
-struct Settle {
-    id: MessageId,
-    nack: bool,
-    epoch: u64,
-}
-
 /// Acks and nacks from the application, coalesced: the connection task is woken when the
 /// first one arrives (to start the grouping timer) and when a batch is full, not for each.
 #[derive(Debug, Default)]
@@ -141,10 +132,6 @@ impl Settlements {
         if len == 1 || len == ACK_BATCH {
             self.wake.notify_one();
         }
-    }
-
-    fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     fn take(&self) -> Vec<Settle> {
@@ -227,9 +214,6 @@ impl AckHandle {
     }
 }
 
-/// Any epoch: acks through a [`ConsumerHandle`] by id go out on the current connection.
-const ANY_EPOCH: u64 = 0;
-
 enum Ctl {
     EndOfTopic(oneshot::Sender<Result<bool, Error>>),
     Unsubscribe(oneshot::Sender<Result<(), Error>>),
@@ -255,9 +239,6 @@ impl Default for Counters {
         }
     }
 }
-
-/// The number of a consumer's first connection.
-const FIRST_CONNECTION: u64 = 1;
 
 /// A cloneable handle to a consumer: settle by id, ask for end of topic, unsubscribe,
 /// close. (What Stargate's registry hands out for `:consumer_ack`.)
@@ -581,13 +562,6 @@ impl Stream for Reader {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Push,
-    Pull,
-    Reader,
-}
-
 enum Query {
     Fixed(String),
     /// Recomputed on reconnect to resume after the last delivered message.
@@ -622,11 +596,11 @@ async fn start(
         topic: topic.clone(),
     };
     let task = Task {
+        session: ConsumerSession::new(config.link(), kind, queue, ack_flush_delay),
         config: config.clone(),
         path,
         query,
         kind,
-        queue: i64::from(queue),
         ctl: ctl_rx,
         out,
         buffered: buffered.clone(),
@@ -634,13 +608,7 @@ async fn start(
         taken: taken.clone(),
         counters,
         topic,
-        epoch: FIRST_CONNECTION,
-        in_flight: 0,
-        outstanding: 0,
-        unfreed: 0,
-        last_id: None,
         waiters: VecDeque::new(),
-        ack_flush_delay,
         settlements,
     };
     tokio::spawn(task.run(ws));
@@ -655,12 +623,14 @@ async fn start(
     })
 }
 
+/// The driver of a [`ConsumerSession`]: moves frames, re-arms the session's timer, hands
+/// messages to the application and reconnects; the session decides the rest.
 struct Task {
     config: ClientConfig,
+    session: ConsumerSession,
     path: String,
     query: Query,
     kind: Kind,
-    queue: i64,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     out: mpsc::UnboundedSender<Vec<Item>>,
     /// Messages handed to the application and not yet taken.
@@ -670,23 +640,13 @@ struct Task {
     taken: Arc<Notify>,
     counters: Arc<Counters>,
     topic: Arc<Topic>,
-    /// The connection's number; acks of older connections are not sent in push mode.
-    epoch: u64,
-    /// Push: delivered minus acked/nacked on this socket (the server's counter).
-    in_flight: i64,
-    /// Pull: permits granted minus messages delivered on this socket.
-    outstanding: i64,
-    /// Reader: delivered minus slot-freeing frames sent on this socket.
-    unfreed: i64,
-    last_id: Option<MessageId>,
     waiters: VecDeque<oneshot::Sender<Result<bool, Error>>>,
-    ack_flush_delay: Duration,
     settlements: Arc<Settlements>,
 }
 
 enum End {
     Closed(Option<oneshot::Sender<()>>),
-    Lost(String),
+    Lost(Lost),
     /// The application dropped the stream.
     Dropped,
 }
@@ -697,7 +657,7 @@ impl Task {
             Query::Fixed(q) => Ok(q.clone()),
             Query::Reader(p) => {
                 let mut p = p.clone();
-                if let Some(id) = &self.last_id {
+                if let Some(id) = self.session.last_id() {
                     p.start = Some(ReaderStart::At(id.clone()));
                 }
                 Ok(p.query()?)
@@ -731,9 +691,6 @@ impl Task {
                     }
                 }
             };
-            self.in_flight = 0;
-            self.outstanding = 0;
-            self.unfreed = 0;
             match self.session(&mut socket).await {
                 End::Closed(ack) => {
                     let _ = socket.close(None).await;
@@ -743,7 +700,9 @@ impl Task {
                     return;
                 }
                 End::Dropped => {
-                    let _ = self.write_settlements(&mut socket).await;
+                    self.session.settle(self.settlements.take(), conn::now());
+                    self.session.flush_settlements();
+                    let _ = conn::write_out(&mut socket, &mut self.session).await;
                     let _ = socket.close(None).await;
                     return;
                 }
@@ -754,8 +713,7 @@ impl Task {
                     }
                     tracing::warn!(endpoint = %self.path, %reason, "pulsar-ws: connection lost, reconnecting");
                     self.fail_waiters(&Error::Disconnected);
-                    self.epoch += 1;
-                    self.counters.connection.send_replace(self.epoch);
+                    self.counters.connection.send_replace(self.session.epoch());
                 }
             }
         }
@@ -767,71 +725,16 @@ impl Task {
         }
     }
 
-    fn publish_in_flight(&self) {
-        let n = match self.kind {
-            Kind::Push => self.in_flight,
-            Kind::Pull => self.outstanding,
-            Kind::Reader => self.unfreed,
-        };
-        self.counters
-            .in_flight
-            .store(n.max(0) as u64, Ordering::Relaxed);
-    }
-
     /// Messages sitting in the stream's buffer.
-    fn buffered(&self) -> i64 {
-        self.buffered.load(Ordering::Relaxed) as i64
-    }
-
-    /// Pull: grant permits for the room the buffer has. Reader: free the slots of messages
-    /// the application took.
-    async fn replenish(&mut self, ws: &mut Ws) -> Result<(), String> {
-        match self.kind {
-            Kind::Pull => {
-                // Up to `receiverQueueSize` messages granted and on their way, plus as many
-                // again read and waiting for the application: the application never waits
-                // for a grant's round trip while it works through what it has, and a slow
-                // application still holds the broker back.
-                let free = 2 * self.queue - self.buffered() - self.outstanding;
-                let free = free.min(self.queue - self.outstanding);
-                if free > 0 && (free >= self.queue / 2 || self.outstanding == 0) {
-                    self.outstanding += free;
-                    let permit = Command::Permit(free as u32).encode();
-                    ws.send(Frame::Text(Utf8Bytes::from(permit)))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            Kind::Reader => {
-                let to_free = self.unfreed - self.buffered();
-                if to_free > 0 {
-                    let id = self.last_id.clone().unwrap_or_else(|| MessageId::new(""));
-                    let frame = Utf8Bytes::from(Command::Ack(id).encode());
-                    for _ in 0..to_free {
-                        ws.feed(Frame::Text(frame.clone()))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    ws.flush().await.map_err(|e| e.to_string())?;
-                    self.unfreed -= to_free;
-                }
-            }
-            Kind::Push => {}
-        }
-        self.publish_in_flight();
-        Ok(())
+    fn buffered(&self) -> u64 {
+        self.buffered.load(Ordering::Relaxed)
     }
 
     async fn session(&mut self, ws: &mut Ws) -> End {
-        if let Err(e) = self.replenish(ws).await {
-            return End::Lost(e);
-        }
-        let mut keepalive = conn::keepalive(&self.config);
-        let timer = tokio::time::sleep_until(conn::keepalive_deadline(&keepalive));
+        self.session.connected(conn::now());
+        self.session.replenish(self.buffered());
+        let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
-        let ack_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(ack_timer);
-        let mut ack_timer_armed = false;
         // The notifications are waited on by futures that live across loop turns and are
         // renewed only when they fire: registering a waiter on every turn would cost more
         // than the messages.
@@ -847,164 +750,102 @@ impl Task {
         let dropped = out.closed();
         tokio::pin!(dropped);
         loop {
+            if let Err(e) = conn::write_out(ws, &mut self.session).await {
+                self.session.connection_lost(e);
+            }
+            if let Some(why) = self.session.poll_lost() {
+                return End::Lost(why);
+            }
+            self.counters
+                .in_flight
+                .store(self.session.in_flight(), Ordering::Relaxed);
+            conn::arm(timer.as_mut(), self.session.poll_timeout());
             tokio::select! {
                 ctl = self.ctl.recv() => {
                     // Every handle is gone.
                     let Some(ctl) = ctl else { return End::Dropped };
-                    match self.control(ws, ctl).await {
-                        Ok(None) => {}
-                        Ok(Some(end)) => return end,
-                        Err(e) => return End::Lost(e),
+                    if let Some(end) = self.control(ws, ctl).await {
+                        return end;
                     }
                 }
                 () = &mut settled_wake => {
                     settled_wake.set(settled.wake.notified());
-                    if self.settlements.len() >= ACK_BATCH || self.ack_flush_delay.is_zero() {
-                        if let Err(e) = self.write_settlements(ws).await {
-                            return End::Lost(e);
-                        }
-                    } else if !ack_timer_armed {
-                        ack_timer.as_mut().reset(tokio::time::Instant::now() + self.ack_flush_delay);
-                        ack_timer_armed = true;
-                    }
-                }
-                () = &mut ack_timer, if ack_timer_armed => {
-                    ack_timer_armed = false;
-                    if let Err(e) = self.write_settlements(ws).await {
-                        return End::Lost(e);
-                    }
+                    self.session.settle(self.settlements.take(), conn::now());
                 }
                 () = &mut taken_wake => {
                     taken_wake.set(taken.notified());
-                    if let Err(e) = self.replenish(ws).await {
-                        return End::Lost(e);
-                    }
+                    self.session.replenish(self.buffered());
                 }
                 frame = ws.next() => {
-                    keepalive.heard();
-                    if let Err(reason) = conn::read_round(ws, frame, |text| self.deliver(text)) {
-                        return End::Lost(reason);
+                    self.session.heard();
+                    if let Err(why) = conn::read_round(ws, frame, |text| self.session.handle_text(text)) {
+                        self.session.connection_lost(why);
                     }
+                    self.deliver();
                     if !self.hand_over() {
                         return End::Dropped;
                     }
                     // Grant again as soon as half the window has arrived, without waiting
                     // for the application to take it (the buffer bound still holds).
-                    if self.kind == Kind::Pull
-                        && let Err(e) = self.replenish(ws).await
-                    {
-                        return End::Lost(e);
+                    if self.kind == Kind::Pull {
+                        self.session.replenish(self.buffered());
                     }
-                    self.publish_in_flight();
                 }
-                () = &mut timer => {
-                    if let Err(reason) = conn::keepalive_fired(&mut keepalive, ws).await {
-                        return End::Lost(reason);
-                    }
-                    timer.as_mut().reset(conn::keepalive_deadline(&keepalive));
-                }
+                () = &mut timer => self.session.handle_timeout(conn::now()),
                 () = &mut dropped => return End::Dropped,
             }
         }
     }
 
-    /// Write the queued acks and nacks and flush.
-    async fn write_settlements(&mut self, ws: &mut Ws) -> Result<(), String> {
-        let batch = self.settlements.take();
-        if batch.is_empty() || self.kind == Kind::Reader {
-            return Ok(());
-        }
-        for Settle { id, nack, epoch } in batch {
-            if !self.settle_counts(epoch) {
-                continue;
-            }
-            let command = if nack {
-                Command::Nack(id)
-            } else {
-                Command::Ack(id)
-            };
-            ws.feed(Frame::Text(Utf8Bytes::from(command.encode())))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        ws.flush().await.map_err(|e| e.to_string())?;
-        self.publish_in_flight();
-        Ok(())
-    }
-
-    async fn control(&mut self, ws: &mut Ws, ctl: Ctl) -> Result<Option<End>, String> {
-        let frame = match ctl {
+    async fn control(&mut self, ws: &mut Ws, ctl: Ctl) -> Option<End> {
+        match ctl {
             Ctl::EndOfTopic(reply) => {
                 self.waiters.push_back(reply);
-                Command::IsEndOfTopic.encode()
+                self.session.command(Command::IsEndOfTopic);
+                None
             }
             Ctl::Unsubscribe(reply) => {
                 if self.kind == Kind::Reader {
                     let _ = reply.send(Err(Error::Config("readers have no subscription".into())));
-                    return Ok(None);
+                    return None;
                 }
-                let sent = ws
-                    .send(Frame::Text(Utf8Bytes::from(Command::Unsubscribe.encode())))
-                    .await;
+                self.session.command(Command::Unsubscribe);
+                let sent = conn::write_out(ws, &mut self.session).await;
                 let _ = reply.send(sent.map_err(|_| Error::Disconnected));
-                return Ok(Some(End::Closed(None)));
+                Some(End::Closed(None))
             }
             Ctl::Close(ack) => {
                 // Settlements made before the close go out first.
-                self.write_settlements(ws).await?;
-                return Ok(Some(End::Closed(Some(ack))));
+                self.session.settle(self.settlements.take(), conn::now());
+                self.session.flush_settlements();
+                let _ = conn::write_out(ws, &mut self.session).await;
+                Some(End::Closed(Some(ack)))
             }
-        };
-        ws.send(Frame::Text(Utf8Bytes::from(frame)))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(None)
+        }
     }
 
-    /// Push mode: an ack or nack frees a server slot, so only settlements of messages that
-    /// came on this socket are sent (the broker redelivers the rest after a reconnect);
-    /// this keeps the in-flight count exact. Pull mode: always sent.
-    fn settle_counts(&mut self, epoch: u64) -> bool {
-        if self.kind != Kind::Push {
-            return true;
+    /// What the session decoded joins the round's batch (answers go to their waiters).
+    fn deliver(&mut self) {
+        while let Some(delivery) = self.session.poll_delivery() {
+            let item = match delivery {
+                Delivery::EndOfTopic(flag) => {
+                    if let Some(w) = self.waiters.pop_front() {
+                        let _ = w.send(Ok(flag));
+                    }
+                    continue;
+                }
+                Delivery::Message(m, epoch) => {
+                    let acker = (self.kind != Kind::Reader).then(|| Acker {
+                        settlements: self.settlements.clone(),
+                        epoch,
+                    });
+                    Ok(Message::new(self.topic.clone(), m, acker))
+                }
+                // Reported, not fatal: the stream goes on.
+                Delivery::Undecodable(e) => Err(Error::Decode(e)),
+            };
+            self.batch.push(item);
         }
-        if epoch != ANY_EPOCH && epoch != self.epoch {
-            tracing::debug!(endpoint = %self.path, "pulsar-ws: dropping the ack of a message from a previous connection");
-            return false;
-        }
-        self.in_flight -= 1;
-        true
-    }
-
-    /// Handle a frame: messages (and decode errors) join the round's batch.
-    fn deliver(&mut self, text: &str) {
-        let item = match ConsumerFrame::decode(text) {
-            Ok(ConsumerFrame::EndOfTopic(flag)) => {
-                if let Some(w) = self.waiters.pop_front() {
-                    let _ = w.send(Ok(flag));
-                }
-                return;
-            }
-            Ok(ConsumerFrame::Message(m)) => {
-                match self.kind {
-                    Kind::Push => self.in_flight += 1,
-                    Kind::Pull => self.outstanding -= 1,
-                    Kind::Reader => self.unfreed += 1,
-                }
-                if self.kind == Kind::Reader {
-                    // Where a reconnected reader resumes.
-                    self.last_id = Some(m.message_id.clone());
-                }
-                let acker = (self.kind != Kind::Reader).then(|| Acker {
-                    settlements: self.settlements.clone(),
-                    epoch: self.epoch,
-                });
-                Ok(Message::new(self.topic.clone(), m, acker))
-            }
-            // Reported, not fatal: the stream goes on.
-            Err(e) => Err(Error::Decode(e)),
-        };
-        self.batch.push(item);
     }
 
     /// Hand the round's batch to the application; `false` when it dropped the stream.

@@ -90,6 +90,8 @@ mod error;
 mod handler;
 #[cfg(feature = "client")]
 mod producer;
+#[cfg(feature = "client")]
+mod session;
 
 #[cfg(feature = "batch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "batch")))]

@@ -1,22 +1,22 @@
 //! The producer: a cloneable handle on one persistent, pipelined connection —
 //! [`Producer`], [`ProducerOptions`], [`SendFuture`], [`PendingPolicy`].
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::conn::{self, ClientConfig, Ws};
 use crate::error::Error;
 use crate::params::ProducerParams;
-use crate::proto::{MessageId, OutgoingMessage, Receipt};
+use crate::proto::{MessageId, OutgoingMessage};
+use crate::session::{Lost, ProducerSession, Session};
 use crate::topic::Topic;
 
 /// What happens to sends still waiting for a receipt when the connection drops.
@@ -213,13 +213,11 @@ impl Producer {
         let (tx, rx) = mpsc::unbounded_channel();
         let failure = Arc::new(Mutex::new(None));
         let task = Task {
+            session: ProducerSession::new(config.link(), options.on_disconnect),
             config: config.clone(),
             path,
             query,
-            policy: options.on_disconnect,
             rx,
-            pending: BTreeMap::new(),
-            by_context: HashMap::new(),
             failure: failure.clone(),
         };
         tokio::spawn(task.run(ws));
@@ -373,14 +371,20 @@ impl Producer {
     }
 }
 
+/// What the session keeps for a send: where its outcome goes and its in-flight slot.
+struct Waiter {
+    done: Done,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The driver of a [`ProducerSession`]: moves frames, re-arms the keepalive timer,
+/// reconnects; the session decides the rest.
 struct Task {
     config: ClientConfig,
     path: String,
     query: String,
-    policy: PendingPolicy,
     rx: mpsc::UnboundedReceiver<Cmd>,
-    pending: BTreeMap<u64, Pending>,
-    by_context: HashMap<String, u64>,
+    session: ProducerSession<Waiter>,
     failure: Arc<Mutex<Option<Error>>>,
 }
 
@@ -389,7 +393,7 @@ enum End {
     /// Closed on request (or every handle is gone and nothing is pending).
     Closed(Option<oneshot::Sender<()>>),
     /// The socket broke.
-    Lost(String),
+    Lost(Lost),
 }
 
 impl Task {
@@ -420,15 +424,17 @@ impl Task {
                     return;
                 }
                 End::Lost(reason) => {
-                    tracing::warn!(endpoint = %self.path, %reason, pending = self.pending.len(), "pulsar-ws producer: connection lost");
-                    if self.policy == PendingPolicy::Fail {
-                        for (_, p) in std::mem::take(&mut self.pending) {
-                            p.done.complete(Err(Error::Disconnected));
-                        }
-                        self.by_context.clear();
-                    }
+                    tracing::warn!(endpoint = %self.path, %reason, pending = self.session.in_flight(), "pulsar-ws producer: connection lost");
+                    self.complete();
                 }
             }
+        }
+    }
+
+    /// Hand the outcomes the session decided to their senders.
+    fn complete(&mut self) {
+        while let Some((waiter, result)) = self.session.poll_completed() {
+            waiter.done.complete(result);
         }
     }
 
@@ -436,9 +442,8 @@ impl Task {
     fn give_up(&mut self, error: Error) {
         *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
         self.rx.close();
-        for (_, p) in std::mem::take(&mut self.pending) {
-            p.done.complete(Err(error.clone()));
-        }
+        self.session.fail_all(&error);
+        self.complete();
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Cmd::Send(p) => p.done.complete(Err(error.clone())),
@@ -449,117 +454,57 @@ impl Task {
         }
     }
 
+    fn submit(&mut self, p: Pending) {
+        let waiter = Waiter {
+            done: p.done,
+            _slot: p._slot,
+        };
+        self.session.send(p.seq, p.context, p.frame, waiter);
+    }
+
     async fn session(&mut self, ws: &mut Ws) -> End {
-        // Resend what was pending, in the original order.
-        let resend: Vec<Utf8Bytes> = self.pending.values().map(|p| p.frame.clone()).collect();
-        for frame in resend {
-            if let Err(e) = ws.feed(Frame::Text(frame)).await {
-                return End::Lost(e.to_string());
-            }
-        }
-        if let Err(e) = ws.flush().await {
-            return End::Lost(e.to_string());
-        }
-        let mut keepalive = conn::keepalive(&self.config);
-        let timer = tokio::time::sleep_until(conn::keepalive_deadline(&keepalive));
+        self.session.connected(Instant::now());
+        let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut closing: Option<Option<oneshot::Sender<()>>> = None;
         loop {
-            if let Some(ack) = closing.take_if(|_| self.pending.is_empty()) {
+            if let Err(e) = conn::write_out(ws, &mut self.session).await {
+                self.session.connection_lost(e);
+            }
+            self.complete();
+            if let Some(why) = self.session.poll_lost() {
+                return End::Lost(why);
+            }
+            if let Some(ack) = closing.take_if(|_| self.session.in_flight() == 0) {
                 return End::Closed(ack);
             }
+            conn::arm(timer.as_mut(), self.session.poll_timeout());
             tokio::select! {
                 cmd = self.rx.recv(), if closing.is_none() => match cmd {
                     None => closing = Some(None),
                     Some(Cmd::Close(ack)) => closing = Some(Some(ack)),
                     Some(Cmd::Send(p)) => {
-                        let mut next = Some(p);
-                        let mut batch = 0;
-                        while let Some(p) = next.take() {
-                            if let Err(e) = self.start(ws, p).await {
-                                return End::Lost(e);
+                        self.submit(p);
+                        for _ in 1..conn::DRAIN {
+                            match self.rx.try_recv() {
+                                Ok(Cmd::Send(p)) => self.submit(p),
+                                Ok(Cmd::Close(ack)) => {
+                                    closing = Some(Some(ack));
+                                    break;
+                                }
+                                Err(_) => break,
                             }
-                            batch += 1;
-                            if batch < 256 {
-                                next = match self.rx.try_recv() {
-                                    Ok(Cmd::Send(p)) => Some(p),
-                                    Ok(Cmd::Close(ack)) => {
-                                        closing = Some(Some(ack));
-                                        None
-                                    }
-                                    Err(_) => None,
-                                };
-                            }
-                        }
-                        if let Err(e) = ws.flush().await {
-                            return End::Lost(e.to_string());
                         }
                     }
                 },
                 frame = ws.next() => {
-                    keepalive.heard();
-                    if let Err(reason) = conn::read_round(ws, frame, |text| self.receipt(text)) {
-                        return End::Lost(reason);
+                    self.session.heard();
+                    if let Err(why) = conn::read_round(ws, frame, |text| self.session.handle_text(text)) {
+                        self.session.connection_lost(why);
                     }
                 }
-                () = &mut timer => {
-                    if let Err(reason) = conn::keepalive_fired(&mut keepalive, ws).await {
-                        return End::Lost(reason);
-                    }
-                    timer.as_mut().reset(conn::keepalive_deadline(&keepalive));
-                }
+                () = &mut timer => self.session.handle_timeout(Instant::now()),
             }
-        }
-    }
-
-    /// The pending send a context names. Generated contexts are the send's sequence
-    /// number, so they need no index; contexts given by the application are indexed.
-    fn find(&self, context: &str) -> Option<u64> {
-        if let Some(seq) = self.by_context.get(context) {
-            return Some(*seq);
-        }
-        let seq = context.parse().ok()?;
-        self.pending
-            .get(&seq)
-            .filter(|p| p.context == context)
-            .map(|_| seq)
-    }
-
-    async fn start(&mut self, ws: &mut Ws, p: Pending) -> Result<(), String> {
-        if self.find(&p.context).is_some() {
-            let ctx = p.context.clone();
-            p.done.complete(Err(Error::DuplicateContext(ctx)));
-            return Ok(());
-        }
-        let frame = p.frame.clone();
-        if p.context != p.seq.to_string() {
-            self.by_context.insert(p.context.clone(), p.seq);
-        }
-        self.pending.insert(p.seq, p);
-        ws.feed(Frame::Text(frame)).await.map_err(|e| e.to_string())
-    }
-
-    fn receipt(&mut self, text: &str) {
-        let receipt = match Receipt::decode(text) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws producer: undecodable receipt");
-                return;
-            }
-        };
-        let Some(context) = receipt.context else {
-            // send-error:3 carries no context: the server could not parse a frame. Ours are
-            // generated JSON, so this means a server or proxy bug; nothing to correlate.
-            tracing::error!(endpoint = %self.path, result = ?receipt.result, "pulsar-ws producer: receipt without context");
-            return;
-        };
-        let Some(seq) = self.find(&context) else {
-            tracing::debug!(endpoint = %self.path, %context, "pulsar-ws producer: receipt for no pending send");
-            return;
-        };
-        self.by_context.remove(&context);
-        if let Some(p) = self.pending.remove(&seq) {
-            p.done.complete(receipt.result.map_err(Error::Send));
         }
     }
 }
