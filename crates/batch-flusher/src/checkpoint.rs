@@ -162,6 +162,17 @@ impl From<tokio::task::JoinError> for CheckpointError {
     }
 }
 
+#[cfg(feature = "sqlite")]
+impl From<headwaters_ordering_core::sqlite::SqliteError> for CheckpointError {
+    fn from(e: headwaters_ordering_core::sqlite::SqliteError) -> Self {
+        use headwaters_ordering_core::sqlite::SqliteError;
+        match e {
+            SqliteError::Sqlite(e) => Self::Sqlite(e),
+            SqliteError::Task(e) => Self::Task(e),
+        }
+    }
+}
+
 /// Checkpoints in memory, for one process (no leases). Clones share the same map.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryCheckpoints {

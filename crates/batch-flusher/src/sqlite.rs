@@ -1,10 +1,9 @@
 //! [`SqliteCheckpoints`]: checkpoints in a SQLite file (one process; no leases).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
+use headwaters_ordering_core::sqlite::{SqliteDb, Synchronous};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, check_table_name};
@@ -14,8 +13,7 @@ use crate::checkpoint::{CheckpointError, Checkpointer, DEFAULT_TABLE, check_tabl
 /// sharing shards use [`PostgresCheckpoints`](crate::PostgresCheckpoints).
 #[derive(Debug, Clone)]
 pub struct SqliteCheckpoints {
-    conn: Arc<Mutex<Connection>>,
-    table: Arc<str>,
+    db: SqliteDb,
 }
 
 impl SqliteCheckpoints {
@@ -27,41 +25,20 @@ impl SqliteCheckpoints {
     /// Open with a table name.
     pub async fn open_with(path: impl AsRef<Path>, table: &str) -> Result<Self, CheckpointError> {
         check_table_name(table)?;
-        let path = path.as_ref().to_owned();
-        let table: Arc<str> = Arc::from(table);
-        let t = Arc::clone(&table);
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, CheckpointError> {
-            let conn = Connection::open(path)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {t} (
-                    shard TEXT NOT NULL PRIMARY KEY,
-                    position TEXT NOT NULL,
-                    updated_at INTEGER NOT NULL
-                )"
-            ))?;
-            Ok(conn)
-        })
-        .await??;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            table,
-        })
+        let columns = "shard TEXT NOT NULL PRIMARY KEY,
+                       position TEXT NOT NULL,
+                       updated_at INTEGER NOT NULL";
+        let db = SqliteDb::open(path.as_ref(), table, columns, Synchronous::Full).await?;
+        Ok(Self { db })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, &str) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, CheckpointError> {
-        let (conn, table) = (Arc::clone(&self.conn), Arc::clone(&self.table));
-        let result = tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn, &table)
-        })
-        .await?;
-        Ok(result?)
+        self.db
+            .blocking(move |conn, table| f(conn, table).map_err(CheckpointError::from))
+            .await
     }
 }
 

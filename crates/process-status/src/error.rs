@@ -74,6 +74,17 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+#[cfg(feature = "sqlite")]
+impl From<headwaters_ordering_core::sqlite::SqliteError> for Error {
+    fn from(e: headwaters_ordering_core::sqlite::SqliteError) -> Self {
+        use headwaters_ordering_core::sqlite::SqliteError;
+        match e {
+            SqliteError::Sqlite(e) => Self::Sqlite(e),
+            SqliteError::Task(e) => Self::Task(e),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for Error {
     fn from(e: tokio::task::JoinError) -> Self {
         Self::Task(Arc::new(e))

@@ -1,27 +1,16 @@
 //! [`SqliteStore`]: status in a SQLite file (bundled SQLite, WAL) — the embedded default.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use headwaters_ordering_core::Timestamp;
-use rusqlite::{Connection, OpenFlags, params};
+use headwaters_ordering_core::sqlite::SqliteDb;
+pub use headwaters_ordering_core::sqlite::Synchronous as Sync;
+use rusqlite::{Connection, params};
 
 use crate::error::check_table_name;
 use crate::store::{Item, StatusStore};
 use crate::{DEFAULT_TABLE, Error};
-
-/// How hard SQLite syncs a commit to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sync {
-    /// `synchronous=FULL`: a committed batch survives a process crash **and** a power loss.
-    #[default]
-    Full,
-    /// `synchronous=NORMAL`: a committed batch survives a process crash; the last batches may
-    /// be rolled back by a power loss or OS crash. Faster.
-    Normal,
-}
 
 /// Status in a SQLite database file. Writes are one transaction per batch, so a crash leaves
 /// every entity with a value that was really written.
@@ -31,8 +20,7 @@ pub enum Sync {
 /// NULL` (Unix µs of the write).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    table: Arc<str>,
+    db: SqliteDb,
     path: PathBuf,
 }
 
@@ -46,35 +34,11 @@ impl SqliteStore {
     pub async fn open_with(path: impl AsRef<Path>, table: &str, sync: Sync) -> Result<Self, Error> {
         check_table_name(table)?;
         let path = path.as_ref().to_owned();
-        let table: Arc<str> = Arc::from(table);
-        let (p, t) = (path.clone(), Arc::clone(&table));
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, Error> {
-            let conn = Connection::open_with_flags(
-                &p,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-            )?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            let level = match sync {
-                Sync::Full => "FULL",
-                Sync::Normal => "NORMAL",
-            };
-            conn.pragma_update(None, "synchronous", level)?;
-            conn.execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {t} (
-                    entity TEXT NOT NULL PRIMARY KEY,
-                    timestamp INTEGER NOT NULL,
-                    updated_at INTEGER NOT NULL
-                )"
-            ))?;
-            Ok(conn)
-        })
-        .await??;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            table,
-            path,
-        })
+        let columns = "entity TEXT NOT NULL PRIMARY KEY,
+                       timestamp INTEGER NOT NULL,
+                       updated_at INTEGER NOT NULL";
+        let db = SqliteDb::open(&path, table, columns, sync).await?;
+        Ok(Self { db, path })
     }
 
     /// The database file.
@@ -86,13 +50,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection, &str) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let conn = Arc::clone(&self.conn);
-        let table = Arc::clone(&self.table);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn, &table)
-        })
-        .await?
+        self.db.blocking(f).await
     }
 }
 
