@@ -1,18 +1,21 @@
 //! Ordered processing: events dispatched through an ordering-core [`Dispatcher`] keyed by
 //! stream id — events of one stream are handled one at a time in delivery order, different
-//! streams concurrently. [`run_ordered`] for a persistent subscription (settlements become
-//! acks and naks), [`run_ordered_catch_up`] for a catch-up subscription (e.g. on `$all`).
+//! streams concurrently. [`start_ordered`] / [`run_ordered`] for a persistent subscription
+//! (settlements become acks and naks), [`start_ordered_catch_up`] /
+//! [`run_ordered_catch_up`] for a catch-up subscription (e.g. on `$all`). The `start_*`
+//! forms run on a task of their own and stop with `shutdown(grace)`, as AMQP's `Consumer`
+//! and Pulsar's `start_ordered` do; the `run_*` forms are the same as a future.
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use headwaters_ordering_core::{
-    self as ordering, Delivery, Dispatcher, Epoch, Headers, Key, NoSettle, Settlement,
+    self as ordering, Delivery, Dispatcher, Epoch, Headers, Key, NoSettle, Running, Settlement,
     ShutdownReport, SourceEvent, Timestamp,
 };
 
 use crate::error::Error;
-use crate::persistent::{PersistentEvent, PersistentSubscription};
+use crate::persistent::{PersistentAck, PersistentEvent, PersistentSubscription};
 use crate::subscription::{CatchUp, CatchUpEvent, DropReason};
 use crate::types::ResolvedEvent;
 
@@ -56,9 +59,35 @@ pub async fn run_ordered<H>(
 where
     H: ordering::Handler,
 {
+    dispatcher(handler, config)?
+        .run(persistent_source(subscription), grace)
+        .await
+}
+
+/// An ordered persistent subscription at work: what [`start_ordered`] returns.
+pub type OrderedSubscription<H> = Running<H, PersistentAck, Error>;
+
+/// [`run_ordered`] on a task of its own, stopped by [`OrderedSubscription::shutdown`]
+/// (handlers finish within the grace, their acks go out, then the subscription is dropped) —
+/// the shape of AMQP's `Consumer::start` and Pulsar's `start_ordered`.
+pub fn start_ordered<H>(
+    subscription: PersistentSubscription,
+    handler: H,
+    config: ordering::Config,
+) -> Result<OrderedSubscription<H>, Error>
+where
+    H: ordering::Handler,
+{
+    Ok(dispatcher(handler, config)?.start(persistent_source(subscription)))
+}
+
+/// The subscription's events as a dispatcher source, an epoch per connection.
+fn persistent_source(
+    subscription: PersistentSubscription,
+) -> impl Stream<Item = Result<SourceEvent<PersistentAck>, Error>> + Send {
     let acker = subscription.acker();
     let mut connection = 1;
-    let source = subscription.filter_map(move |event| {
+    subscription.filter_map(move |event| {
         std::future::ready(match event {
             PersistentEvent::Event(m) => {
                 let settle = acker.settle_handle(&m);
@@ -77,8 +106,7 @@ where
                 None
             }
         })
-    });
-    dispatcher(handler, config)?.run(source, grace).await
+    })
 }
 
 /// Handle a catch-up subscription's events (a stream, or `$all`) through an ordering-core
@@ -95,7 +123,31 @@ pub async fn run_ordered_catch_up<H>(
 where
     H: ordering::Handler,
 {
-    let source = catch_up.filter_map(|event| async move {
+    dispatcher(handler, config)?
+        .run(catch_up_source(catch_up), grace)
+        .await
+}
+
+/// An ordered catch-up subscription at work: what [`start_ordered_catch_up`] returns.
+pub type OrderedCatchUp<H> = Running<H, NoSettle, Error>;
+
+/// [`run_ordered_catch_up`] on a task of its own, stopped by [`OrderedCatchUp::shutdown`].
+pub fn start_ordered_catch_up<H>(
+    catch_up: CatchUp,
+    handler: H,
+    config: ordering::Config,
+) -> Result<OrderedCatchUp<H>, Error>
+where
+    H: ordering::Handler,
+{
+    Ok(dispatcher(handler, config)?.start(catch_up_source(catch_up)))
+}
+
+/// The catch-up subscription's events as a dispatcher source (one epoch).
+fn catch_up_source(
+    catch_up: CatchUp,
+) -> impl Stream<Item = Result<SourceEvent<NoSettle>, Error>> + Send {
+    catch_up.filter_map(|event| async move {
         match event {
             CatchUpEvent::Event(e) => delivery(&e, 0, NoSettle, Epoch::new(1)),
             CatchUpEvent::Dropped(reason) if reason != DropReason::ConnectionLost => {
@@ -107,8 +159,7 @@ where
             }
             _ => None,
         }
-    });
-    dispatcher(handler, config)?.run(source, grace).await
+    })
 }
 
 fn dispatcher<H: ordering::Handler, T: ordering::Settle>(

@@ -1,4 +1,6 @@
-//! Publish messages over many keys to RabbitMQ and consume them in order per key.
+//! Publish messages over many keys to RabbitMQ and consume them in order per key. The same
+//! shape as `pulsar_ordered` and `eventstore_ordered`: configure, open, start the ordered
+//! consumer, produce, shut down with a grace.
 //!
 //! Needs a broker: `AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p headwaters
 //! --example amqp_ordered -- [messages] [keys] [--wire mississippi]`. Prints throughput and
@@ -6,41 +8,17 @@
 //! keys are Erlang terms (here `{order, N}`), queues are chosen by `phash2`, and an Elixir
 //! Mississippi consumer on the same queues would process the same messages.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+#[path = "support/in_order.rs"]
+mod in_order;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::future::join_all;
 use headwaters::amqp::etf::Term;
 use headwaters::amqp::{AmqpConfig, Consumer, DeadLetter, Producer, PublishOptions, WireFormat};
-use headwaters::ordering::{Config, Key, Message, Outcome, SimpleHandler};
-
-/// Checks that each key's sequence numbers arrive in order.
-struct CheckOrder {
-    last: Mutex<HashMap<Key, u64>>,
-    processed: Arc<AtomicU64>,
-    violations: Arc<AtomicU64>,
-}
-
-impl SimpleHandler for CheckOrder {
-    type Error = std::convert::Infallible;
-
-    async fn handle(&self, key: &Key, m: &Message) -> Result<Outcome, Self::Error> {
-        let seq: u64 = std::str::from_utf8(&m.payload)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = last.insert(key.clone(), seq);
-        if previous.is_some_and(|p| seq <= p) && !m.is_redelivery() {
-            self.violations.fetch_add(1, Relaxed);
-        }
-        self.processed.fetch_add(1, Relaxed);
-        Ok(Outcome::ack())
-    }
-}
+use headwaters::ordering::Config;
+use in_order::InOrder;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -63,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let messages = numbers.first().copied().unwrap_or(20_000);
     let keys = numbers.get(1).copied().unwrap_or(100);
+    // Configure.
     let mut config = AmqpConfig::new(url)
         .with_prefix(format!("hw_example_{}_", std::process::id()))
         .with_total_count(8)
@@ -73,14 +52,11 @@ async fn main() -> anyhow::Result<()> {
         // '{"dead-letter-exchange":"hw.dlx"}' --apply-to queues`.
         config = config.with_dead_letter(DeadLetter::Policy);
     }
-    let processed = Arc::new(AtomicU64::new(0));
-    let violations = Arc::new(AtomicU64::new(0));
-    let handler = CheckOrder {
-        last: Mutex::new(HashMap::new()),
-        processed: Arc::clone(&processed),
-        violations: Arc::clone(&violations),
-    };
-    let consumer = Consumer::start(config.clone(), handler, Config::default()).await?;
+    // Open and start: the ordered consumer of the shard queues.
+    let handler = InOrder::default();
+    let consumer = Consumer::start(config.clone(), handler.clone(), Config::default()).await?;
+
+    // Produce.
     let producer = Producer::connect(config).await?;
     let started = Instant::now();
     for seq in 0..messages / keys {
@@ -100,10 +76,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let published = started.elapsed();
     let total = messages / keys * keys;
-    while processed.load(Relaxed) < total {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    handler.wait_for(total, Duration::from_secs(60)).await?;
     let consumed = started.elapsed();
+
+    // Shut down: handlers finish within the grace, the last acks go out.
     consumer.shutdown(Duration::from_secs(5)).await;
     producer.close().await;
     println!(
@@ -114,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         "consumed  {total} in {consumed:.2?} ({:.0} msgs/s end to end)",
         total as f64 / consumed.as_secs_f64()
     );
-    let v = violations.load(Relaxed);
+    let v = handler.violations();
     println!("order violations: {v}");
     if v > 0 {
         bail!("{v} messages out of order");

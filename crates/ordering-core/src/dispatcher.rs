@@ -496,23 +496,56 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
         St: futures_util::Stream<Item = Result<SourceEvent<S>, E>>,
     {
         let mut source = pin!(source);
-        let mut failed = None;
+        let failed = self.feed(source.as_mut()).await;
+        let report = self.shutdown(grace).await;
+        failed.map_or(Ok(report), Err)
+    }
+
+    /// [`run`](Self::run) on a task of its own, until [`Running::shutdown`] (or the end of
+    /// `source`: then with a grace of [`Running::END_GRACE`]). The source lives until the
+    /// shutdown is over, so what handlers finish during the grace is still settled through it.
+    pub fn start<St, E>(&self, source: St) -> Running<H, S, E>
+    where
+        St: futures_util::Stream<Item = Result<SourceEvent<S>, E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        let (stop, mut stopped) = tokio::sync::watch::channel(None::<Duration>);
+        let dispatcher = self.clone();
+        let task = tokio::spawn(async move {
+            let mut source = pin!(source);
+            let failed = tokio::select! {
+                failed = dispatcher.feed(source.as_mut()) => failed,
+                _ = stopped.wait_for(Option::is_some) => None,
+            };
+            let grace = (*stopped.borrow()).unwrap_or(Running::<H, S, E>::END_GRACE);
+            let report = dispatcher.shutdown(grace).await;
+            failed.map_or(Ok(report), Err)
+        });
+        Running {
+            dispatcher: self.clone(),
+            stop,
+            task,
+        }
+    }
+
+    /// Dispatch what `source` yields until it ends, fails (the error is returned) or the
+    /// dispatcher is closed.
+    async fn feed<St, E>(&self, mut source: std::pin::Pin<&mut St>) -> Option<E>
+    where
+        St: futures_util::Stream<Item = Result<SourceEvent<S>, E>>,
+    {
         while let Some(event) = source.next().await {
             match event {
                 Ok(SourceEvent::Delivery(delivery)) => {
                     if self.dispatch(delivery).await.is_err() {
-                        break;
+                        return None;
                     }
                 }
                 Ok(SourceEvent::EpochLost(epoch)) => self.epoch_lost(epoch),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+                Err(e) => return Some(e),
             }
         }
-        let report = self.shutdown(grace).await;
-        failed.map_or(Ok(report), Err)
+        None
     }
 
     /// Stop accepting deliveries, finish the queued and running work until `grace` has passed,
@@ -541,6 +574,60 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
             }
         }
         report
+    }
+}
+
+/// An ordered consumer at work on its own task: what [`Dispatcher::start`] returns, and what
+/// the transports' ordered consumers hand out (AMQP's `Consumer` has the same methods).
+pub struct Running<H: Handler, S: Settle, E> {
+    dispatcher: Dispatcher<H, S>,
+    stop: tokio::sync::watch::Sender<Option<Duration>>,
+    task: JoinHandle<Result<ShutdownReport, E>>,
+}
+
+impl<H: Handler, S: Settle, E> fmt::Debug for Running<H, S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("finished", &self.task.is_finished())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler, S: Settle, E> Running<H, S, E> {
+    /// The grace handlers get when the source ends by itself (its connection was given up,
+    /// its subscription deleted): 5 s.
+    pub const END_GRACE: Duration = Duration::from_secs(5);
+
+    /// The dispatcher (signals to a key's handler, metrics).
+    pub fn dispatcher(&self) -> &Dispatcher<H, S> {
+        &self.dispatcher
+    }
+
+    /// Whether it has stopped (its source ended, or it was shut down).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Graceful shutdown: take no more deliveries, let the handlers finish what they hold
+    /// for up to `grace` (settled through the still open source), then close the source.
+    /// Returns the report, or the error that had ended the source.
+    pub async fn shutdown(self, grace: Duration) -> Result<ShutdownReport, E> {
+        self.stop.send_replace(Some(grace));
+        self.wait().await
+    }
+
+    /// Wait until the source ends by itself (then the handlers get
+    /// [`END_GRACE`](Self::END_GRACE)).
+    pub async fn wait(self) -> Result<ShutdownReport, E> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => Ok(ShutdownReport {
+                abandoned: 0,
+                drained: false,
+            }),
+        }
     }
 }
 

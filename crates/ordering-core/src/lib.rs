@@ -119,7 +119,7 @@ pub use backoff::Backoff;
 #[cfg(feature = "dispatcher")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dispatcher")))]
 pub use dispatcher::{
-    Config, ConfigError, DispatchError, Dispatcher, Metrics, ShutdownReport, SignalError,
+    Config, ConfigError, DispatchError, Dispatcher, Metrics, Running, ShutdownReport, SignalError,
     SourceEvent, TryDispatchError,
 };
 pub use handler::{Handler, Outcome, SimpleHandler, StopAction, TerminateReason};

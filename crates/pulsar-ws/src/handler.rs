@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use headwaters_ordering_core::{
-    self as ordering, Delivery, Dispatcher, Epoch, Headers, Key, Settlement, ShutdownReport,
-    SourceEvent, Timestamp,
+    self as ordering, Delivery, Dispatcher, Epoch, Headers, Key, Running, Settlement,
+    ShutdownReport, SourceEvent, Timestamp,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -145,12 +145,57 @@ where
 {
     let dispatcher: Dispatcher<H, Settler> =
         Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
-    let source = OrderedSource::new(consumer, on_discard);
-    let source = futures_util::stream::unfold(source, |mut source| async move {
-        let event = source.next().await?;
-        Some((event, source))
-    });
-    dispatcher.run(source, grace).await
+    dispatcher
+        .run(
+            OrderedSource::new(consumer, on_discard).into_stream(),
+            grace,
+        )
+        .await
+}
+
+/// An ordered Pulsar consumer at work: what [`start_ordered`] returns.
+pub type OrderedConsumer<H> = Running<H, Settler, Error>;
+
+/// [`run_ordered`] on a task of its own: the same processing, stopped by
+/// [`OrderedConsumer::shutdown`] (handlers finish within the grace, their acks go out, then
+/// the consumer closes) — the shape of AMQP's `Consumer::start` and EventStore's
+/// `ordered::start_ordered`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), headwaters_pulsar_ws::Error> {
+/// use std::time::Duration;
+/// use headwaters_ordering_core::{Config, Key, Message, Outcome, SimpleHandler};
+/// use headwaters_pulsar_ws::{ClientConfig, Consumer, ConsumerOptions, OnDiscard, Topic, start_ordered};
+///
+/// struct Print;
+/// impl SimpleHandler for Print {
+///     type Error = std::convert::Infallible;
+///     async fn handle(&self, key: &Key, m: &Message) -> Result<Outcome, Self::Error> {
+///         println!("{key}: {} bytes", m.payload.len());
+///         Ok(Outcome::ack())
+///     }
+/// }
+///
+/// let config = ClientConfig::new("ws://127.0.0.1:8080")?;
+/// let topic = Topic::persistent("public", "default", "orders")?;
+/// let consumer = Consumer::subscribe(&config, topic, "in-order", ConsumerOptions::default()).await?;
+/// let running = start_ordered(consumer, Print, Config::default(), OnDiscard::Acknowledge)?;
+/// // … later:
+/// let report = running.shutdown(Duration::from_secs(10)).await?;
+/// # let _ = report; Ok(()) }
+/// ```
+pub fn start_ordered<H>(
+    consumer: Consumer,
+    handler: H,
+    config: ordering::Config,
+    on_discard: OnDiscard,
+) -> Result<OrderedConsumer<H>, Error>
+where
+    H: ordering::Handler,
+{
+    let dispatcher: Dispatcher<H, Settler> =
+        Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(dispatcher.start(OrderedSource::new(consumer, on_discard).into_stream()))
 }
 
 /// A consumer as a dispatcher source: each connection is an epoch (its number), lost as
@@ -176,6 +221,13 @@ impl OrderedSource {
             next: None,
             on_discard,
         }
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<SourceEvent<Settler>, Error>> + Send {
+        futures_util::stream::unfold(self, |mut source| async move {
+            let event = source.next().await?;
+            Some((event, source))
+        })
     }
 
     async fn next(&mut self) -> Option<Result<SourceEvent<Settler>, Error>> {

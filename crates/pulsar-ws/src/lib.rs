@@ -16,8 +16,9 @@
 //! * [`Consumer`] and [`Reader`] — `Stream`s of [`Message`]s with ack / nack, end-of-topic
 //!   and unsubscribe. Pull mode with permits by default, so backpressure reaches the broker;
 //!   push mode with exact in-flight accounting.
-//! * [`run_handler`] (Stargate's handler + `processors: N`) and [`run_ordered`] (per-key
-//!   order through ordering-core's dispatcher).
+//! * [`run_handler`] (Stargate's handler + `processors: N`), and [`start_ordered`] /
+//!   [`run_ordered`] (per-key order through ordering-core's dispatcher, on its own task or
+//!   as a future).
 //! * Connections ([`ClientConfig`]): ping keepalive with pong timeout; reconnection with
 //!   backoff + jitter on any close, EOF or 429/5xx upgrade failure, restoring producers
 //!   (pending sends resent or failed, per [`PendingPolicy`]), consumers and readers (resuming
@@ -109,7 +110,8 @@ pub use consumer::{
 pub use error::{Error, TokenError};
 #[cfg(feature = "client")]
 pub use handler::{
-    Handled, MessageHandler, OnDiscard, Settler, run_handler, run_ordered, to_ordering_message,
+    Handled, MessageHandler, OnDiscard, OrderedConsumer, Settler, run_handler, run_ordered,
+    start_ordered, to_ordering_message,
 };
 #[cfg(feature = "client")]
 pub use producer::{PendingPolicy, Producer, ProducerOptions, SendFuture};

@@ -320,6 +320,82 @@ async fn run_feeds_a_source_then_shuts_down_and_returns_its_error() {
     );
 }
 
+/// A source that records when it is dropped.
+struct Guarded<St> {
+    inner: St,
+    dropped: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl<St> Drop for Guarded<St> {
+    fn drop(&mut self) {
+        self.dropped.lock().unwrap().push("source dropped");
+    }
+}
+
+impl<St: futures_util::Stream + Unpin> futures_util::Stream for Guarded<St> {
+    type Item = St::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<St::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_started_dispatcher_shuts_down_with_its_source_open_until_the_handlers_are_done() {
+    let rec = Arc::new(Recorder::default());
+    let d = Dispatcher::new(Arc::clone(&rec), config()).unwrap();
+    let log: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let settled: Settled = Arc::default();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let source = Guarded {
+        inner: tokio_stream_from(rx),
+        dropped: Arc::clone(&log),
+    };
+    let running = d.start::<_, ()>(source);
+    let settle_log = Arc::clone(&log);
+    let settle = {
+        let settled = Arc::clone(&settled);
+        move |s: Settlement| {
+            settle_log.lock().unwrap().push("settled");
+            settled.lock().unwrap().push((1, s));
+        }
+    };
+    // A slow message (2.55 ms): the shutdown comes while it runs.
+    tx.send(Ok(SourceEvent::Delivery(Delivery {
+        key: Key::from("k"),
+        message: msg(1, 255, None),
+        settle,
+        epoch: Epoch::new(1),
+    })))
+    .unwrap();
+    wait_for("the message started", || {
+        running.dispatcher().metrics().in_flight == 1
+    })
+    .await;
+    assert!(!running.is_finished());
+    let report = running.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((report.abandoned, report.drained), (0, true));
+    assert_eq!(*settled.lock().unwrap(), [(1, Settlement::Ack)]);
+    assert_eq!(*log.lock().unwrap(), ["settled", "source dropped"]);
+    assert!(tx.is_closed(), "the source is closed after the shutdown");
+}
+
+#[tokio::test]
+async fn a_started_dispatcher_ends_with_its_source_and_returns_its_error() {
+    let rec = Arc::new(Recorder::default());
+    let d = Dispatcher::new(Arc::clone(&rec), config()).unwrap();
+    let source = futures_util::stream::iter([Err::<SourceEvent<NoSettle>, _>("gave up")]);
+    assert_eq!(d.start(source).wait().await, Err("gave up"));
+}
+
+fn tokio_stream_from<T>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> + Unpin {
+    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
 #[tokio::test]
 async fn signals_reach_the_key_handler_and_report_unavailable() {
     let rec = Arc::new(Recorder::default());
