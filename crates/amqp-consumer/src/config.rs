@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
-use headwaters_ordering_core::{HeaderValue, Headers};
+use headwaters_ordering_core::{Backoff, HeaderValue, Headers};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::{Error, WireFormat};
@@ -49,6 +49,10 @@ pub struct AmqpConfig {
     /// Reconnect backoff cap. Default 1 s: during a long outage attempts stay cheap (one a
     /// second), and once the broker is back the consumer resumes within about a second.
     pub reconnect_max: Duration,
+    /// Give up after this many failed connection attempts in a row (`None`, the default:
+    /// never). A consumer that gave up stops ([`Consumer::failure`](crate::Consumer::failure)
+    /// says why); a producer fails its waiting publishes and tries again on the next one.
+    pub max_reconnect_attempts: Option<u32>,
     /// The longest a connection attempt may take — TCP, TLS and the AMQP handshake, then
     /// opening the channels and declaring the queues — before it counts as failed and the
     /// next attempt follows the backoff. Default 10 s. An endpoint that accepts and then says
@@ -115,6 +119,7 @@ impl Default for AmqpConfig {
             queue_arguments: Headers::new(),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(1),
+            max_reconnect_attempts: None,
             connect_timeout: Duration::from_secs(10),
             publish_wait: Duration::ZERO,
             max_message_size: 128 * 1024 * 1024,
@@ -273,6 +278,20 @@ impl AmqpConfig {
     )]
     pub fn with_reconnect(self, min: Duration, max: Duration) -> Self {
         self.with_backoff(min, max)
+    }
+
+    /// Give up after this many failed reconnection attempts in a row (see
+    /// [`AmqpConfig::max_reconnect_attempts`]); the same call as the Pulsar and EventStore
+    /// clients'.
+    pub fn with_max_reconnect_attempts(mut self, attempts: u32) -> Self {
+        self.max_reconnect_attempts = Some(attempts);
+        self
+    }
+
+    /// The reconnection backoff these settings describe.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.reconnect_min, self.reconnect_max)
+            .with_max_attempts(self.max_reconnect_attempts)
     }
 
     /// Bound every connection attempt (see [`AmqpConfig::connect_timeout`]).

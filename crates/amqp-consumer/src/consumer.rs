@@ -28,7 +28,6 @@ use crate::producer::SHARDING_KEY_HEADER;
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 use crate::shard::queue_name;
 use crate::{Error, WireFormat};
-use headwaters_ordering_core::Backoff;
 
 /// Settles one delivery through its channel's ack coalescer.
 #[derive(Debug)]
@@ -143,6 +142,8 @@ pub struct Consumer<H: Handler> {
     phase: watch::Sender<Phase>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    /// Why it stopped reconnecting ([`AmqpConfig::max_reconnect_attempts`]).
+    failure: Arc<std::sync::Mutex<Option<Error>>>,
 }
 
 impl<H: Handler> std::fmt::Debug for Consumer<H> {
@@ -169,18 +170,21 @@ impl<H: Handler> Consumer<H> {
         let counters = Arc::new(Counters::default());
         let first = establish(&config, &dispatcher, &counters).await?;
         let (phase, phase_rx) = watch::channel(Phase::Running);
+        let failure = Arc::default();
         let task = tokio::spawn(supervise(
             config,
             first,
             dispatcher.clone(),
             Arc::clone(&counters),
             phase_rx,
+            Arc::clone(&failure),
         ));
         Ok(Self {
             dispatcher,
             phase,
             task: std::sync::Mutex::new(Some(task)),
             counters,
+            failure,
         })
     }
 
@@ -196,6 +200,25 @@ impl<H: Handler> Consumer<H> {
             deliveries: self.counters.deliveries.load(Relaxed),
             invalid: self.counters.invalid.load(Relaxed),
         }
+    }
+
+    /// Whether it has stopped: shut down, aborted, or out of reconnection attempts (then
+    /// [`failure`](Self::failure) says why).
+    pub fn is_finished(&self) -> bool {
+        self.task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished)
+    }
+
+    /// The last connection error, once the consumer gave up reconnecting
+    /// ([`AmqpConfig::max_reconnect_attempts`]); `None` while it runs or after a shutdown.
+    pub fn failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Graceful shutdown: cancel the consumers (`basic.cancel`), let the handlers finish what
@@ -346,16 +369,21 @@ async fn supervise<H: Handler>(
     dispatcher: Dispatcher<H, AmqpSettle>,
     counters: Arc<Counters>,
     mut phase: watch::Receiver<Phase>,
+    failure: Arc<std::sync::Mutex<Option<Error>>>,
 ) {
     let mut next = Some(first);
-    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let mut backoff = config.backoff();
     loop {
         let link = match next.take() {
             Some(link) => link,
             None => match establish(&config, &dispatcher, &counters).await {
                 Ok(link) => link,
                 Err(e) => {
-                    let delay = backoff.step();
+                    let Some(delay) = backoff.retry() else {
+                        tracing::error!(error = %e, attempts = backoff.failures(), "consumer: giving up reconnecting");
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        return;
+                    };
                     if backoff.worth_reporting() {
                         tracing::warn!(error = %e, ?delay, attempts = backoff.failures(), "consumer reconnect failed");
                     } else {

@@ -16,7 +16,6 @@ use crate::etf::Term;
 use crate::link::{bounded, connect, declare};
 use crate::shard::queue_name;
 use crate::wire::Routed;
-use headwaters_ordering_core::Backoff;
 
 /// The header that carries the sharding key, as a long string: its bytes, or in the
 /// Mississippi wire format `term_to_binary` of its term.
@@ -256,7 +255,7 @@ impl Producer {
                 "producer lost its channel; re-establishing it"
             );
             inner.link.send_replace(None);
-            let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+            let mut backoff = inner.config.backoff();
             loop {
                 match open(&inner.config).await {
                     Ok(link) => {
@@ -269,7 +268,10 @@ impl Producer {
                         return;
                     }
                     Err(e) => {
-                        let delay = backoff.step();
+                        let Some(delay) = backoff.retry() else {
+                            tracing::error!(error = %e, attempts = backoff.failures(), "producer: giving up reconnecting until the next publish");
+                            return;
+                        };
                         if backoff.worth_reporting() {
                             tracing::warn!(error = %e, ?delay, attempts = backoff.failures(), "producer reconnect failed");
                         } else {

@@ -37,6 +37,9 @@ pub struct Settings {
     pub(crate) node_preference: NodePreference,
     pub(crate) gossip_timeout: Duration,
     pub(crate) tls: Option<Tls>,
+    /// What the TLS configuration was built from (`with_ca_pem`, `with_client_identity`).
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// TLS settings: the rustls configuration and, optionally, the name to verify.
@@ -102,16 +105,35 @@ impl Settings {
             node_preference: NodePreference::Leader,
             gossip_timeout: Duration::from_secs(1),
             tls: None,
+            ca_pem: None,
+            identity: None,
         }
     }
 
     /// Connect over TLS (the servers' secure TCP port), trusting the system's roots and,
     /// if given, the CA certificates in `ca_pem`. Cluster discovery then picks nodes'
     /// secure ports and gossips over HTTPS.
-    pub fn with_tls(self, ca_pem: Option<&[u8]>) -> Result<Self, Error> {
-        let config =
-            headwaters_ordering_core::tls::client_config(ca_pem, None).map_err(Error::Tls)?;
-        Ok(self.with_tls_config(config))
+    pub fn with_tls(mut self, ca_pem: Option<&[u8]>) -> Result<Self, Error> {
+        self.ca_pem = ca_pem.map(<[u8]>::to_vec);
+        self.build_tls()
+    }
+
+    /// Connect over TLS trusting this CA (PEM) in addition to the system's roots — the
+    /// same call as the AMQP and Pulsar clients' `with_ca_pem`.
+    pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Result<Self, Error> {
+        self.ca_pem = Some(pem.into());
+        self.build_tls()
+    }
+
+    /// Connect over TLS presenting this client certificate (PEM chain) and key (PEM):
+    /// mutual TLS, as the AMQP and Pulsar clients' `with_client_identity`.
+    pub fn with_client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Result<Self, Error> {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self.build_tls()
     }
 
     /// Connect over TLS presenting a client certificate (`cert_pem`: the chain, `key_pem`:
@@ -122,9 +144,18 @@ impl Settings {
         cert_pem: &[u8],
         key_pem: &[u8],
     ) -> Result<Self, Error> {
-        let config =
-            headwaters_ordering_core::tls::client_config(ca_pem, Some((cert_pem, key_pem)))
-                .map_err(Error::Tls)?;
+        self.with_tls(ca_pem)?
+            .with_client_identity(cert_pem, key_pem)
+    }
+
+    /// The rustls configuration from the CA and identity given so far.
+    fn build_tls(self) -> Result<Self, Error> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice()));
+        let config = headwaters_ordering_core::tls::client_config(self.ca_pem.as_deref(), identity)
+            .map_err(Error::Tls)?;
         Ok(self.with_tls_config(config))
     }
 
@@ -203,12 +234,22 @@ impl Settings {
         self
     }
 
-    /// Client heartbeats: a request after `interval` of silence, the connection is dead
-    /// after `timeout` more (defaults 750 ms / 1500 ms).
-    pub fn with_heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+    /// Client heartbeats: a request every `interval`; the connection is dead when nothing
+    /// arrives within `timeout` of an unanswered one (defaults 750 ms / 1500 ms). The same
+    /// call as the Pulsar client's `with_keepalive`.
+    pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval.max(Duration::from_millis(10));
         self.heartbeat_timeout = timeout.max(Duration::from_millis(10));
         self
+    }
+
+    /// The old name of [`with_keepalive`](Self::with_keepalive) (Extreme's heartbeats).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `with_keepalive`, as in the Pulsar client"
+    )]
+    pub fn with_heartbeat(self, interval: Duration, timeout: Duration) -> Self {
+        self.with_keepalive(interval, timeout)
     }
 
     /// How long an operation waits for its answer before it is sent again (default 7 s),

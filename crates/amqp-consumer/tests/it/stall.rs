@@ -127,3 +127,35 @@ async fn a_consumer_resumes_by_itself_after_a_proxy_froze_and_thawed() {
     consumer.shutdown(Duration::from_secs(5)).await;
     producer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: cargo xtask integration"]
+async fn a_consumer_out_of_reconnection_attempts_stops_and_says_why() {
+    let proxy = FaultProxy::start(broker_addr(&amqp_url())).await.unwrap();
+    let mut via_proxy = config("give_up", 2);
+    via_proxy.url = format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr());
+    let via_proxy = via_proxy
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .with_max_reconnect_attempts(2);
+    let consumer = Consumer::start(via_proxy, Recording(Arc::default()), Config::default())
+        .await
+        .unwrap();
+    assert!(!consumer.is_finished());
+    assert!(consumer.failure().is_none());
+    // The broker goes away for good: the connection is cut and every new one refused.
+    let before = proxy.accepted();
+    proxy.set_down(true);
+    eventually("the consumer gave up", Duration::from_secs(20), || {
+        consumer.is_finished()
+    })
+    .await;
+    let failure = consumer.failure().expect("the reason it gave up");
+    assert!(failure.is_transient(), "{failure}");
+    assert!(
+        proxy.accepted() >= before + 2,
+        "two attempts were made: {}",
+        proxy.accepted() - before
+    );
+    consumer.shutdown(Duration::from_secs(1)).await;
+}

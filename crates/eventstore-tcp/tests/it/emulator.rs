@@ -212,7 +212,7 @@ async fn heartbeats_keep_an_idle_connection_and_a_stall_is_detected() {
     let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
     // The client asks; the emulator stays quiet.
     let e = heartbeating(slow).await;
-    let c = Connection::connect(settings(&e).with_heartbeat(fast, Duration::from_millis(200)))
+    let c = Connection::connect(settings(&e).with_keepalive(fast, Duration::from_millis(200)))
         .await
         .unwrap();
     eventually("five heartbeats asked and answered", || {
@@ -237,7 +237,7 @@ async fn heartbeats_keep_an_idle_connection_and_a_stall_is_detected() {
 
     // The emulator asks; the client answers (and, quiet itself, asks nothing).
     let e = heartbeating(fast).await;
-    let c = Connection::connect(settings(&e).with_heartbeat(slow, slow))
+    let c = Connection::connect(settings(&e).with_keepalive(slow, slow))
         .await
         .unwrap();
     eventually("five heartbeats answered by the client", || {
@@ -702,12 +702,11 @@ async fn tls_with_a_trusted_ca_and_clear_errors_without() {
     let e = EventStoreEmulator::start_with(config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    // Configured as the AMQP and Pulsar clients are.
     let mutual = settings(&e)
-        .with_tls_identity(
-            Some(certs.ca_pem.as_bytes()),
-            certs.client.cert_pem.as_bytes(),
-            certs.client.key_pem.as_bytes(),
-        )
+        .with_ca_pem(certs.ca_pem.clone())
+        .unwrap()
+        .with_client_identity(certs.client.cert_pem.clone(), certs.client.key_pem.clone())
         .unwrap();
     Connection::connect(mutual)
         .await
