@@ -260,6 +260,13 @@ impl Settings {
         self
     }
 
+    /// How long a TCP connection (and then the TLS handshake) may take to open (default
+    /// 5 s); the handshake after it is bounded by the operation timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Give up after this many failed reconnection attempts in a row (Extreme's
     /// `max_attempts`); unlimited by default.
     pub fn with_max_reconnect_attempts(mut self, attempts: u32) -> Self {
