@@ -18,6 +18,9 @@ pub enum Error {
         target: String,
         /// Why.
         reason: String,
+        /// lapin's error, when it reported the failure.
+        #[source]
+        source: Option<lapin::Error>,
     },
     /// The broker refused the credentials (`ACCESS_REFUSED`).
     #[error("the broker refused the login: {reason}; check the user name and password in the URL")]
@@ -80,6 +83,9 @@ pub enum Error {
     /// The connection or channel failed.
     #[error("AMQP connection error: {0}")]
     Connection(String),
+    /// The connection or channel failed, as lapin reported it.
+    #[error("AMQP connection error: {0}")]
+    Lapin(#[source] lapin::Error),
 }
 
 impl Error {
@@ -89,9 +95,11 @@ impl Error {
     /// virtual host, bad configuration and oversized or unroutable messages are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable { .. } | Self::Reconnecting | Self::Nacked | Self::Connection(_) => {
-                true
-            }
+            Self::Unreachable { .. }
+            | Self::Reconnecting
+            | Self::Nacked
+            | Self::Connection(_)
+            | Self::Lapin(_) => true,
             // 320 CONNECTION_FORCED (broker shutting down), 505/506 (frame/resource errors
             // on a connection the broker closed), 541 INTERNAL_ERROR.
             Self::Broker { code, .. } => matches!(code, 320 | 505 | 506 | 541),
@@ -121,11 +129,12 @@ impl Error {
             ErrorKind::IOError(io) => Self::Unreachable {
                 target: target.to_owned(),
                 reason: io.to_string(),
+                source: Some(e.clone()),
             },
             ErrorKind::AuthProviderError(reason) => Self::AccessRefused {
                 reason: reason.clone(),
             },
-            _ => Self::Connection(e.to_string()),
+            _ => Self::Lapin(e.clone()),
         }
     }
 }
@@ -139,6 +148,7 @@ mod tests {
         let unreachable = Error::Unreachable {
             target: "127.0.0.1:1".into(),
             reason: "refused".into(),
+            source: None,
         };
         let forced = Error::Broker {
             code: 320,

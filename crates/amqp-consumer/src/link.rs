@@ -25,6 +25,7 @@ pub(crate) async fn bounded<T>(
                     "{what} did not finish within {:?} (the endpoint accepted the connection but did not answer)",
                     config.connect_timeout
                 ),
+                source: None,
             })
         })
 }

@@ -265,9 +265,10 @@ impl ClientConfig {
     /// Open one WebSocket to `path?query`.
     pub(crate) async fn connect(&self, path: &str, query: &str) -> Result<Ws, Error> {
         let url = format!("{}{path}", self.base_url());
-        let connect_err = |reason: String| Error::Connect {
+        let connect_err = |reason: String, source| Error::Connect {
             url: url.clone(),
             reason,
+            source,
         };
         let token = match &self.token {
             Some(p) => Some(p.token().await.map_err(Error::Token)?),
@@ -313,10 +314,10 @@ impl ClientConfig {
             connector,
         );
         match tokio::time::timeout(self.connect_timeout, attempt).await {
-            Err(_) => Err(connect_err(format!(
-                "no upgrade within {:?}",
-                self.connect_timeout
-            ))),
+            Err(_) => Err(connect_err(
+                format!("no upgrade within {:?}", self.connect_timeout),
+                None,
+            )),
             Ok(Ok((ws, _))) => Ok(ws),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 let body = response
@@ -330,7 +331,7 @@ impl ClientConfig {
                     body,
                 })
             }
-            Ok(Err(e)) => Err(connect_err(e.to_string())),
+            Ok(Err(e)) => Err(connect_err(e.to_string(), Some(Arc::new(e)))),
         }
     }
 }

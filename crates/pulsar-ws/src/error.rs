@@ -32,6 +32,9 @@ pub enum Error {
         url: String,
         /// Why.
         reason: String,
+        /// The WebSocket client's error, when it reported the failure.
+        #[source]
+        source: Option<std::sync::Arc<tokio_tungstenite::tungstenite::Error>>,
     },
     /// The TLS configuration could not be built (bad PEM, key mismatch); the cause is the
     /// source.
