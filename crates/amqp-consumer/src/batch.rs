@@ -71,7 +71,7 @@ impl Source for AmqpShardSource {
         Ok(consumer
             .map(move |delivery| {
                 let _keep_alive = &connection;
-                let delivery = delivery.map_err(Error::Lapin)?;
+                let delivery = delivery.map_err(|e| Error::Lapin(Arc::new(e)))?;
                 let tag = delivery.delivery_tag;
                 // A key that does not decode stays `None` (the record is still delivered).
                 let (key, message) = decode(delivery, wire);

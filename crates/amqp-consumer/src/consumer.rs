@@ -489,7 +489,7 @@ async fn read_queue<H: Handler>(
     wire: WireFormat,
 ) -> Result<(), Error> {
     while let Some(delivery) = consumer.next().await {
-        let delivery = delivery.map_err(Error::Lapin)?;
+        let delivery = delivery.map_err(|e| Error::Lapin(Arc::new(e)))?;
         counters.deliveries.fetch_add(1, Relaxed);
         let tag = delivery.delivery_tag;
         let (key, message) = decode(delivery, wire);

@@ -20,7 +20,7 @@ pub enum Error {
         reason: String,
         /// lapin's error, when it reported the failure.
         #[source]
-        source: Option<lapin::Error>,
+        source: Option<std::sync::Arc<lapin::Error>>,
     },
     /// The broker refused the credentials (`ACCESS_REFUSED`).
     #[error("the broker refused the login: {reason}; check the user name and password in the URL")]
@@ -85,7 +85,7 @@ pub enum Error {
     Connection(String),
     /// The connection or channel failed, as lapin reported it.
     #[error("AMQP connection error: {0}")]
-    Lapin(#[source] lapin::Error),
+    Lapin(#[source] std::sync::Arc<lapin::Error>),
 }
 
 impl Error {
@@ -129,12 +129,12 @@ impl Error {
             ErrorKind::IOError(io) => Self::Unreachable {
                 target: target.to_owned(),
                 reason: io.to_string(),
-                source: Some(e.clone()),
+                source: Some(std::sync::Arc::new(e.clone())),
             },
             ErrorKind::AuthProviderError(reason) => Self::AccessRefused {
                 reason: reason.clone(),
             },
-            _ => Self::Lapin(e.clone()),
+            _ => Self::Lapin(std::sync::Arc::new(e.clone())),
         }
     }
 }

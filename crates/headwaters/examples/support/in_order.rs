@@ -46,6 +46,17 @@ impl InOrder {
     pub(crate) fn violations(&self) -> u64 {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).violations
     }
+
+    /// Print `what` happened to `total` messages in `elapsed`, and fail on a violation.
+    pub(crate) fn report(&self, what: &str, total: u64, elapsed: Duration) -> anyhow::Result<()> {
+        let violations = self.violations();
+        println!(
+            "{total} {what} in {elapsed:.2?} ({:.0} msgs/s); order violations: {violations}",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        anyhow::ensure!(violations == 0, "{violations} order violations");
+        Ok(())
+    }
 }
 
 impl SimpleHandler for InOrder {
