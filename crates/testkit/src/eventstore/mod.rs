@@ -654,11 +654,16 @@ fn handle(
         reply(shared, tx, frame(Command::NotHandled, c, not_leader));
         return;
     }
-    let bad = |what: &str| frame(Command::BadRequest, c, format!("Invalid {what} message"));
     // Access is checked before anything else about the request (expected versions too).
-    let may =
-        |state: &State, stream: &str, access| acl::granted(&state.store, stream, access, user);
-    let key: ConsumerKey = (conn, c);
+    let r = Request {
+        shared,
+        conn,
+        tx,
+        user,
+        c,
+        key: (conn, c),
+        command: p.command,
+    };
     // Creating, updating and deleting persistent subscription groups takes write access
     // to `$settings` (admins by default). The three replies share one shape: a result
     // (AccessDenied = 3 in each) and a reason.
@@ -667,7 +672,7 @@ fn handle(
         Command::CreatePersistentSubscription
             | Command::DeletePersistentSubscription
             | Command::UpdatePersistentSubscription
-    ) && !may(&shared.lock(), "$settings", Access::Write)
+    ) && !r.may(&shared.lock(), "$settings", Access::Write)
     {
         let denied = wire::CreatePersistentSubscriptionCompleted {
             result: wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult::AccessDenied as i32,
@@ -679,443 +684,618 @@ fn handle(
             frame(reply_to(p.command), c, denied.encode_to_vec()),
         );
     }
+    // Each command is answered by its own function over the shared state (`None`: it sent
+    // its answers itself).
     let out = match p.command {
-        Command::WriteEvents => match wire::WriteEvents::decode(p.payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let done = if may(&state, &m.event_stream_id, Access::Write) {
-                    append(&mut state, &m.event_stream_id, m.expected_version, m.events)
-                } else {
-                    store::write_failed(wire::OperationResult::AccessDenied, 0, ACCESS_DENIED)
-                };
-                frame(Command::WriteEventsCompleted, c, done.encode_to_vec())
-            }
-            Err(_) => bad("WriteEvents"),
-        },
-        Command::TransactionStart => match wire::TransactionStart::decode(p.payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                if !may(&state, &m.event_stream_id, Access::Write) {
-                    let done = wire::TransactionStartCompleted {
-                        transaction_id: -1,
-                        result: wire::OperationResult::AccessDenied as i32,
-                        message: Some(ACCESS_DENIED.into()),
-                    };
-                    drop(state);
-                    return reply(
-                        shared,
-                        tx,
-                        frame(Command::TransactionStartCompleted, c, done.encode_to_vec()),
-                    );
-                }
-                state.next_transaction += 1;
-                let id = state.next_transaction;
-                state.transactions.insert(
-                    id,
-                    Transaction {
-                        stream: m.event_stream_id,
-                        expected: m.expected_version,
-                        events: Vec::new(),
-                    },
-                );
-                let done = wire::TransactionStartCompleted {
-                    transaction_id: id,
-                    result: wire::OperationResult::Success as i32,
-                    message: None,
-                };
-                frame(Command::TransactionStartCompleted, c, done.encode_to_vec())
-            }
-            Err(_) => bad("TransactionStart"),
-        },
-        Command::TransactionWrite => match wire::TransactionWrite::decode(p.payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let id = m.transaction_id;
-                let result = transaction_check(&state, id, user).map(|()| {
-                    if let Some(t) = state.transactions.get_mut(&id) {
-                        t.events.extend(m.events);
-                    }
-                });
-                let done = wire::TransactionWriteCompleted {
-                    transaction_id: id,
-                    result: result.err().unwrap_or(wire::OperationResult::Success) as i32,
-                    message: result.err().map(|r| failure_message(r).to_owned()),
-                };
-                frame(Command::TransactionWriteCompleted, c, done.encode_to_vec())
-            }
-            Err(_) => bad("TransactionWrite"),
-        },
-        Command::TransactionCommit => match wire::TransactionCommit::decode(p.payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let id = m.transaction_id;
-                // A denied commit leaves the transaction open for a user who may commit it.
-                let done = match transaction_check(&state, id, user)
-                    .map(|()| state.transactions.remove(&id))
-                {
-                    Ok(Some(t)) => {
-                        let w = append(&mut state, &t.stream, t.expected, t.events);
-                        wire::TransactionCommitCompleted {
-                            transaction_id: id,
-                            result: w.result,
-                            message: w.message,
-                            first_event_number: w.first_event_number,
-                            last_event_number: w.last_event_number,
-                            prepare_position: w.prepare_position,
-                            commit_position: w.commit_position,
-                        }
-                    }
-                    failed => {
-                        let result = failed
-                            .err()
-                            .unwrap_or(wire::OperationResult::InvalidTransaction);
-                        wire::TransactionCommitCompleted {
-                            transaction_id: id,
-                            result: result as i32,
-                            message: Some(failure_message(result).into()),
-                            first_event_number: -1,
-                            last_event_number: -1,
-                            prepare_position: None,
-                            commit_position: None,
-                        }
-                    }
-                };
-                frame(Command::TransactionCommitCompleted, c, done.encode_to_vec())
-            }
-            Err(_) => bad("TransactionCommit"),
-        },
-        Command::DeleteStream => match wire::DeleteStream::decode(p.payload) {
-            Ok(m) => {
-                let hard = m.hard_delete.unwrap_or(false);
-                let mut state = shared.lock();
-                if !may(&state, &m.event_stream_id, Access::Delete) {
-                    let done = wire::DeleteStreamCompleted {
-                        result: wire::OperationResult::AccessDenied as i32,
-                        message: Some(ACCESS_DENIED.into()),
-                        prepare_position: None,
-                        commit_position: None,
-                        current_version: None,
-                    };
-                    drop(state);
-                    return reply(
-                        shared,
-                        tx,
-                        frame(Command::DeleteStreamCompleted, c, done.encode_to_vec()),
-                    );
-                }
-                let (done, written) =
-                    state
-                        .store
-                        .delete(&m.event_stream_id, m.expected_version, hard, now_ms());
-                publish(&mut state, &written);
-                if hard && done.result == wire::OperationResult::Success as i32 {
-                    tombstone(&state, &m.event_stream_id);
-                }
-                frame(Command::DeleteStreamCompleted, c, done.encode_to_vec())
-            }
-            Err(_) => bad("DeleteStream"),
-        },
-        Command::ReadEvent => match wire::ReadEvent::decode(p.payload) {
-            Ok(m) => {
-                let state = shared.lock();
-                let done = if may(&state, &m.event_stream_id, Access::Read) {
-                    state
-                        .store
-                        .read_event(&m.event_stream_id, m.event_number, m.resolve_link_tos)
-                } else {
-                    wire::ReadEventCompleted {
-                        result: wire::read_event_completed::ReadEventResult::AccessDenied as i32,
-                        event: Some(wire::ResolvedIndexedEvent::default()),
-                        error: Some(ACCESS_DENIED.into()),
-                    }
-                };
-                frame(Command::ReadEventCompleted, c, done.encode_to_vec())
-            }
-            Err(_) => bad("ReadEvent"),
-        },
+        Command::WriteEvents => write_events(&r, p.payload),
+        Command::TransactionStart => transaction_start(&r, p.payload),
+        Command::TransactionWrite => transaction_write(&r, p.payload),
+        Command::TransactionCommit => transaction_commit(&r, p.payload),
+        Command::DeleteStream => delete_stream(&r, p.payload),
+        Command::ReadEvent => read_event(&r, p.payload),
         Command::ReadStreamEventsForward | Command::ReadStreamEventsBackward => {
-            match wire::ReadStreamEvents::decode(p.payload) {
-                Ok(m) => {
-                    let forward = p.command == Command::ReadStreamEventsForward;
-                    let state = shared.lock();
-                    if !may(&state, &m.event_stream_id, Access::Read) {
-                        use wire::read_stream_events_completed::ReadStreamResult as R;
-                        let denied = wire::ReadStreamEventsCompleted {
-                            events: Vec::new(),
-                            result: R::AccessDenied as i32,
-                            next_event_number: -1,
-                            last_event_number: -1,
-                            is_end_of_stream: true,
-                            last_commit_position: -1,
-                            error: Some(ACCESS_DENIED.into()),
-                        };
-                        return reply(
-                            shared,
-                            tx,
-                            frame(reply_to(p.command), c, denied.encode_to_vec()),
-                        );
-                    }
-                    let (done, picked) = state.store.stream_page(
-                        &m.event_stream_id,
-                        m.from_event_number,
-                        m.max_count,
-                        forward,
-                        m.resolve_link_tos,
-                    );
-                    frame(
-                        reply_to(p.command),
-                        c,
-                        state.store.encode_stream_page(&done, &picked),
-                    )
-                }
-                Err(_) => bad("ReadStreamEvents"),
-            }
+            read_stream_events(&r, p.payload)
         }
         Command::ReadAllEventsForward | Command::ReadAllEventsBackward => {
-            match wire::ReadAllEvents::decode(p.payload) {
-                Ok(m) => {
-                    let forward = p.command == Command::ReadAllEventsForward;
-                    let state = shared.lock();
-                    if !may(&state, "$all", Access::Read) {
-                        use wire::read_all_events_completed::ReadAllResult as R;
-                        let denied = wire::ReadAllEventsCompleted {
-                            commit_position: m.commit_position,
-                            prepare_position: m.prepare_position,
-                            events: Vec::new(),
-                            next_commit_position: m.commit_position,
-                            next_prepare_position: m.prepare_position,
-                            result: Some(R::AccessDenied as i32),
-                            error: Some(ACCESS_DENIED.into()),
-                        };
-                        return reply(
-                            shared,
-                            tx,
-                            frame(reply_to(p.command), c, denied.encode_to_vec()),
-                        );
-                    }
-                    let (done, picked) = state.store.all_page(
-                        m.commit_position,
-                        m.max_count,
-                        forward,
-                        m.resolve_link_tos,
-                    );
-                    frame(
-                        reply_to(p.command),
-                        c,
-                        state.store.encode_all_page(&done, &picked),
-                    )
-                }
-                Err(_) => bad("ReadAllEvents"),
-            }
+            read_all_events(&r, p.payload)
         }
-        Command::SubscribeToStream => match wire::SubscribeToStream::decode(p.payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let stream = (!m.event_stream_id.is_empty()).then(|| m.event_stream_id.clone());
-                if !may(&state, stream.as_deref().unwrap_or("$all"), Access::Read) {
-                    use wire::subscription_dropped::SubscriptionDropReason as R;
-                    return reply(shared, tx, dropped(c, R::AccessDenied));
-                }
-                let last_event_number = stream.as_ref().map(|s| state.store.stream_next(s) - 1);
-                let confirmation = wire::SubscriptionConfirmation {
-                    last_commit_position: state.store.end_position(),
-                    last_event_number,
-                };
-                // Registered under the lock, so no write slips between the confirmation's
-                // position and the first pushed event.
-                let _ = tx.send(frame(
-                    Command::SubscriptionConfirmation,
-                    c,
-                    confirmation.encode_to_vec(),
-                ));
-                state.subs.push(Subscription {
-                    conn,
-                    correlation: c,
-                    stream,
-                    resolve_link_tos: m.resolve_link_tos,
-                    tx: tx.clone(),
-                });
-                return;
-            }
-            Err(_) => bad("SubscribeToStream"),
-        },
-        Command::UnsubscribeFromStream => {
-            let mut state = shared.lock();
-            state
-                .subs
-                .retain(|s| !(s.conn == conn && s.correlation == c));
-            if state.consumers.remove(&key).is_some() {
-                let mut parked = Vec::new();
-                state.groups.disconnect(key, &mut parked);
-                settle(&mut state, parked);
-            }
-            dropped(
-                c,
-                wire::subscription_dropped::SubscriptionDropReason::Unsubscribed,
-            )
-        }
+        Command::SubscribeToStream => subscribe_to_stream(&r, p.payload),
+        Command::UnsubscribeFromStream => unsubscribe_from_stream(&r, p.payload),
         Command::ConnectToPersistentSubscription => {
-            match wire::ConnectToPersistentSubscription::decode(p.payload) {
-                Ok(m) => {
-                    use wire::subscription_dropped::SubscriptionDropReason as R;
-                    let mut state = shared.lock();
-                    let group = &m.subscription_id;
-                    let stream = &m.event_stream_id;
-                    if !may(&state, stream, Access::Read) {
-                        return reply(shared, tx, dropped(c, R::AccessDenied));
-                    }
-                    match state.groups.connect(
-                        stream,
-                        group,
-                        key,
-                        m.allowed_in_flight_messages.max(1) as usize,
-                    ) {
-                        Err(ConnectError::NotFound) => dropped(c, R::NotFound),
-                        Err(ConnectError::MaxSubscribers) => {
-                            dropped(c, R::SubscriberMaxCountReached)
-                        }
-                        Ok(()) => {
-                            let confirmation = wire::PersistentSubscriptionConfirmation {
-                                last_commit_position: state.store.end_position(),
-                                subscription_id: format!("{stream}::{group}"),
-                                last_event_number: Some(state.store.stream_next(stream) - 1),
-                            };
-                            let _ = tx.send(frame(
-                                Command::PersistentSubscriptionConfirmation,
-                                c,
-                                confirmation.encode_to_vec(),
-                            ));
-                            state.consumers.insert(key, tx.clone());
-                            settle(&mut state, Vec::new());
-                            return;
-                        }
-                    }
-                }
-                Err(_) => bad("ConnectToPersistentSubscription"),
-            }
+            connect_to_persistent_subscription(&r, p.payload)
         }
         Command::PersistentSubscriptionAckEvents => {
-            if let Ok(m) = wire::PersistentSubscriptionAckEvents::decode(p.payload) {
-                let mut state = shared.lock();
-                state.groups.ack(key, &m.processed_event_ids);
-                settle(&mut state, Vec::new());
-                return;
-            }
-            bad("PersistentSubscriptionAckEvents")
+            persistent_subscription_ack_events(&r, p.payload)
         }
         Command::PersistentSubscriptionNakEvents => {
-            if let Ok(m) = wire::PersistentSubscriptionNakEvents::decode(p.payload) {
-                let mut state = shared.lock();
-                let mut parked = Vec::new();
-                let action = Nak::from_wire(m.action);
-                state
-                    .groups
-                    .nak(key, &m.processed_event_ids, action, &mut parked);
-                settle(&mut state, parked);
-                return;
-            }
-            bad("PersistentSubscriptionNakEvents")
+            persistent_subscription_nak_events(&r, p.payload)
         }
-        Command::CreatePersistentSubscription => {
-            match wire::CreatePersistentSubscription::decode(p.payload) {
-                Ok(m) => {
-                    use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
-                    let mut state = shared.lock();
-                    let (result, reason) =
-                        if m.event_stream_id.is_empty() || m.event_stream_id == "$all" {
-                            (
-                                R::Fail,
-                                Some(
-                                    "Persistent subscriptions to $all are not available over TCP"
-                                        .to_owned(),
-                                ),
-                            )
-                        } else {
-                            let next = state.store.stream_next(&m.event_stream_id);
-                            let settings = group_settings(&m);
-                            if state.groups.create(
-                                &m.event_stream_id,
-                                &m.subscription_group_name,
-                                settings,
-                                next,
-                            ) {
-                                (R::Success, None)
-                            } else {
-                                (
-                                    R::AlreadyExists,
-                                    Some(format!(
-                                        "Group '{}' already exists.",
-                                        m.subscription_group_name
-                                    )),
-                                )
-                            }
-                        };
-                    let done = wire::CreatePersistentSubscriptionCompleted {
-                        result: result as i32,
-                        reason,
-                    };
-                    frame(
-                        Command::CreatePersistentSubscriptionCompleted,
-                        c,
-                        done.encode_to_vec(),
-                    )
-                }
-                Err(_) => bad("CreatePersistentSubscription"),
-            }
-        }
-        // Update has Create's fields, numbers and types: the same message on the wire.
-        Command::UpdatePersistentSubscription => {
-            match wire::CreatePersistentSubscription::decode(p.payload) {
-                Ok(m) => {
-                    let mut state = shared.lock();
-                    let consumers = state.groups.update(
-                        &m.event_stream_id,
-                        &m.subscription_group_name,
-                        group_settings(&m),
-                    );
-                    let done = wire::UpdatePersistentSubscriptionCompleted {
-                        result: group_result(&mut state, consumers),
-                        reason: None,
-                    };
-                    frame(
-                        Command::UpdatePersistentSubscriptionCompleted,
-                        c,
-                        done.encode_to_vec(),
-                    )
-                }
-                Err(_) => bad("UpdatePersistentSubscription"),
-            }
-        }
-        Command::DeletePersistentSubscription => {
-            match wire::DeletePersistentSubscription::decode(p.payload) {
-                Ok(m) => {
-                    let mut state = shared.lock();
-                    let consumers = state
-                        .groups
-                        .delete(&m.event_stream_id, &m.subscription_group_name);
-                    let done = wire::DeletePersistentSubscriptionCompleted {
-                        result: group_result(&mut state, consumers),
-                        reason: None,
-                    };
-                    frame(
-                        Command::DeletePersistentSubscriptionCompleted,
-                        c,
-                        done.encode_to_vec(),
-                    )
-                }
-                Err(_) => bad("DeletePersistentSubscription"),
-            }
-        }
-        other => frame(
-            Command::BadRequest,
-            c,
-            format!(
-                "Could not unwrap network package for command {:#04x}.",
-                other.code()
-            ),
-        ),
+        Command::CreatePersistentSubscription => create_persistent_subscription(&r, p.payload),
+        Command::UpdatePersistentSubscription => update_persistent_subscription(&r, p.payload),
+        Command::DeletePersistentSubscription => delete_persistent_subscription(&r, p.payload),
+        other => Some(unknown(c, other)),
     };
-    reply(shared, tx, out);
+    if let Some(out) = out {
+        reply(shared, tx, out);
+    }
+}
+
+/// A request being answered: who asked, on which connection, with which correlation id.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    shared: &'a Shared,
+    conn: u64,
+    tx: &'a mpsc::UnboundedSender<Vec<u8>>,
+    user: Option<&'a User>,
+    c: [u8; 16],
+    key: ConsumerKey,
+    command: Command,
+}
+
+impl Request<'_> {
+    /// The answer to a request that does not decode.
+    fn bad(&self, what: &str) -> Vec<u8> {
+        frame(
+            Command::BadRequest,
+            self.c,
+            format!("Invalid {what} message"),
+        )
+    }
+
+    /// Whether the caller may access `stream` so.
+    fn may(&self, state: &State, stream: &str, access: Access) -> bool {
+        acl::granted(&state.store, stream, access, self.user)
+    }
+}
+
+/// Answers `WriteEvents`.
+fn write_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some(match wire::WriteEvents::decode(payload) {
+        Ok(m) => {
+            let mut state = shared.lock();
+            let done = if may(&state, &m.event_stream_id, Access::Write) {
+                append(&mut state, &m.event_stream_id, m.expected_version, m.events)
+            } else {
+                store::write_failed(wire::OperationResult::AccessDenied, 0, ACCESS_DENIED)
+            };
+            frame(Command::WriteEventsCompleted, c, done.encode_to_vec())
+        }
+        Err(_) => bad("WriteEvents"),
+    })
+}
+
+/// Answers `TransactionStart`.
+fn transaction_start(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some(match wire::TransactionStart::decode(payload) {
+        Ok(m) => {
+            let mut state = shared.lock();
+            if !may(&state, &m.event_stream_id, Access::Write) {
+                let done = wire::TransactionStartCompleted {
+                    transaction_id: -1,
+                    result: wire::OperationResult::AccessDenied as i32,
+                    message: Some(ACCESS_DENIED.into()),
+                };
+                drop(state);
+                return Some(frame(
+                    Command::TransactionStartCompleted,
+                    c,
+                    done.encode_to_vec(),
+                ));
+            }
+            state.next_transaction += 1;
+            let id = state.next_transaction;
+            state.transactions.insert(
+                id,
+                Transaction {
+                    stream: m.event_stream_id,
+                    expected: m.expected_version,
+                    events: Vec::new(),
+                },
+            );
+            let done = wire::TransactionStartCompleted {
+                transaction_id: id,
+                result: wire::OperationResult::Success as i32,
+                message: None,
+            };
+            frame(Command::TransactionStartCompleted, c, done.encode_to_vec())
+        }
+        Err(_) => bad("TransactionStart"),
+    })
+}
+
+/// Answers `TransactionWrite`.
+fn transaction_write(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request {
+        shared, c, user, ..
+    } = *r;
+    let bad = |what: &str| r.bad(what);
+    Some(match wire::TransactionWrite::decode(payload) {
+        Ok(m) => {
+            let mut state = shared.lock();
+            let id = m.transaction_id;
+            let result = transaction_check(&state, id, user).map(|()| {
+                if let Some(t) = state.transactions.get_mut(&id) {
+                    t.events.extend(m.events);
+                }
+            });
+            let done = wire::TransactionWriteCompleted {
+                transaction_id: id,
+                result: result.err().unwrap_or(wire::OperationResult::Success) as i32,
+                message: result.err().map(|r| failure_message(r).to_owned()),
+            };
+            frame(Command::TransactionWriteCompleted, c, done.encode_to_vec())
+        }
+        Err(_) => bad("TransactionWrite"),
+    })
+}
+
+/// Answers `TransactionCommit`.
+fn transaction_commit(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request {
+        shared, c, user, ..
+    } = *r;
+    let bad = |what: &str| r.bad(what);
+    Some(match wire::TransactionCommit::decode(payload) {
+        Ok(m) => {
+            let mut state = shared.lock();
+            let id = m.transaction_id;
+            // A denied commit leaves the transaction open for a user who may commit it.
+            let done = match transaction_check(&state, id, user)
+                .map(|()| state.transactions.remove(&id))
+            {
+                Ok(Some(t)) => {
+                    let w = append(&mut state, &t.stream, t.expected, t.events);
+                    wire::TransactionCommitCompleted {
+                        transaction_id: id,
+                        result: w.result,
+                        message: w.message,
+                        first_event_number: w.first_event_number,
+                        last_event_number: w.last_event_number,
+                        prepare_position: w.prepare_position,
+                        commit_position: w.commit_position,
+                    }
+                }
+                failed => {
+                    let result = failed
+                        .err()
+                        .unwrap_or(wire::OperationResult::InvalidTransaction);
+                    wire::TransactionCommitCompleted {
+                        transaction_id: id,
+                        result: result as i32,
+                        message: Some(failure_message(result).into()),
+                        first_event_number: -1,
+                        last_event_number: -1,
+                        prepare_position: None,
+                        commit_position: None,
+                    }
+                }
+            };
+            frame(Command::TransactionCommitCompleted, c, done.encode_to_vec())
+        }
+        Err(_) => bad("TransactionCommit"),
+    })
+}
+
+/// Answers `DeleteStream`.
+fn delete_stream(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some(match wire::DeleteStream::decode(payload) {
+        Ok(m) => {
+            let hard = m.hard_delete.unwrap_or(false);
+            let mut state = shared.lock();
+            if !may(&state, &m.event_stream_id, Access::Delete) {
+                let done = wire::DeleteStreamCompleted {
+                    result: wire::OperationResult::AccessDenied as i32,
+                    message: Some(ACCESS_DENIED.into()),
+                    prepare_position: None,
+                    commit_position: None,
+                    current_version: None,
+                };
+                drop(state);
+                return Some(frame(
+                    Command::DeleteStreamCompleted,
+                    c,
+                    done.encode_to_vec(),
+                ));
+            }
+            let (done, written) =
+                state
+                    .store
+                    .delete(&m.event_stream_id, m.expected_version, hard, now_ms());
+            publish(&mut state, &written);
+            if hard && done.result == wire::OperationResult::Success as i32 {
+                tombstone(&state, &m.event_stream_id);
+            }
+            frame(Command::DeleteStreamCompleted, c, done.encode_to_vec())
+        }
+        Err(_) => bad("DeleteStream"),
+    })
+}
+
+/// Answers `ReadEvent`.
+fn read_event(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some(match wire::ReadEvent::decode(payload) {
+        Ok(m) => {
+            let state = shared.lock();
+            let done = if may(&state, &m.event_stream_id, Access::Read) {
+                state
+                    .store
+                    .read_event(&m.event_stream_id, m.event_number, m.resolve_link_tos)
+            } else {
+                wire::ReadEventCompleted {
+                    result: wire::read_event_completed::ReadEventResult::AccessDenied as i32,
+                    event: Some(wire::ResolvedIndexedEvent::default()),
+                    error: Some(ACCESS_DENIED.into()),
+                }
+            };
+            frame(Command::ReadEventCompleted, c, done.encode_to_vec())
+        }
+        Err(_) => bad("ReadEvent"),
+    })
+}
+
+/// Answers `ReadStreamEventsForward` / `ReadStreamEventsBackward`.
+fn read_stream_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some({
+        match wire::ReadStreamEvents::decode(payload) {
+            Ok(m) => {
+                let forward = r.command == Command::ReadStreamEventsForward;
+                let state = shared.lock();
+                if !may(&state, &m.event_stream_id, Access::Read) {
+                    use wire::read_stream_events_completed::ReadStreamResult as R;
+                    let denied = wire::ReadStreamEventsCompleted {
+                        events: Vec::new(),
+                        result: R::AccessDenied as i32,
+                        next_event_number: -1,
+                        last_event_number: -1,
+                        is_end_of_stream: true,
+                        last_commit_position: -1,
+                        error: Some(ACCESS_DENIED.into()),
+                    };
+                    return Some(frame(reply_to(r.command), c, denied.encode_to_vec()));
+                }
+                let (done, picked) = state.store.stream_page(
+                    &m.event_stream_id,
+                    m.from_event_number,
+                    m.max_count,
+                    forward,
+                    m.resolve_link_tos,
+                );
+                frame(
+                    reply_to(r.command),
+                    c,
+                    state.store.encode_stream_page(&done, &picked),
+                )
+            }
+            Err(_) => bad("ReadStreamEvents"),
+        }
+    })
+}
+
+/// Answers `ReadAllEventsForward` / `ReadAllEventsBackward`.
+fn read_all_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some({
+        match wire::ReadAllEvents::decode(payload) {
+            Ok(m) => {
+                let forward = r.command == Command::ReadAllEventsForward;
+                let state = shared.lock();
+                if !may(&state, "$all", Access::Read) {
+                    use wire::read_all_events_completed::ReadAllResult as R;
+                    let denied = wire::ReadAllEventsCompleted {
+                        commit_position: m.commit_position,
+                        prepare_position: m.prepare_position,
+                        events: Vec::new(),
+                        next_commit_position: m.commit_position,
+                        next_prepare_position: m.prepare_position,
+                        result: Some(R::AccessDenied as i32),
+                        error: Some(ACCESS_DENIED.into()),
+                    };
+                    return Some(frame(reply_to(r.command), c, denied.encode_to_vec()));
+                }
+                let (done, picked) = state.store.all_page(
+                    m.commit_position,
+                    m.max_count,
+                    forward,
+                    m.resolve_link_tos,
+                );
+                frame(
+                    reply_to(r.command),
+                    c,
+                    state.store.encode_all_page(&done, &picked),
+                )
+            }
+            Err(_) => bad("ReadAllEvents"),
+        }
+    })
+}
+
+/// Answers `SubscribeToStream`.
+fn subscribe_to_stream(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request {
+        shared,
+        conn,
+        tx,
+        c,
+        ..
+    } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some(match wire::SubscribeToStream::decode(payload) {
+        Ok(m) => {
+            let mut state = shared.lock();
+            let stream = (!m.event_stream_id.is_empty()).then(|| m.event_stream_id.clone());
+            if !may(&state, stream.as_deref().unwrap_or("$all"), Access::Read) {
+                use wire::subscription_dropped::SubscriptionDropReason as R;
+                return Some(dropped(c, R::AccessDenied));
+            }
+            let last_event_number = stream.as_ref().map(|s| state.store.stream_next(s) - 1);
+            let confirmation = wire::SubscriptionConfirmation {
+                last_commit_position: state.store.end_position(),
+                last_event_number,
+            };
+            // Registered under the lock, so no write slips between the confirmation's
+            // position and the first pushed event.
+            let _ = tx.send(frame(
+                Command::SubscriptionConfirmation,
+                c,
+                confirmation.encode_to_vec(),
+            ));
+            state.subs.push(Subscription {
+                conn,
+                correlation: c,
+                stream,
+                resolve_link_tos: m.resolve_link_tos,
+                tx: tx.clone(),
+            });
+            return None;
+        }
+        Err(_) => bad("SubscribeToStream"),
+    })
+}
+
+/// Answers `UnsubscribeFromStream`.
+fn unsubscribe_from_stream(r: &Request<'_>, _payload: Bytes) -> Option<Vec<u8>> {
+    let Request {
+        shared,
+        conn,
+        c,
+        key,
+        ..
+    } = *r;
+    Some({
+        let mut state = shared.lock();
+        state
+            .subs
+            .retain(|s| !(s.conn == conn && s.correlation == c));
+        if state.consumers.remove(&key).is_some() {
+            let mut parked = Vec::new();
+            state.groups.disconnect(key, &mut parked);
+            settle(&mut state, parked);
+        }
+        dropped(
+            c,
+            wire::subscription_dropped::SubscriptionDropReason::Unsubscribed,
+        )
+    })
+}
+
+/// Answers `ConnectToPersistentSubscription`.
+fn connect_to_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request {
+        shared, tx, c, key, ..
+    } = *r;
+    let bad = |what: &str| r.bad(what);
+    let may = |state: &State, stream: &str, access| r.may(state, stream, access);
+    Some({
+        match wire::ConnectToPersistentSubscription::decode(payload) {
+            Ok(m) => {
+                use wire::subscription_dropped::SubscriptionDropReason as R;
+                let mut state = shared.lock();
+                let group = &m.subscription_id;
+                let stream = &m.event_stream_id;
+                if !may(&state, stream, Access::Read) {
+                    return Some(dropped(c, R::AccessDenied));
+                }
+                match state.groups.connect(
+                    stream,
+                    group,
+                    key,
+                    m.allowed_in_flight_messages.max(1) as usize,
+                ) {
+                    Err(ConnectError::NotFound) => dropped(c, R::NotFound),
+                    Err(ConnectError::MaxSubscribers) => dropped(c, R::SubscriberMaxCountReached),
+                    Ok(()) => {
+                        let confirmation = wire::PersistentSubscriptionConfirmation {
+                            last_commit_position: state.store.end_position(),
+                            subscription_id: format!("{stream}::{group}"),
+                            last_event_number: Some(state.store.stream_next(stream) - 1),
+                        };
+                        let _ = tx.send(frame(
+                            Command::PersistentSubscriptionConfirmation,
+                            c,
+                            confirmation.encode_to_vec(),
+                        ));
+                        state.consumers.insert(key, tx.clone());
+                        settle(&mut state, Vec::new());
+                        return None;
+                    }
+                }
+            }
+            Err(_) => bad("ConnectToPersistentSubscription"),
+        }
+    })
+}
+
+/// Answers `PersistentSubscriptionAckEvents`.
+fn persistent_subscription_ack_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, key, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    Some({
+        if let Ok(m) = wire::PersistentSubscriptionAckEvents::decode(payload) {
+            let mut state = shared.lock();
+            state.groups.ack(key, &m.processed_event_ids);
+            settle(&mut state, Vec::new());
+            return None;
+        }
+        bad("PersistentSubscriptionAckEvents")
+    })
+}
+
+/// Answers `PersistentSubscriptionNakEvents`.
+fn persistent_subscription_nak_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, key, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    Some({
+        if let Ok(m) = wire::PersistentSubscriptionNakEvents::decode(payload) {
+            let mut state = shared.lock();
+            let mut parked = Vec::new();
+            let action = Nak::from_wire(m.action);
+            state
+                .groups
+                .nak(key, &m.processed_event_ids, action, &mut parked);
+            settle(&mut state, parked);
+            return None;
+        }
+        bad("PersistentSubscriptionNakEvents")
+    })
+}
+
+/// Answers `CreatePersistentSubscription`.
+fn create_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    Some({
+        match wire::CreatePersistentSubscription::decode(payload) {
+            Ok(m) => {
+                use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
+                let mut state = shared.lock();
+                let (result, reason) =
+                    if m.event_stream_id.is_empty() || m.event_stream_id == "$all" {
+                        (
+                            R::Fail,
+                            Some(
+                                "Persistent subscriptions to $all are not available over TCP"
+                                    .to_owned(),
+                            ),
+                        )
+                    } else {
+                        let next = state.store.stream_next(&m.event_stream_id);
+                        let settings = group_settings(&m);
+                        if state.groups.create(
+                            &m.event_stream_id,
+                            &m.subscription_group_name,
+                            settings,
+                            next,
+                        ) {
+                            (R::Success, None)
+                        } else {
+                            (
+                                R::AlreadyExists,
+                                Some(format!(
+                                    "Group '{}' already exists.",
+                                    m.subscription_group_name
+                                )),
+                            )
+                        }
+                    };
+                let done = wire::CreatePersistentSubscriptionCompleted {
+                    result: result as i32,
+                    reason,
+                };
+                frame(
+                    Command::CreatePersistentSubscriptionCompleted,
+                    c,
+                    done.encode_to_vec(),
+                )
+            }
+            Err(_) => bad("CreatePersistentSubscription"),
+        }
+    })
+}
+
+/// Answers `UpdatePersistentSubscription`.
+///
+/// Update has Create's fields, numbers and types: the same message on the wire.
+fn update_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    Some({
+        match wire::CreatePersistentSubscription::decode(payload) {
+            Ok(m) => {
+                let mut state = shared.lock();
+                let consumers = state.groups.update(
+                    &m.event_stream_id,
+                    &m.subscription_group_name,
+                    group_settings(&m),
+                );
+                let done = wire::UpdatePersistentSubscriptionCompleted {
+                    result: group_result(&mut state, consumers),
+                    reason: None,
+                };
+                frame(
+                    Command::UpdatePersistentSubscriptionCompleted,
+                    c,
+                    done.encode_to_vec(),
+                )
+            }
+            Err(_) => bad("UpdatePersistentSubscription"),
+        }
+    })
+}
+
+/// Answers `DeletePersistentSubscription`.
+fn delete_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
+    let Request { shared, c, .. } = *r;
+    let bad = |what: &str| r.bad(what);
+    Some({
+        match wire::DeletePersistentSubscription::decode(payload) {
+            Ok(m) => {
+                let mut state = shared.lock();
+                let consumers = state
+                    .groups
+                    .delete(&m.event_stream_id, &m.subscription_group_name);
+                let done = wire::DeletePersistentSubscriptionCompleted {
+                    result: group_result(&mut state, consumers),
+                    reason: None,
+                };
+                frame(
+                    Command::DeletePersistentSubscriptionCompleted,
+                    c,
+                    done.encode_to_vec(),
+                )
+            }
+            Err(_) => bad("DeletePersistentSubscription"),
+        }
+    })
+}
+
+/// A command the emulator does not serve: `BadRequest`, as the server answers.
+fn unknown(c: [u8; 16], other: Command) -> Vec<u8> {
+    frame(
+        Command::BadRequest,
+        c,
+        format!(
+            "Could not unwrap network package for command {:#04x}.",
+            other.code()
+        ),
+    )
 }
 
 fn dropped(c: [u8; 16], reason: wire::subscription_dropped::SubscriptionDropReason) -> Vec<u8> {
