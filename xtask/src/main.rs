@@ -4,7 +4,7 @@
 //! |-------------------------|---------------------------------------------------------------------|
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
-//! | `integration`           | starts PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL` / `KINESIS_ENDPOINT`), runs the server tests (those marked ignored for plain `cargo test`), checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
+//! | `integration`           | starts PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL` / `KINESIS_ENDPOINT`), runs the server tests (those marked ignored for plain `cargo test`) and the three `*_ordered` examples briefly, checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
 //! | `codegen [--check]`     | prost code from `proto/` into the crates (protox: no `protoc` needed) |
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
@@ -56,7 +56,7 @@ usage: cargo xtask <command>
   demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
   test           unit, doc and emulator tests, then `integration` (the README's test command)
   integration    start PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1 (or use DATABASE_URL / AMQP_URL /
-                 KINESIS_ENDPOINT), run the server tests,
+                 KINESIS_ENDPOINT), run the server tests and the three *_ordered examples,
                  check the emulators with third-party clients (Python websockets, node-eventstore-client),
                  smoke-run the benchmarks
   bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp | mississippi | pulsar | pulsar_codec | eventstore | kinesis
@@ -176,6 +176,16 @@ fn integration() -> Result<()> {
             restart.args(["--", "--ignored", "--nocapture", "broker_restart"]);
             with_servers(&mut restart);
             run(&mut restart)?;
+        }
+        // The three ordered examples of one shape, briefly, as a user would run them.
+        for example in ["amqp_ordered", "pulsar_ordered", "eventstore_ordered"] {
+            let mut run_example = cargo();
+            run_example
+                .args(["run", "-p", "headwaters", "--example", example])
+                .args(locked())
+                .args(["--", "2000", "20"]);
+            with_servers(&mut run_example);
+            run(&mut run_example)?;
         }
         // The emulators, checked by clients we did not write.
         emulators::pulsar_python_check()?;

@@ -541,6 +541,11 @@ impl Connection {
     }
 }
 
+/// The driver's clock: tokio's (so paused test time applies), as the session's `Instant`.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Resolves once `Connection::close` was called (or every handle is gone).
 async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
@@ -666,7 +671,7 @@ impl Driver {
 
     /// One connection: handshake, then operations until it breaks or the client closes.
     async fn session(&mut self, mut socket: Socket) -> End {
-        self.session.connected(Instant::now());
+        self.session.connected(now());
         let mut closing = self.closing.clone();
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
@@ -694,14 +699,14 @@ impl Driver {
             if deadline != armed {
                 armed = deadline;
                 // No deadline: a day away (the loop re-arms on the next turn anyway).
-                let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+                let at = deadline.unwrap_or_else(|| now() + Duration::from_secs(86_400));
                 timer.as_mut().reset(at.into());
             }
             tokio::select! {
                 () = closed(&mut closing) => break,
                 op = self.rx.recv() => {
                     let Some(op) = op else { break };
-                    let now = Instant::now();
+                    let now = now();
                     let mut next = Some(op);
                     while let Some(op) = next.take() {
                         if let Some(reply) = op.reply {
@@ -713,12 +718,12 @@ impl Driver {
                 }
                 n = socket.read_buf(self.session.buffer()) => match n {
                     Ok(0) => self.session.connection_lost(ConnectError::ClosedByServer),
-                    Ok(_) => self.session.handle_read(Instant::now()),
+                    Ok(_) => self.session.handle_read(now()),
                     Err(e) => self.session.connection_lost(e.into()),
                 },
                 () = &mut timer => {
                     armed = None;
-                    self.session.handle_timeout(Instant::now());
+                    self.session.handle_timeout(now());
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -463,7 +463,7 @@ impl Task {
     }
 
     async fn session(&mut self, ws: &mut Ws) -> End {
-        self.session.connected(Instant::now());
+        self.session.connected(conn::now());
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut closing: Option<Option<oneshot::Sender<()>>> = None;
@@ -503,7 +503,7 @@ impl Task {
                         self.session.connection_lost(why);
                     }
                 }
-                () = &mut timer => self.session.handle_timeout(Instant::now()),
+                () = &mut timer => self.session.handle_timeout(conn::now()),
             }
         }
     }

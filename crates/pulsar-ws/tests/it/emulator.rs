@@ -1221,3 +1221,69 @@ async fn a_failing_token_provider_is_reported_with_its_cause() {
     let source = std::error::Error::source(&err).expect("the provider's error is the source");
     assert!(source.to_string().contains("vault unreachable"));
 }
+
+/// Takes its time over each message, counting the ones it started.
+struct Slow(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ordering::SimpleHandler for Slow {
+    type Error = std::convert::Infallible;
+
+    async fn handle(&self, _: &Key, _: &ordering::Message) -> Result<Outcome, Self::Error> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Outcome::ack())
+    }
+}
+
+/// Five messages of five keys started by a `start_ordered` consumer, then a shutdown with
+/// `grace`; returns the subscription's backlog once the consumer closed.
+async fn shut_down_while_handling(name: &str, grace: Duration) -> Option<usize> {
+    let (e, config) = emulator().await;
+    let consumer = Consumer::subscribe(
+        &config,
+        topic(name),
+        "s",
+        consumer_options(SubscriptionType::Shared),
+    )
+    .await
+    .unwrap();
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let running = headwaters_pulsar_ws::start_ordered(
+        consumer,
+        Slow(Arc::clone(&started)),
+        ordering::Config::default(),
+        OnDiscard::Acknowledge,
+    )
+    .unwrap();
+    let producer = connect_producer(&config, name).await;
+    for i in 0..5 {
+        producer.send((format!("k{i}"), "m")).await.unwrap();
+    }
+    eventually("all five started", || {
+        started.load(std::sync::atomic::Ordering::Relaxed) == 5
+    })
+    .await;
+    assert!(!running.is_finished());
+    let report = running.shutdown(grace).await.unwrap();
+    // The consumer closes once the shutdown is over: its last acks are written first.
+    eventually(
+        "the consumer closed (the producer's socket is the last)",
+        || e.open_connections() == 1,
+    )
+    .await;
+    assert_eq!(report.drained, grace > Duration::ZERO, "{report:?}");
+    e.backlog(&full(name), "s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_ordered_consumer_acks_what_finishes_within_the_grace() {
+    assert_eq!(
+        shut_down_while_handling("start-grace", Duration::from_secs(5)).await,
+        Some(0)
+    );
+    // Without a grace the handlers are abandoned: nothing is acked, all is redelivered.
+    assert_eq!(
+        shut_down_while_handling("start-no-grace", Duration::ZERO).await,
+        Some(5)
+    );
+}
