@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use headwaters_ordering_core::Backoff;
@@ -327,6 +328,8 @@ struct Op {
 #[derive(Clone)]
 pub struct Connection {
     tx: mpsc::UnboundedSender<Op>,
+    /// Whether a handshaken socket is up (set by the driver).
+    connected: Arc<AtomicBool>,
     /// Set by [`Connection::close`]; the driver watches it.
     close: Arc<watch::Sender<bool>>,
     settings: Arc<Settings>,
@@ -393,7 +396,9 @@ impl Connection {
         let (tx, rx) = mpsc::unbounded_channel();
         let (close, closing) = watch::channel(false);
         let (first, ready) = oneshot::channel();
+        let connected = Arc::new(AtomicBool::new(false));
         let driver = Driver {
+            connected: Arc::clone(&connected),
             session: Session::new(SessionConfig {
                 credentials: settings.credentials.clone(),
                 connection_name: settings.connection_name.clone(),
@@ -414,6 +419,7 @@ impl Connection {
         ready.await.unwrap_or(Err(Error::Closed))?;
         Ok(Self {
             tx,
+            connected,
             close: Arc::new(close),
             settings,
             credentials: None,
@@ -426,6 +432,12 @@ impl Connection {
     pub async fn close(&self) {
         self.close.send_replace(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tx.closed()).await;
+    }
+
+    /// Whether a connection to a node is up and handshaken right now (`false` while it
+    /// reconnects, and after [`close`](Self::close)).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// Whether [`close`](Self::close) was called (on this handle or a clone).
@@ -555,6 +567,8 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 /// again when it asks; it decides nothing else.
 struct Driver {
     settings: Arc<Settings>,
+    /// Told whether a handshaken socket is up ([`Connection::is_connected`]).
+    connected: Arc<AtomicBool>,
     session: Session,
     rx: mpsc::UnboundedReceiver<Op>,
     /// True once `Connection::close` was called.
@@ -687,11 +701,15 @@ impl Driver {
                 match event {
                     Event::Ready => {
                         ready = true;
+                        self.connected.store(true, Ordering::Relaxed);
                         if let Some(first) = self.first.take() {
                             let _ = first.send(Ok(()));
                         }
                     }
-                    Event::Lost(why) => return End::Lost { why, ready },
+                    Event::Lost(why) => {
+                        self.connected.store(false, Ordering::Relaxed);
+                        return End::Lost { why, ready };
+                    }
                     event => self.route(event),
                 }
             }
@@ -727,6 +745,7 @@ impl Driver {
                 }
             }
         }
+        self.connected.store(false, Ordering::Relaxed);
         let _ = socket.shutdown().await;
         End::Closed
     }

@@ -1055,8 +1055,9 @@ async fn close_ends_every_handle_its_subscriptions_and_the_socket() {
 async fn close_stops_a_reconnect_in_progress() {
     let (e, c) = setup().await;
     c.ping().await.unwrap();
+    assert!(c.is_connected());
     drop(e); // the server is gone: the connection retries with backoff
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the connection is lost", || !c.is_connected()).await;
     let started = std::time::Instant::now();
     c.close().await;
     assert!(
