@@ -1,7 +1,9 @@
 //! The JSON wire messages, as typed values: what a producer sends ([`OutgoingMessage`]) and
 //! gets back ([`Receipt`]), what a consumer or reader receives ([`ReceivedMessage`],
-//! [`ConsumerFrame`]) and the commands it sends ([`Command`]). Serde types stay private.
+//! [`ConsumerFrame`]) and the commands it sends ([`Command`]); [`json`] holds the frames'
+//! serde shapes, both directions, which the emulator in `headwaters-testkit` uses too.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -9,7 +11,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use headwaters_ordering_core::Timestamp;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -180,12 +181,12 @@ impl OutgoingMessage {
 
     /// The JSON publish frame, correlated by `context`.
     pub fn encode(&self, context: &str) -> String {
-        let frame = PublishFrame {
-            payload: BASE64.encode(&self.payload),
-            properties: &self.properties,
-            context,
-            key: self.key.as_deref(),
-            replication_clusters: self.replication_clusters.as_deref(),
+        let frame = json::ProducerMessage {
+            payload: Some(BASE64.encode(&self.payload).into()),
+            properties: Cow::Borrowed(&self.properties),
+            context: Some(context.into()),
+            key: self.key.as_deref().map(Cow::Borrowed),
+            replication_clusters: self.replication_clusters.as_deref().map(Cow::Borrowed),
             event_time: self.event_time.and_then(format_time),
             deliver_at: self.deliver_at.map(|t| t.as_millis()).filter(|ms| *ms > 0),
             deliver_after_ms: self
@@ -196,25 +197,6 @@ impl OutgoingMessage {
         // Serialising strings, maps and integers cannot fail.
         serde_json::to_string(&frame).unwrap_or_default()
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PublishFrame<'a> {
-    payload: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    properties: &'a BTreeMap<String, String>,
-    context: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replication_clusters: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deliver_at: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deliver_after_ms: Option<i64>,
 }
 
 /// A producer error code (`send-error:<n>`).
@@ -276,25 +258,16 @@ impl std::fmt::Display for SendFailure {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReceiptFrame {
-    result: String,
-    message_id: Option<String>,
-    context: Option<String>,
-    error_msg: Option<String>,
-}
-
 impl Receipt {
     /// Parse a receipt frame.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        let frame: ReceiptFrame = serde_json::from_str(text).map_err(DecodeError::json)?;
+        let frame: json::ProducerAck<'_> = serde_json::from_str(text).map_err(DecodeError::json)?;
         let result = if frame.result == "ok" {
             let id = frame.message_id.ok_or_else(|| DecodeError::Field {
                 field: "messageId",
                 reason: "missing on a successful receipt".into(),
             })?;
-            Ok(MessageId(id.into()))
+            Ok(MessageId(id.as_ref().into()))
         } else if let Some(n) = frame.result.strip_prefix("send-error:") {
             let n = n.parse().map_err(|_| DecodeError::Field {
                 field: "result",
@@ -302,7 +275,7 @@ impl Receipt {
             })?;
             Err(SendFailure {
                 code: SendErrorCode::from_code(n),
-                message: frame.error_msg.unwrap_or_default(),
+                message: frame.error_msg.map(Cow::into_owned).unwrap_or_default(),
             })
         } else {
             return Err(DecodeError::Field {
@@ -311,7 +284,7 @@ impl Receipt {
             });
         };
         Ok(Self {
-            context: frame.context,
+            context: frame.context.map(Cow::into_owned),
             result,
         })
     }
@@ -337,23 +310,6 @@ pub struct ReceivedMessage {
     pub redelivery_count: u32,
 }
 
-/// Every frame a consumer or reader socket carries, read in one pass: a message, or the
-/// answer to `isEndOfTopic` (the only frame with `endOfTopic`).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct InboundFrame {
-    end_of_topic: Option<Flag>,
-    message_id: Option<String>,
-    payload: Option<String>,
-    #[serde(default)]
-    properties: BTreeMap<String, String>,
-    publish_time: Option<String>,
-    #[serde(default)]
-    redelivery_count: u32,
-    event_time: Option<String>,
-    key: Option<String>,
-}
-
 fn required<T>(field: &'static str, value: Option<T>) -> Result<T, DecodeError> {
     value.ok_or_else(|| DecodeError::Field {
         field,
@@ -370,28 +326,25 @@ pub enum ConsumerFrame {
     EndOfTopic(bool),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Flag {
-    Bool(bool),
-    Text(String),
-}
-
 impl ConsumerFrame {
     /// Parse a frame from a consumer or reader socket.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        let frame: InboundFrame = serde_json::from_str(text).map_err(DecodeError::json)?;
+        // Every frame a consumer or reader socket carries, read in one pass: a message, or
+        // the answer to `isEndOfTopic` (the only frame with `endOfTopic`).
+        let frame: json::ConsumerMessage<'_> =
+            serde_json::from_str(text).map_err(DecodeError::json)?;
         if let Some(flag) = frame.end_of_topic {
             // The server sends a JSON boolean; its docs show a string. Accept both.
             return match flag {
-                Flag::Bool(b) => Ok(Self::EndOfTopic(b)),
-                Flag::Text(t) => t
-                    .parse()
-                    .map(Self::EndOfTopic)
-                    .map_err(|_| DecodeError::Field {
-                        field: "endOfTopic",
-                        reason: format!("{t:?} is not a boolean"),
-                    }),
+                json::Flag::Bool(b) => Ok(Self::EndOfTopic(b)),
+                json::Flag::Text(t) => {
+                    t.parse()
+                        .map(Self::EndOfTopic)
+                        .map_err(|_| DecodeError::Field {
+                            field: "endOfTopic",
+                            reason: format!("{t:?} is not a boolean"),
+                        })
+                }
             };
         }
         let payload = BASE64
@@ -401,15 +354,15 @@ impl ConsumerFrame {
                 reason: format!("not base64: {e}"),
             })?;
         Ok(Self::Message(ReceivedMessage {
-            message_id: MessageId(required("messageId", frame.message_id)?.into()),
+            message_id: MessageId(required("messageId", frame.message_id)?.as_ref().into()),
             payload: payload.into(),
-            properties: frame.properties,
+            properties: frame.properties.into_owned(),
             publish_time: parse_time("publishTime", &required("publishTime", frame.publish_time)?)?,
             event_time: frame
                 .event_time
                 .map(|t| parse_time("eventTime", &t))
                 .transpose()?,
-            key: frame.key,
+            key: frame.key.map(Cow::into_owned),
             redelivery_count: frame.redelivery_count,
         }))
     }
@@ -430,17 +383,6 @@ pub enum Command {
     IsEndOfTopic,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CommandFrame<'a> {
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    permit_messages: Option<u32>,
-}
-
 impl Command {
     /// The JSON frame.
     pub fn encode(&self) -> String {
@@ -451,14 +393,16 @@ impl Command {
             Self::Unsubscribe => (Some("unsubscribe"), None, None),
             Self::IsEndOfTopic => (Some("isEndOfTopic"), None, None),
         };
-        serde_json::to_string(&CommandFrame {
-            kind,
-            message_id,
-            permit_messages,
+        serde_json::to_string(&json::ConsumerCommand {
+            kind: kind.map(Cow::Borrowed),
+            message_id: message_id.map(Cow::Borrowed),
+            permit_messages: permit_messages.map(i64::from),
         })
         .unwrap_or_default()
     }
 }
+
+pub mod json;
 
 #[cfg(test)]
 mod tests;

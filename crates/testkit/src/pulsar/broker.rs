@@ -2,6 +2,7 @@
 //! flow control. Synchronous and IO-free: connections are numbers with an outbound queue,
 //! and the server module moves frames between them and the sockets.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use time::{OffsetDateTime, UtcOffset};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::wire::{self, ConsumerCommand, Delivered, Position, Publish, Receipt};
+use super::wire::{self, ConsumerCommand, ConsumerMessage, Position, ProducerAck, ProducerMessage};
 
 /// Connection number.
 pub(crate) type ConnId = u64;
@@ -353,7 +354,7 @@ impl Broker {
         let Some(topic) = self.producers.get(&conn).map(|p| p.topic.clone()) else {
             return String::new();
         };
-        let Ok(frame) = serde_json::from_str::<Publish>(text) else {
+        let Ok(frame) = serde_json::from_str::<ProducerMessage<'_>>(text) else {
             return error_receipt(None, 3, "Failed to deserialize from JSON");
         };
         let context = frame.context.as_deref();
@@ -407,10 +408,10 @@ impl Broker {
         let entry = log.entries.len() as u64;
         log.entries.push(StoredMessage {
             key_hash: key_hash(frame.key.as_deref().unwrap_or("")),
-            key: frame.key,
+            key: frame.key.map(Cow::into_owned),
             payload_b64: BASE64.encode(&payload),
             payload,
-            properties: frame.properties,
+            properties: frame.properties.into_owned(),
             publish_time: wire::format_time(wall, offset),
             event_time,
             deliver_at,
@@ -422,14 +423,10 @@ impl Broker {
             ledger: log.ledger,
             entry,
         };
-        let receipt = wire::receipt_json(&Receipt {
-            result: "ok",
-            message_id: Some(id.encode()),
-            context,
-            error_msg: None,
-            error_code: 0,
-            schema_version: 0,
-        });
+        let mut ack = ProducerAck::new("ok");
+        ack.message_id = Some(id.encode().into());
+        ack.context = context.map(Cow::Borrowed);
+        let receipt = wire::to_json(&ack);
         self.dispatch(&topic);
         receipt
     }
@@ -496,7 +493,7 @@ impl Broker {
 
     /// A frame from a consumer socket. Returns `false` when the socket must be closed.
     pub(crate) fn consumer_frame(&mut self, conn: ConnId, text: &str) -> bool {
-        let Ok(cmd) = serde_json::from_str::<ConsumerCommand>(text) else {
+        let Ok(cmd) = serde_json::from_str::<ConsumerCommand<'_>>(text) else {
             return false;
         };
         let Some(c) = self.consumers.get_mut(&conn) else {
@@ -688,7 +685,7 @@ impl Broker {
 
     /// A frame from a reader socket: anything but `isEndOfTopic` frees one slot.
     pub(crate) fn reader_frame(&mut self, conn: ConnId, text: &str) -> bool {
-        let is_end = serde_json::from_str::<ConsumerCommand>(text)
+        let is_end = serde_json::from_str::<ConsumerCommand<'_>>(text)
             .ok()
             .and_then(|c| c.kind)
             .is_some_and(|k| k == "isEndOfTopic");
@@ -892,27 +889,22 @@ fn dispatch_sub(
 }
 
 fn delivered(m: &StoredMessage, ledger: u64, entry: u64, redelivery_count: u32) -> String {
-    serde_json::to_string(&Delivered {
-        message_id: Position { ledger, entry }.encode(),
-        payload: &m.payload_b64,
-        properties: &m.properties,
-        publish_time: m.publish_time.clone(),
-        redelivery_count,
-        event_time: m.event_time.clone(),
-        key: m.key.as_deref(),
-    })
-    .unwrap_or_default()
+    let mut message = ConsumerMessage::default();
+    message.message_id = Some(Position { ledger, entry }.encode().into());
+    message.payload = Some(Cow::Borrowed(&m.payload_b64));
+    message.properties = Cow::Borrowed(&m.properties);
+    message.publish_time = Some(m.publish_time.clone());
+    message.redelivery_count = redelivery_count;
+    message.event_time = m.event_time.clone();
+    message.key = m.key.as_deref().map(Cow::Borrowed);
+    wire::to_json(&message)
 }
 
 fn error_receipt(context: Option<&str>, code: u8, message: &str) -> String {
-    wire::receipt_json(&Receipt {
-        result: &format!("send-error:{code}"),
-        message_id: None,
-        context,
-        error_msg: Some(message),
-        error_code: 0,
-        schema_version: 0,
-    })
+    let mut ack = ProducerAck::new(format!("send-error:{code}"));
+    ack.context = context.map(Cow::Borrowed);
+    ack.error_msg = Some(Cow::Borrowed(message));
+    wire::to_json(&ack)
 }
 
 /// Murmur3-32 of the key, as Pulsar's Key_Shared selector hashes it.

@@ -1,77 +1,25 @@
-//! The JSON frames as the Java handlers read and write them, written independently of the
-//! client crate so that a misreading on one side is not mirrored on the other.
-
-use std::collections::BTreeMap;
+//! The JSON frames: their shapes are `headwaters-pulsar-ws`'s IO-free `proto::json` (one
+//! definition, both directions); what the emulator does with them is its own, and the
+//! Python websocket check in `cargo xtask emulators` reads them as a client we did not
+//! write. Also here: message ids and times as the server writes them.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-/// `ProducerMessage`: what a producer publishes. Unknown fields are ignored, as the server's
-/// shared `ObjectMapper` does.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Publish {
-    pub(crate) payload: Option<String>,
-    #[serde(default)]
-    pub(crate) properties: BTreeMap<String, String>,
-    pub(crate) context: Option<String>,
-    pub(crate) key: Option<String>,
-    pub(crate) event_time: Option<String>,
-    pub(crate) deliver_at: Option<i64>,
-    pub(crate) deliver_after_ms: Option<i64>,
-}
-
-/// `ProducerAck`. `result`, `errorCode` and `schemaVersion` are always written; the rest only
-/// when set.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Receipt<'a> {
-    pub(crate) result: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) message_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) context: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) error_msg: Option<&'a str>,
-    pub(crate) error_code: i32,
-    pub(crate) schema_version: i64,
-}
-
-/// `ConsumerMessage`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Delivered<'a> {
-    pub(crate) message_id: String,
-    pub(crate) payload: &'a str,
-    pub(crate) properties: &'a BTreeMap<String, String>,
-    pub(crate) publish_time: String,
-    pub(crate) redelivery_count: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) event_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) key: Option<&'a str>,
-}
-
-/// `ConsumerCommand`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ConsumerCommand {
-    #[serde(rename = "type")]
-    pub(crate) kind: Option<String>,
-    pub(crate) message_id: Option<String>,
-    pub(crate) permit_messages: Option<i64>,
-}
+pub(crate) use headwaters_pulsar_ws::proto::json::{
+    ConsumerCommand, ConsumerMessage, ProducerAck, ProducerMessage,
+};
 
 /// `{"endOfTopic": bool}` — a JSON boolean, as the server writes it.
 pub(crate) fn end_of_topic(flag: bool) -> String {
     format!("{{\"endOfTopic\":{flag}}}")
 }
 
-pub(crate) fn receipt_json(receipt: &Receipt<'_>) -> String {
-    serde_json::to_string(receipt).unwrap_or_default()
+/// A frame as JSON (strings, maps and numbers always serialise).
+pub(crate) fn to_json(frame: &impl serde::Serialize) -> String {
+    serde_json::to_string(frame).unwrap_or_default()
 }
 
 /// A position in a topic: what `MessageIdData` carries for a non-batched message.
