@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-fn no_properties(properties: &Cow<'_, BTreeMap<String, String>>) -> bool {
+fn no_properties(properties: &BTreeMap<String, String>) -> bool {
     properties.is_empty()
 }
 
