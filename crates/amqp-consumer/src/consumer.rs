@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use headwaters_ordering_core::Handler;
 use headwaters_ordering_core::{
     Config as DispatchConfig, Delivery, Dispatcher, Epoch, HeaderValue, Headers, Key, Message,
     Settle, Settlement, ShutdownReport, Timestamp,
 };
+use headwaters_ordering_core::{Handler, Pause};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
@@ -379,19 +379,17 @@ async fn supervise<H: Handler>(
             None => match establish(&config, &dispatcher, &counters).await {
                 Ok(link) => link,
                 Err(e) => {
-                    let Some(delay) = backoff.retry() else {
-                        tracing::error!(error = %e, attempts = backoff.failures(), "consumer: giving up reconnecting");
-                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        return;
+                    let mut stopping = phase.clone();
+                    let stop = async move {
+                        let _ = stopping.wait_for(|p| *p != Phase::Running).await;
                     };
-                    if backoff.worth_reporting() {
-                        tracing::warn!(error = %e, ?delay, attempts = backoff.failures(), "consumer reconnect failed");
-                    } else {
-                        tracing::debug!(error = %e, ?delay, "consumer reconnect failed");
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => continue,
-                        _ = phase.wait_for(|p| *p != Phase::Running) => return,
+                    match backoff.pause("amqp consumer", &e, stop).await {
+                        Pause::Retry => continue,
+                        Pause::GiveUp => {
+                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            return;
+                        }
+                        Pause::Stopped => return,
                     }
                 }
             },
@@ -413,8 +411,9 @@ async fn supervise<H: Handler>(
             Err((_, e)) => {
                 dispatcher.epoch_lost(epoch);
                 tracing::warn!(error = %e, "consumer connection lost; reconnecting");
+                // At once, as every transport does: the backoff starts with the first
+                // failed attempt.
                 backoff.reset();
-                tokio::time::sleep(backoff.step()).await;
             }
         }
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use headwaters_ordering_core::{HeaderValue, Headers, Key, Timestamp};
+use headwaters_ordering_core::{HeaderValue, Headers, Key, Pause, Timestamp};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
@@ -268,16 +268,11 @@ impl Producer {
                         return;
                     }
                     Err(e) => {
-                        let Some(delay) = backoff.retry() else {
-                            tracing::error!(error = %e, attempts = backoff.failures(), "producer: giving up reconnecting until the next publish");
+                        let never = std::future::pending();
+                        if backoff.pause("amqp producer", &e, never).await == Pause::GiveUp {
+                            // The next publish that finds no link starts again.
                             return;
-                        };
-                        if backoff.worth_reporting() {
-                            tracing::warn!(error = %e, ?delay, attempts = backoff.failures(), "producer reconnect failed");
-                        } else {
-                            tracing::debug!(error = %e, ?delay, "producer reconnect failed");
                         }
-                        tokio::time::sleep(delay).await;
                     }
                 }
             }

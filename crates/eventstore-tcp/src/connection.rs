@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use headwaters_ordering_core::Backoff;
+use headwaters_ordering_core::{Backoff, Pause};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -628,14 +628,12 @@ impl Driver {
                 }
                 continue; // at once: the node (or its leader) is likely up
             }
-            let Some(wait) = backoff.retry() else {
-                return self.give_up(error);
-            };
-            tracing::warn!(addr = %self.addr, error = %error, ?wait, "eventstore: reconnecting");
             let mut closing = self.closing.clone();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = closed(&mut closing) => return self.finish(Error::Closed),
+            let what = format!("eventstore {}", self.addr);
+            match backoff.pause(&what, &error, closed(&mut closing)).await {
+                Pause::Retry => {}
+                Pause::GiveUp => return self.give_up(error),
+                Pause::Stopped => return self.finish(Error::Closed),
             }
         }
     }

@@ -95,6 +95,44 @@ impl Backoff {
         self.next = self.min;
         self.failures = 0;
     }
+
+    /// The one reconnect rule of every transport, after a failed attempt to connect `what`:
+    /// log `error` (a warning for the first failure and every 30th, else at debug level),
+    /// then wait the next delay — unless the attempts are used up ([`Pause::GiveUp`]) or
+    /// `stop` resolves first ([`Pause::Stopped`]).
+    #[cfg(feature = "dispatcher")]
+    pub async fn pause(
+        &mut self,
+        what: &str,
+        error: &impl std::fmt::Display,
+        stop: impl Future<Output = ()>,
+    ) -> Pause {
+        let Some(wait) = self.retry() else {
+            tracing::error!(%what, %error, attempts = self.failures, "giving up reconnecting");
+            return Pause::GiveUp;
+        };
+        if self.worth_reporting() {
+            tracing::warn!(%what, %error, ?wait, attempts = self.failures, "reconnecting");
+        } else {
+            tracing::debug!(%what, %error, ?wait, attempts = self.failures, "reconnecting");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Pause::Retry,
+            () = stop => Pause::Stopped,
+        }
+    }
+}
+
+/// What [`Backoff::pause`] decided.
+#[cfg(feature = "dispatcher")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// The delay has passed: try again.
+    Retry,
+    /// The attempt limit is reached: stop trying.
+    GiveUp,
+    /// The stop signal came first.
+    Stopped,
 }
 
 #[cfg(test)]
@@ -125,6 +163,24 @@ mod tests {
         assert!(b.retry().is_some());
         let mut forever = Backoff::new(ms(1), ms(2));
         assert!((0..1000).all(|_| forever.retry().is_some()));
+    }
+
+    #[cfg(feature = "dispatcher")]
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_waits_the_delay_gives_up_at_the_limit_and_yields_to_a_stop() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(100)).with_max_attempts(Some(2));
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<()>;
+        assert_eq!(b.pause("test", &"refused", never()).await, Pause::Retry);
+        let waited = started.elapsed();
+        assert!(waited >= ms(50) && waited <= ms(100), "{waited:?}");
+        assert_eq!(b.pause("test", &"refused", never()).await, Pause::Retry);
+        assert_eq!(b.pause("test", &"refused", never()).await, Pause::GiveUp);
+        b.reset();
+        let at = tokio::time::Instant::now();
+        assert_eq!(b.pause("test", &"refused", async {}).await, Pause::Stopped);
+        assert_eq!(at.elapsed(), Duration::ZERO, "a stop does not wait");
     }
 
     #[test]

@@ -118,6 +118,9 @@ mod dispatcher;
 pub use backoff::Backoff;
 #[cfg(feature = "dispatcher")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dispatcher")))]
+pub use backoff::Pause;
+#[cfg(feature = "dispatcher")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dispatcher")))]
 pub use dispatcher::{
     Config, ConfigError, DispatchError, Dispatcher, Metrics, Running, ShutdownReport, SignalError,
     SourceEvent, TryDispatchError,

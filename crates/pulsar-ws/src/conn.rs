@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use headwaters_ordering_core::Backoff;
+use headwaters_ordering_core::{Backoff, Pause};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -351,11 +351,11 @@ pub(crate) async fn reconnect(
                 return Ok(ws);
             }
             Err(e) if e.is_transient() => {
-                let Some(wait) = backoff.retry() else {
-                    return Err(e);
-                };
-                tracing::warn!(endpoint = path, error = %e, ?wait, "pulsar-ws: reconnecting");
-                tokio::time::sleep(wait).await;
+                let what = format!("pulsar-ws {path}");
+                match backoff.pause(&what, &e, std::future::pending()).await {
+                    Pause::Retry => {}
+                    Pause::GiveUp | Pause::Stopped => return Err(e),
+                }
             }
             Err(e) => return Err(e),
         }
