@@ -10,7 +10,7 @@ use headwaters_ordering_core::{
     Config as DispatchConfig, Delivery, Dispatcher, Epoch, HeaderValue, Headers, Key, Message,
     Settle, Settlement, ShutdownReport, Timestamp,
 };
-use headwaters_ordering_core::{Handler, Pause};
+use headwaters_ordering_core::{Handler, Pause, SourceEvent};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
@@ -480,40 +480,44 @@ async fn run_link(
 
 /// Turn one queue's deliveries into dispatcher deliveries.
 async fn read_queue<H: Handler>(
-    mut consumer: lapin::Consumer,
+    consumer: lapin::Consumer,
     acks: Arc<ChannelAcks>,
     epoch: Epoch,
     dispatcher: Dispatcher<H, AmqpSettle>,
     counters: Arc<Counters>,
     wire: WireFormat,
 ) -> Result<(), Error> {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery.map_err(|e| Error::Lapin(Arc::new(e)))?;
+    let deliveries = consumer.filter_map(move |delivery| {
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(e) => return std::future::ready(Some(Err(Error::Lapin(Arc::new(e))))),
+        };
         counters.deliveries.fetch_add(1, Relaxed);
         let tag = delivery.delivery_tag;
         let (key, message) = decode(delivery, wire);
-        let Ok(key) = key else {
-            counters.invalid.fetch_add(1, Relaxed);
-            let reason = key.err().map(|e| e.to_string()).unwrap_or_default();
-            tracing::warn!(tag, message_id = %message.message_id, %reason, "delivery without a usable `sharding_key` header: rejected without requeue");
-            acks.settle(tag, Settlement::Reject { requeue: false });
-            continue;
+        let event = match key {
+            Ok(key) => Some(Ok(SourceEvent::Delivery(Delivery {
+                key,
+                message,
+                settle: AmqpSettle::new(tag, Arc::clone(&acks)),
+                epoch,
+            }))),
+            Err(e) => {
+                counters.invalid.fetch_add(1, Relaxed);
+                tracing::warn!(tag, message_id = %message.message_id, reason = %e, "delivery without a usable `sharding_key` header: rejected without requeue");
+                acks.settle(tag, Settlement::Reject { requeue: false });
+                None
+            }
         };
-        let settle = AmqpSettle::new(tag, Arc::clone(&acks));
-        let delivery = Delivery {
-            key,
-            message,
-            settle,
-            epoch,
-        };
-        if dispatcher.dispatch(delivery).await.is_err() {
-            // Shutting down: the message stays unacked and is redelivered.
-            return Ok(());
-        }
-    }
-    Err(Error::Connection(
+        std::future::ready(event)
+    });
+    // The stream ends when the channel closes or the consumer is cancelled: the link is
+    // gone. The feeding ends without an error only when the dispatcher shuts down (what it
+    // did not start is redelivered).
+    let ended = futures_util::stream::once(std::future::ready(Err(Error::Connection(
         "the consumer stream ended (channel closed or consumer cancelled)".into(),
-    ))
+    ))));
+    dispatcher.feed(deliveries.chain(ended)).await
 }
 
 /// Why a delivery has no usable sharding key.

@@ -496,7 +496,7 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
         St: futures_util::Stream<Item = Result<SourceEvent<S>, E>>,
     {
         let mut source = pin!(source);
-        let failed = self.feed(source.as_mut()).await;
+        let failed = self.feed_pinned(source.as_mut()).await;
         let report = self.shutdown(grace).await;
         failed.map_or(Ok(report), Err)
     }
@@ -514,7 +514,7 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
         let task = tokio::spawn(async move {
             let mut source = pin!(source);
             let failed = tokio::select! {
-                failed = dispatcher.feed(source.as_mut()) => failed,
+                failed = dispatcher.feed_pinned(source.as_mut()) => failed,
                 _ = stopped.wait_for(Option::is_some) => None,
             };
             let grace = (*stopped.borrow()).unwrap_or(Running::<H, S, E>::END_GRACE);
@@ -528,9 +528,19 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
         }
     }
 
-    /// Dispatch what `source` yields until it ends, fails (the error is returned) or the
-    /// dispatcher is closed.
-    async fn feed<St, E>(&self, mut source: std::pin::Pin<&mut St>) -> Option<E>
+    /// Dispatch what `source` yields until it ends or the dispatcher is closed (`Ok`), or
+    /// until it yields an error (returned) — without shutting the dispatcher down: for
+    /// several sources that share one dispatcher, as the AMQP consumer's shard queues do.
+    /// [`start`](Self::start) and [`run`](Self::run) are this loop followed by the shutdown.
+    pub async fn feed<St, E>(&self, source: St) -> Result<(), E>
+    where
+        St: futures_util::Stream<Item = Result<SourceEvent<S>, E>>,
+    {
+        self.feed_pinned(pin!(source)).await.map_or(Ok(()), Err)
+    }
+
+    /// [`feed`](Self::feed) from a source the caller keeps.
+    async fn feed_pinned<St, E>(&self, mut source: std::pin::Pin<&mut St>) -> Option<E>
     where
         St: futures_util::Stream<Item = Result<SourceEvent<S>, E>>,
     {
