@@ -312,21 +312,38 @@ impl AmqpConfig {
         self
     }
 
-    /// Trust this CA (PEM) for `amqps://`, besides the system roots.
-    pub fn with_ca_pem(mut self, pem: impl Into<String>) -> Self {
+    /// Trust this CA (PEM) for `amqps://`, besides the system roots. A PEM without a
+    /// usable certificate is refused here, with [`Error::Tls`] — the same call as the Pulsar
+    /// and EventStore clients'.
+    pub fn with_ca_pem(mut self, pem: impl Into<String>) -> Result<Self, Error> {
         self.tls.ca_pem = Some(pem.into());
-        self
+        self.check_tls()?;
+        Ok(self)
     }
 
-    /// Present this client certificate (PEM chain) and PKCS#8 key (PEM): mutual TLS.
+    /// Present this client certificate (PEM chain) and PKCS#8 key (PEM): mutual TLS. A
+    /// certificate and key that do not parse or do not match are refused here, with
+    /// [`Error::Tls`].
     pub fn with_client_identity(
         mut self,
         cert_pem: impl Into<String>,
         key_pem: impl Into<String>,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         self.tls.client_cert_pem = Some(cert_pem.into());
         self.tls.client_key_pem = Some(key_pem.into());
-        self
+        self.check_tls()?;
+        Ok(self)
+    }
+
+    /// Build the rustls configuration the PEMs describe, to refuse bad ones at once.
+    fn check_tls(&self) -> Result<(), Error> {
+        let identity = match (&self.tls.client_cert_pem, &self.tls.client_key_pem) {
+            (Some(cert), Some(key)) => Some((cert.as_bytes(), key.as_bytes())),
+            _ => None,
+        };
+        let ca = self.tls.ca_pem.as_deref().map(str::as_bytes);
+        headwaters_ordering_core::tls::client_config(ca, identity).map_err(Error::Tls)?;
+        Ok(())
     }
 
     /// Write and route keys as `wire` says (see [`WireFormat`]).
@@ -447,6 +464,17 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("amqp://user:***@host:5672/%2f"), "{shown}");
         assert_eq!(target(&c.url), "host:5672");
+    }
+
+    #[test]
+    fn a_pem_without_a_certificate_is_refused_at_once() {
+        let err = AmqpConfig::default().with_ca_pem("not a pem").unwrap_err();
+        assert!(matches!(err, Error::Tls(_)), "{err}");
+        assert!(!err.is_transient());
+        let err = AmqpConfig::default()
+            .with_client_identity("no cert", "no key")
+            .unwrap_err();
+        assert!(matches!(err, Error::Tls(_)), "{err}");
     }
 
     #[test]

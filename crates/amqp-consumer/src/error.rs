@@ -9,6 +9,10 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid AMQP configuration: {0}")]
     Config(String),
+    /// The TLS configuration could not be built (a PEM without a usable certificate, a key
+    /// that does not match); the cause is the source.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] headwaters_ordering_core::tls::TlsConfigError),
     /// The broker could not be reached.
     #[error(
         "cannot reach the AMQP broker at {target}: {reason}; check that it runs and that the URL is right"

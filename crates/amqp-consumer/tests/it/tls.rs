@@ -33,7 +33,9 @@ async fn amqps_round_trip_trusting_the_test_ca() {
     let (url, dir) = tls();
     let cfg = config(&url, "tls")
         .with_ca_pem(read(&dir, "ca.pem"))
-        .with_client_identity(read(&dir, "client.pem"), read(&dir, "client.key"));
+        .unwrap()
+        .with_client_identity(read(&dir, "client.pem"), read(&dir, "client.key"))
+        .unwrap();
     let recorder = Arc::new(Recorder::default());
     let consumer = Consumer::start(
         cfg.clone(),
@@ -66,7 +68,9 @@ async fn amqps_with_a_client_certificate() {
     let (url, dir) = tls();
     let cfg = config(&url, "mtls")
         .with_ca_pem(read(&dir, "ca.pem"))
-        .with_client_identity(read(&dir, "client.pem"), read(&dir, "client.key"));
+        .unwrap()
+        .with_client_identity(read(&dir, "client.pem"), read(&dir, "client.key"))
+        .unwrap();
     assert!(
         !format!("{cfg:?}").contains("PRIVATE KEY"),
         "the key never shows in Debug"
