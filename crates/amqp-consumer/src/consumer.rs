@@ -165,8 +165,7 @@ impl<H: Handler> Consumer<H> {
         dispatch: DispatchConfig,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let dispatcher =
-            Dispatcher::new(handler, dispatch).map_err(|e| Error::Config(e.to_string()))?;
+        let dispatcher = Dispatcher::new(handler, dispatch).map_err(Error::Dispatcher)?;
         let counters = Arc::new(Counters::default());
         let first = establish(&config, &dispatcher, &counters).await?;
         let (phase, phase_rx) = watch::channel(Phase::Running);

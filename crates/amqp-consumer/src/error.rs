@@ -9,6 +9,9 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("invalid AMQP configuration: {0}")]
     Config(String),
+    /// The ordered dispatcher's configuration is unusable (see the cause).
+    #[error("invalid dispatcher configuration: {0}")]
+    Dispatcher(#[source] headwaters_ordering_core::ConfigError),
     /// The TLS configuration could not be built (a PEM without a usable certificate, a key
     /// that does not match); the cause is the source.
     #[error("TLS configuration: {0}")]

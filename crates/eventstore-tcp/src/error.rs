@@ -13,6 +13,9 @@ pub enum Error {
     /// Bad settings.
     #[error("invalid settings: {0}")]
     Config(String),
+    /// The ordered dispatcher's configuration is unusable (see the cause).
+    #[error("invalid dispatcher configuration: {0}")]
+    Dispatcher(#[source] headwaters_ordering_core::ConfigError),
     /// The TLS configuration could not be built (bad PEM, key mismatch); the cause is the
     /// source.
     #[error("TLS configuration: {0}")]

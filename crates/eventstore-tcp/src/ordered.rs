@@ -166,7 +166,7 @@ fn dispatcher<H: ordering::Handler, T: ordering::Settle>(
     handler: H,
     config: ordering::Config,
 ) -> Result<Dispatcher<H, T>, Error> {
-    Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))
+    Dispatcher::new(handler, config).map_err(Error::Dispatcher)
 }
 
 /// An event as a dispatcher delivery keyed by its stream; `None` for a link to a deleted

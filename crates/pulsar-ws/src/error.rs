@@ -12,6 +12,9 @@ pub enum Error {
     /// The client configuration is not usable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The ordered dispatcher's configuration is unusable (see the cause).
+    #[error("invalid dispatcher configuration: {0}")]
+    Dispatcher(#[source] headwaters_ordering_core::ConfigError),
     /// A topic, subscription or parameter the server would refuse.
     #[error(transparent)]
     Param(#[from] ParamError),

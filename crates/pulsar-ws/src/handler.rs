@@ -144,7 +144,7 @@ where
     H: ordering::Handler,
 {
     let dispatcher: Dispatcher<H, Settler> =
-        Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
+        Dispatcher::new(handler, config).map_err(Error::Dispatcher)?;
     dispatcher
         .run(
             OrderedSource::new(consumer, on_discard).into_stream(),
@@ -194,7 +194,7 @@ where
     H: ordering::Handler,
 {
     let dispatcher: Dispatcher<H, Settler> =
-        Dispatcher::new(handler, config).map_err(|e| Error::Config(e.to_string()))?;
+        Dispatcher::new(handler, config).map_err(Error::Dispatcher)?;
     Ok(dispatcher.start(OrderedSource::new(consumer, on_discard).into_stream()))
 }
 
