@@ -950,39 +950,37 @@ fn read_stream_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
     let Request { shared, c, .. } = *r;
     let bad = |what: &str| r.bad(what);
     let may = |state: &State, stream: &str, access| r.may(state, stream, access);
-    Some({
-        match wire::ReadStreamEvents::decode(payload) {
-            Ok(m) => {
-                let forward = r.command == Command::ReadStreamEventsForward;
-                let state = shared.lock();
-                if !may(&state, &m.event_stream_id, Access::Read) {
-                    use wire::read_stream_events_completed::ReadStreamResult as R;
-                    let denied = wire::ReadStreamEventsCompleted {
-                        events: Vec::new(),
-                        result: R::AccessDenied as i32,
-                        next_event_number: -1,
-                        last_event_number: -1,
-                        is_end_of_stream: true,
-                        last_commit_position: -1,
-                        error: Some(ACCESS_DENIED.into()),
-                    };
-                    return Some(frame(reply_to(r.command), c, denied.encode_to_vec()));
-                }
-                let (done, picked) = state.store.stream_page(
-                    &m.event_stream_id,
-                    m.from_event_number,
-                    m.max_count,
-                    forward,
-                    m.resolve_link_tos,
-                );
-                frame(
-                    reply_to(r.command),
-                    c,
-                    state.store.encode_stream_page(&done, &picked),
-                )
+    Some(match wire::ReadStreamEvents::decode(payload) {
+        Ok(m) => {
+            let forward = r.command == Command::ReadStreamEventsForward;
+            let state = shared.lock();
+            if !may(&state, &m.event_stream_id, Access::Read) {
+                use wire::read_stream_events_completed::ReadStreamResult as R;
+                let denied = wire::ReadStreamEventsCompleted {
+                    events: Vec::new(),
+                    result: R::AccessDenied as i32,
+                    next_event_number: -1,
+                    last_event_number: -1,
+                    is_end_of_stream: true,
+                    last_commit_position: -1,
+                    error: Some(ACCESS_DENIED.into()),
+                };
+                return Some(frame(reply_to(r.command), c, denied.encode_to_vec()));
             }
-            Err(_) => bad("ReadStreamEvents"),
+            let (done, picked) = state.store.stream_page(
+                &m.event_stream_id,
+                m.from_event_number,
+                m.max_count,
+                forward,
+                m.resolve_link_tos,
+            );
+            frame(
+                reply_to(r.command),
+                c,
+                state.store.encode_stream_page(&done, &picked),
+            )
         }
+        Err(_) => bad("ReadStreamEvents"),
     })
 }
 
@@ -991,38 +989,34 @@ fn read_all_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
     let Request { shared, c, .. } = *r;
     let bad = |what: &str| r.bad(what);
     let may = |state: &State, stream: &str, access| r.may(state, stream, access);
-    Some({
-        match wire::ReadAllEvents::decode(payload) {
-            Ok(m) => {
-                let forward = r.command == Command::ReadAllEventsForward;
-                let state = shared.lock();
-                if !may(&state, "$all", Access::Read) {
-                    use wire::read_all_events_completed::ReadAllResult as R;
-                    let denied = wire::ReadAllEventsCompleted {
-                        commit_position: m.commit_position,
-                        prepare_position: m.prepare_position,
-                        events: Vec::new(),
-                        next_commit_position: m.commit_position,
-                        next_prepare_position: m.prepare_position,
-                        result: Some(R::AccessDenied as i32),
-                        error: Some(ACCESS_DENIED.into()),
-                    };
-                    return Some(frame(reply_to(r.command), c, denied.encode_to_vec()));
-                }
-                let (done, picked) = state.store.all_page(
-                    m.commit_position,
-                    m.max_count,
-                    forward,
-                    m.resolve_link_tos,
-                );
-                frame(
-                    reply_to(r.command),
-                    c,
-                    state.store.encode_all_page(&done, &picked),
-                )
+    Some(match wire::ReadAllEvents::decode(payload) {
+        Ok(m) => {
+            let forward = r.command == Command::ReadAllEventsForward;
+            let state = shared.lock();
+            if !may(&state, "$all", Access::Read) {
+                use wire::read_all_events_completed::ReadAllResult as R;
+                let denied = wire::ReadAllEventsCompleted {
+                    commit_position: m.commit_position,
+                    prepare_position: m.prepare_position,
+                    events: Vec::new(),
+                    next_commit_position: m.commit_position,
+                    next_prepare_position: m.prepare_position,
+                    result: Some(R::AccessDenied as i32),
+                    error: Some(ACCESS_DENIED.into()),
+                };
+                return Some(frame(reply_to(r.command), c, denied.encode_to_vec()));
             }
-            Err(_) => bad("ReadAllEvents"),
+            let (done, picked) =
+                state
+                    .store
+                    .all_page(m.commit_position, m.max_count, forward, m.resolve_link_tos);
+            frame(
+                reply_to(r.command),
+                c,
+                state.store.encode_all_page(&done, &picked),
+            )
         }
+        Err(_) => bad("ReadAllEvents"),
     })
 }
 
@@ -1079,21 +1073,19 @@ fn unsubscribe_from_stream(r: &Request<'_>, _payload: Bytes) -> Option<Vec<u8>> 
         key,
         ..
     } = *r;
-    Some({
-        let mut state = shared.lock();
-        state
-            .subs
-            .retain(|s| !(s.conn == conn && s.correlation == c));
-        if state.consumers.remove(&key).is_some() {
-            let mut parked = Vec::new();
-            state.groups.disconnect(key, &mut parked);
-            settle(&mut state, parked);
-        }
-        dropped(
-            c,
-            wire::subscription_dropped::SubscriptionDropReason::Unsubscribed,
-        )
-    })
+    let mut state = shared.lock();
+    state
+        .subs
+        .retain(|s| !(s.conn == conn && s.correlation == c));
+    if state.consumers.remove(&key).is_some() {
+        let mut parked = Vec::new();
+        state.groups.disconnect(key, &mut parked);
+        settle(&mut state, parked);
+    }
+    Some(dropped(
+        c,
+        wire::subscription_dropped::SubscriptionDropReason::Unsubscribed,
+    ))
 }
 
 /// Answers `ConnectToPersistentSubscription`.
@@ -1103,7 +1095,7 @@ fn connect_to_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option
     } = *r;
     let bad = |what: &str| r.bad(what);
     let may = |state: &State, stream: &str, access| r.may(state, stream, access);
-    Some({
+    Some(
         match wire::ConnectToPersistentSubscription::decode(payload) {
             Ok(m) => {
                 use wire::subscription_dropped::SubscriptionDropReason as R;
@@ -1139,94 +1131,84 @@ fn connect_to_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option
                 }
             }
             Err(_) => bad("ConnectToPersistentSubscription"),
-        }
-    })
+        },
+    )
 }
 
 /// Answers `PersistentSubscriptionAckEvents`.
 fn persistent_subscription_ack_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
     let Request { shared, key, .. } = *r;
     let bad = |what: &str| r.bad(what);
-    Some({
-        if let Ok(m) = wire::PersistentSubscriptionAckEvents::decode(payload) {
-            let mut state = shared.lock();
-            state.groups.ack(key, &m.processed_event_ids);
-            settle(&mut state, Vec::new());
-            return None;
-        }
-        bad("PersistentSubscriptionAckEvents")
-    })
+    if let Ok(m) = wire::PersistentSubscriptionAckEvents::decode(payload) {
+        let mut state = shared.lock();
+        state.groups.ack(key, &m.processed_event_ids);
+        settle(&mut state, Vec::new());
+        return None;
+    }
+    Some(bad("PersistentSubscriptionAckEvents"))
 }
 
 /// Answers `PersistentSubscriptionNakEvents`.
 fn persistent_subscription_nak_events(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
     let Request { shared, key, .. } = *r;
     let bad = |what: &str| r.bad(what);
-    Some({
-        if let Ok(m) = wire::PersistentSubscriptionNakEvents::decode(payload) {
-            let mut state = shared.lock();
-            let mut parked = Vec::new();
-            let action = Nak::from_wire(m.action);
-            state
-                .groups
-                .nak(key, &m.processed_event_ids, action, &mut parked);
-            settle(&mut state, parked);
-            return None;
-        }
-        bad("PersistentSubscriptionNakEvents")
-    })
+    if let Ok(m) = wire::PersistentSubscriptionNakEvents::decode(payload) {
+        let mut state = shared.lock();
+        let mut parked = Vec::new();
+        let action = Nak::from_wire(m.action);
+        state
+            .groups
+            .nak(key, &m.processed_event_ids, action, &mut parked);
+        settle(&mut state, parked);
+        return None;
+    }
+    Some(bad("PersistentSubscriptionNakEvents"))
 }
 
 /// Answers `CreatePersistentSubscription`.
 fn create_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
     let Request { shared, c, .. } = *r;
     let bad = |what: &str| r.bad(what);
-    Some({
-        match wire::CreatePersistentSubscription::decode(payload) {
-            Ok(m) => {
-                use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
-                let mut state = shared.lock();
-                let (result, reason) =
-                    if m.event_stream_id.is_empty() || m.event_stream_id == "$all" {
-                        (
-                            R::Fail,
-                            Some(
-                                "Persistent subscriptions to $all are not available over TCP"
-                                    .to_owned(),
-                            ),
-                        )
-                    } else {
-                        let next = state.store.stream_next(&m.event_stream_id);
-                        let settings = group_settings(&m);
-                        if state.groups.create(
-                            &m.event_stream_id,
-                            &m.subscription_group_name,
-                            settings,
-                            next,
-                        ) {
-                            (R::Success, None)
-                        } else {
-                            (
-                                R::AlreadyExists,
-                                Some(format!(
-                                    "Group '{}' already exists.",
-                                    m.subscription_group_name
-                                )),
-                            )
-                        }
-                    };
-                let done = wire::CreatePersistentSubscriptionCompleted {
-                    result: result as i32,
-                    reason,
-                };
-                frame(
-                    Command::CreatePersistentSubscriptionCompleted,
-                    c,
-                    done.encode_to_vec(),
+    Some(match wire::CreatePersistentSubscription::decode(payload) {
+        Ok(m) => {
+            use wire::create_persistent_subscription_completed::CreatePersistentSubscriptionResult as R;
+            let mut state = shared.lock();
+            let (result, reason) = if m.event_stream_id.is_empty() || m.event_stream_id == "$all" {
+                (
+                    R::Fail,
+                    Some("Persistent subscriptions to $all are not available over TCP".to_owned()),
                 )
-            }
-            Err(_) => bad("CreatePersistentSubscription"),
+            } else {
+                let next = state.store.stream_next(&m.event_stream_id);
+                let settings = group_settings(&m);
+                if state.groups.create(
+                    &m.event_stream_id,
+                    &m.subscription_group_name,
+                    settings,
+                    next,
+                ) {
+                    (R::Success, None)
+                } else {
+                    (
+                        R::AlreadyExists,
+                        Some(format!(
+                            "Group '{}' already exists.",
+                            m.subscription_group_name
+                        )),
+                    )
+                }
+            };
+            let done = wire::CreatePersistentSubscriptionCompleted {
+                result: result as i32,
+                reason,
+            };
+            frame(
+                Command::CreatePersistentSubscriptionCompleted,
+                c,
+                done.encode_to_vec(),
+            )
         }
+        Err(_) => bad("CreatePersistentSubscription"),
     })
 }
 
@@ -1236,27 +1218,25 @@ fn create_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec
 fn update_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
     let Request { shared, c, .. } = *r;
     let bad = |what: &str| r.bad(what);
-    Some({
-        match wire::CreatePersistentSubscription::decode(payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let consumers = state.groups.update(
-                    &m.event_stream_id,
-                    &m.subscription_group_name,
-                    group_settings(&m),
-                );
-                let done = wire::UpdatePersistentSubscriptionCompleted {
-                    result: group_result(&mut state, consumers),
-                    reason: None,
-                };
-                frame(
-                    Command::UpdatePersistentSubscriptionCompleted,
-                    c,
-                    done.encode_to_vec(),
-                )
-            }
-            Err(_) => bad("UpdatePersistentSubscription"),
+    Some(match wire::CreatePersistentSubscription::decode(payload) {
+        Ok(m) => {
+            let mut state = shared.lock();
+            let consumers = state.groups.update(
+                &m.event_stream_id,
+                &m.subscription_group_name,
+                group_settings(&m),
+            );
+            let done = wire::UpdatePersistentSubscriptionCompleted {
+                result: group_result(&mut state, consumers),
+                reason: None,
+            };
+            frame(
+                Command::UpdatePersistentSubscriptionCompleted,
+                c,
+                done.encode_to_vec(),
+            )
         }
+        Err(_) => bad("UpdatePersistentSubscription"),
     })
 }
 
@@ -1264,25 +1244,23 @@ fn update_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec
 fn delete_persistent_subscription(r: &Request<'_>, payload: Bytes) -> Option<Vec<u8>> {
     let Request { shared, c, .. } = *r;
     let bad = |what: &str| r.bad(what);
-    Some({
-        match wire::DeletePersistentSubscription::decode(payload) {
-            Ok(m) => {
-                let mut state = shared.lock();
-                let consumers = state
-                    .groups
-                    .delete(&m.event_stream_id, &m.subscription_group_name);
-                let done = wire::DeletePersistentSubscriptionCompleted {
-                    result: group_result(&mut state, consumers),
-                    reason: None,
-                };
-                frame(
-                    Command::DeletePersistentSubscriptionCompleted,
-                    c,
-                    done.encode_to_vec(),
-                )
-            }
-            Err(_) => bad("DeletePersistentSubscription"),
+    Some(match wire::DeletePersistentSubscription::decode(payload) {
+        Ok(m) => {
+            let mut state = shared.lock();
+            let consumers = state
+                .groups
+                .delete(&m.event_stream_id, &m.subscription_group_name);
+            let done = wire::DeletePersistentSubscriptionCompleted {
+                result: group_result(&mut state, consumers),
+                reason: None,
+            };
+            frame(
+                Command::DeletePersistentSubscriptionCompleted,
+                c,
+                done.encode_to_vec(),
+            )
         }
+        Err(_) => bad("DeletePersistentSubscription"),
     })
 }
 
