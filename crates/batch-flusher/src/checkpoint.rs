@@ -133,10 +133,11 @@ pub enum CheckpointError {
         reason: String,
     },
     /// PostgreSQL answered with an error.
-    #[error("PostgreSQL error {code}: {message}")]
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL error {}: {message}", code.code())]
     Postgres {
-        /// SQLSTATE code.
-        code: String,
+        /// The SQLSTATE.
+        code: tokio_postgres::error::SqlState,
         /// The server's message.
         message: String,
     },

@@ -115,3 +115,6 @@ pub use source::{Position, Source, SourceEvent, SourceRecord};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteCheckpoints;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use tokio_postgres::error::SqlState;

@@ -159,7 +159,7 @@ fn pg_error(e: PgError) -> CheckpointError {
 fn server_error(e: tokio_postgres::Error) -> CheckpointError {
     match e.as_db_error() {
         Some(db) => CheckpointError::Postgres {
-            code: db.code().code().to_owned(),
+            code: db.code().clone(),
             message: db.message().to_owned(),
         },
         None => CheckpointError::Connect {

@@ -29,10 +29,13 @@ pub enum Error {
         reason: String,
     },
     /// The PostgreSQL server answered with an error.
-    #[error("PostgreSQL error {code}: {message}{hint}", hint = postgres_hint(code))]
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    #[error("PostgreSQL error {}: {message}{}", code.code(), postgres_hint(code))]
     Postgres {
-        /// The SQLSTATE code, e.g. `42501` (insufficient privilege).
-        code: String,
+        /// The SQLSTATE, e.g. [`SqlState::INSUFFICIENT_PRIVILEGE`](crate::SqlState)
+        /// (`42501`).
+        code: tokio_postgres::error::SqlState,
         /// The server's message.
         message: String,
     },
@@ -56,14 +59,19 @@ pub enum Error {
     Task(Arc<tokio::task::JoinError>),
 }
 
-fn postgres_hint(code: &str) -> &'static str {
-    match code {
-        "42501" => {
-            " (the database user lacks a privilege on the status table: GRANT it, or use another table_name)"
-        }
-        "3D000" => " (the database does not exist: create it or fix the URL)",
-        "28P01" | "28000" => " (authentication failed: check the user and password)",
-        _ => "",
+#[cfg(feature = "postgres")]
+fn postgres_hint(code: &tokio_postgres::error::SqlState) -> &'static str {
+    use tokio_postgres::error::SqlState;
+    if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        " (the database user lacks a privilege on the status table: GRANT it, or use another table_name)"
+    } else if *code == SqlState::INVALID_CATALOG_NAME {
+        " (the database does not exist: create it or fix the URL)"
+    } else if *code == SqlState::INVALID_PASSWORD
+        || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    {
+        " (authentication failed: check the user and password)"
+    } else {
+        ""
     }
 }
 

@@ -75,6 +75,9 @@ pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, Sync as SqliteSync};
 pub use status::{ProcessStatus, WriteBehind};
 pub use store::{Item, MemoryStore, NoopStore, StatusStore};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use tokio_postgres::error::SqlState;
 
 /// The table EventStreamex uses; the default of the SQL adapters.
 pub const DEFAULT_TABLE: &str = "event_streamex_process_status";

@@ -80,7 +80,7 @@ fn pg_error(e: PgError) -> Error {
 fn server_error(e: tokio_postgres::Error) -> Error {
     match e.as_db_error() {
         Some(db) => Error::Postgres {
-            code: db.code().code().to_owned(),
+            code: db.code().clone(),
             message: db.message().to_owned(),
         },
         None if e.is_closed() => Error::ConnectionLost(e.to_string()),

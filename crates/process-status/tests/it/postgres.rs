@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use headwaters_process_status::{
-    Error, PostgresStore, ProcessStatus, StatusStore, Timestamp, WriteBehind,
+    Error, PostgresStore, ProcessStatus, SqlState, StatusStore, Timestamp, WriteBehind,
 };
 
 fn database_url() -> String {
@@ -138,7 +138,9 @@ async fn postgres_bad_input_is_typed() {
         Err(e) => e,
     };
     match &err {
-        Error::Postgres { code, .. } => assert_eq!(code, "42501", "{err}"),
+        Error::Postgres { code, .. } => {
+            assert_eq!(*code, SqlState::INSUFFICIENT_PRIVILEGE, "{err}");
+        }
         other => panic!("expected a permission error, got {other:?}"),
     }
     assert!(
