@@ -127,7 +127,7 @@ pub enum ConnectError {
     TlsHandshake(#[source] Arc<std::io::Error>),
     /// Cluster discovery found no node to connect to.
     #[error("gossip: {0}")]
-    Gossip(String),
+    Gossip(#[source] crate::gossip::GossipError),
     /// The server closed the connection.
     #[error("closed by the server")]
     ClosedByServer,

@@ -1,6 +1,7 @@
 //! Cluster discovery: the HTTP gossip document of v5 and v20+ servers ([`parse_gossip`]),
 //! node ranking by [`NodePreference`] ([`select_node`]), and the fetch from seeds or DNS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -200,39 +201,36 @@ pub(crate) async fn fetch(
     seed: &str,
     tls: Option<&Tls>,
     timeout: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SeedError> {
     let get = async {
-        let tcp = TcpStream::connect(seed).await.map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(seed).await?;
         let mut stream: Socket = match tls {
             None => Box::new(tcp),
-            Some(tls) => tls.connect(seed, tcp).await.map_err(|e| e.to_string())?,
+            Some(tls) => tls
+                .connect(seed, tcp)
+                .await
+                .map_err(|e| SeedError::Tls(Box::new(e)))?,
         };
         let host = seed.rsplit_once(':').map_or(seed, |(h, _)| h);
         let request = format!(
             "GET /gossip?format=json HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
         );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        stream.write_all(request.as_bytes()).await?;
         // A gossip document is a few KiB per member: read no more than the cap (a peer that
         // streams without end must not fill our memory).
         let mut response = Vec::new();
         (&mut stream)
             .take(MAX_GOSSIP_RESPONSE + 1)
             .read_to_end(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if response.len() as u64 > MAX_GOSSIP_RESPONSE {
-            return Err(format!(
-                "the gossip answer is longer than {MAX_GOSSIP_RESPONSE} bytes"
-            ));
+            return Err(SeedError::TooLong(MAX_GOSSIP_RESPONSE));
         }
-        http_body(&response)
+        http_body(&response).map_err(SeedError::Http)
     };
     tokio::time::timeout(timeout, get)
         .await
-        .map_err(|_| format!("no gossip answer within {timeout:?}"))?
+        .map_err(|_| SeedError::Timeout(timeout))?
 }
 
 /// The most bytes of a gossip answer we read.
@@ -309,28 +307,33 @@ pub(crate) async fn discover(
     preference: NodePreference,
     tls: Option<&Tls>,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, GossipError> {
     let secure = tls.is_some();
     let candidates: Vec<String> = match seeds {
         Seeds::List(list) => list.clone(),
         Seeds::Dns(name, port) => {
+            let resolve = |error| GossipError::Resolve {
+                name: name.clone(),
+                error,
+            };
             tokio::time::timeout(timeout, tokio::net::lookup_host((name.as_str(), *port)))
                 .await
-                .map_err(|_| format!("cannot resolve {name}: no answer within {timeout:?}"))?
-                .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                .map_err(|_| resolve(SeedError::Timeout(timeout)))?
+                .map_err(|e| resolve(e.into()))?
                 .map(|a| a.to_string())
                 .collect()
         }
     };
     let mut errors = Vec::new();
     for seed in &candidates {
-        let gossip = fetch(seed, tls, timeout)
-            .await
-            .and_then(|body| parse_gossip(&body).map_err(|e| e.to_string()));
+        let gossip = match fetch(seed, tls, timeout).await {
+            Ok(body) => parse_gossip(&body).map_err(|e| SeedError::Document(Box::new(e))),
+            Err(e) => Err(e),
+        };
         let members = match gossip {
             Ok(members) => members,
             Err(e) => {
-                errors.push(format!("{seed}: {e}"));
+                errors.push((seed.clone(), e));
                 continue;
             }
         };
@@ -344,9 +347,65 @@ pub(crate) async fn discover(
         if let Some(node) = chosen.and_then(|m| m.endpoint(secure)) {
             return Ok(node);
         }
-        errors.push(format!("{seed}: no member can take clients"));
+        errors.push((seed.clone(), SeedError::NoMember));
     }
-    Err(format!("cluster discovery failed ({})", errors.join("; ")))
+    Err(GossipError::Seeds(errors))
+}
+
+/// Why cluster discovery found no node to connect to.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum GossipError {
+    /// The DNS name of the seeds did not resolve.
+    #[error("cannot resolve {name}: {error}")]
+    Resolve {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        error: SeedError,
+    },
+    /// No seed named a node that takes clients: what each one answered.
+    #[error("cluster discovery failed ({})", seeds(.0))]
+    Seeds(Vec<(String, SeedError)>),
+}
+
+fn seeds(errors: &[(String, SeedError)]) -> String {
+    let each: Vec<String> = errors.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+    each.join("; ")
+}
+
+/// Why one seed's gossip could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeedError {
+    /// No answer in time.
+    #[error("no gossip answer within {0:?}")]
+    Timeout(Duration),
+    /// The socket failed (refused, reset).
+    #[error("{0}")]
+    Io(#[source] Arc<std::io::Error>),
+    /// The TLS connection to the seed failed.
+    #[error("{0}")]
+    Tls(#[source] Box<crate::error::ConnectError>),
+    /// The answer is longer than any gossip document (this many bytes at most).
+    #[error("the gossip answer is longer than {0} bytes")]
+    TooLong(u64),
+    /// Not a usable HTTP answer (incomplete, chunking broken, a status other than 200).
+    #[error("{0}")]
+    Http(String),
+    /// The body is not a gossip document.
+    #[error("{0}")]
+    Document(#[source] Box<Error>),
+    /// The document names no member that takes clients.
+    #[error("no member can take clients")]
+    NoMember,
+}
+
+impl From<std::io::Error> for SeedError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(Arc::new(e))
+    }
 }
 
 #[cfg(test)]
@@ -421,7 +480,10 @@ mod tests {
         let err = fetch(&seed, None, Duration::from_secs(30))
             .await
             .unwrap_err();
-        assert!(err.contains("longer than"), "{err}");
+        assert!(
+            matches!(err, SeedError::TooLong(n) if n == MAX_GOSSIP_RESPONSE),
+            "{err}"
+        );
     }
 
     #[test]
