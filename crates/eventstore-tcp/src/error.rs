@@ -92,6 +92,9 @@ pub enum Error {
     /// The server sent something that does not decode.
     #[error("malformed reply: {0}")]
     Decode(String),
+    /// A reply's protobuf message does not decode (the cause says where).
+    #[error("malformed reply: {0}")]
+    Protobuf(#[source] prost::DecodeError),
     /// The byte stream is not valid framing.
     #[error(transparent)]
     Frame(#[from] FrameError),

@@ -37,7 +37,7 @@ pub(crate) fn decode<M: Message + Default>(frame: &Frame, expected: Command) -> 
             frame.command
         )));
     }
-    M::decode(frame.payload.clone()).map_err(|e| Error::Decode(e.to_string()))
+    M::decode(frame.payload.clone()).map_err(Error::Protobuf)
 }
 
 pub(crate) fn operation_error(

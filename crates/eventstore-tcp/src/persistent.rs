@@ -495,7 +495,7 @@ impl Connection {
             match frame.command {
                 Command::PersistentSubscriptionConfirmation => {
                     let c = wire::PersistentSubscriptionConfirmation::decode(frame.payload.clone())
-                        .map_err(|e| Error::Decode(e.to_string()))?;
+                        .map_err(Error::Protobuf)?;
                     return Ok(PersistentSubscription {
                         acker: Acker {
                             connection: self.clone(),

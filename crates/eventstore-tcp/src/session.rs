@@ -491,9 +491,7 @@ impl Session {
         use wire::not_handled::NotHandledReason as R;
         let failure = match wire::NotHandled::decode(payload.clone()) {
             // Not retried as if busy: what the server meant is unknown.
-            Err(e) => Some(Error::Decode(format!(
-                "a NotHandled reply that does not decode: {e}"
-            ))),
+            Err(e) => Some(Error::Protobuf(e)),
             Ok(n) => match n.reason() {
                 R::IsReadOnly => Some(Error::ReadOnly),
                 R::NotMaster => match leader(payload, self.config.tls) {
@@ -902,7 +900,7 @@ mod tests {
                 },
                 Event::Reply {
                     correlation: B,
-                    result: Err(Error::Decode(_))
+                    result: Err(Error::Protobuf(_))
                 },
             ]
         ));
