@@ -131,6 +131,9 @@ pub enum CheckpointError {
         target: String,
         /// Why.
         reason: String,
+        /// The cause, when there is one (the PostgreSQL driver's error).
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// PostgreSQL answered with an error.
     #[cfg(feature = "postgres")]

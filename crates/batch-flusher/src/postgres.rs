@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use headwaters_ordering_core::pg::{PgConnection, PgError};
 use tokio::sync::MappedMutexGuard;
@@ -149,7 +151,15 @@ impl PostgresCheckpoints {
 
 fn pg_error(e: PgError) -> CheckpointError {
     match e {
-        PgError::Connect { target, reason } => CheckpointError::Connect { target, reason },
+        PgError::Connect {
+            target,
+            reason,
+            source,
+        } => CheckpointError::Connect {
+            target,
+            reason,
+            source: source.map(|e| e as Arc<dyn std::error::Error + Send + Sync>),
+        },
         other => CheckpointError::InvalidUrl {
             reason: other.to_string(),
         },
@@ -165,6 +175,7 @@ fn server_error(e: tokio_postgres::Error) -> CheckpointError {
         None => CheckpointError::Connect {
             target: "PostgreSQL".into(),
             reason: e.to_string(),
+            source: Some(Arc::new(e)),
         },
     }
 }

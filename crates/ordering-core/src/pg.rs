@@ -46,6 +46,9 @@ pub enum PgError {
         target: String,
         /// Why.
         reason: String,
+        /// The driver's error, when it reported the failure.
+        #[source]
+        source: Option<Arc<tokio_postgres::Error>>,
     },
 }
 
@@ -136,6 +139,7 @@ impl PgConnection {
         MutexGuard::try_map(slot, Option::as_mut).map_err(|_| PgError::Connect {
             target: self.target.clone(),
             reason: "no connection".into(),
+            source: None,
         })
     }
 
@@ -143,6 +147,7 @@ impl PgConnection {
         let failed = |e: tokio_postgres::Error| PgError::Connect {
             target: self.target.clone(),
             reason: connect_reason(&e),
+            source: Some(Arc::new(e)),
         };
         let client = match &self.tls {
             Some(tls) => {

@@ -27,6 +27,9 @@ pub enum Error {
         target: String,
         /// Why.
         reason: String,
+        /// The cause, when there is one (the PostgreSQL driver's error).
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// The PostgreSQL server answered with an error.
     #[cfg(feature = "postgres")]

@@ -70,7 +70,15 @@ impl PostgresStore {
 
 fn pg_error(e: PgError) -> Error {
     match e {
-        PgError::Connect { target, reason } => Error::Connect { target, reason },
+        PgError::Connect {
+            target,
+            reason,
+            source,
+        } => Error::Connect {
+            target,
+            reason,
+            source: source.map(|e| e as Arc<dyn std::error::Error + Send + Sync>),
+        },
         other => Error::InvalidUrl {
             reason: other.to_string(),
         },
