@@ -1195,3 +1195,79 @@ async fn ordered_drops_what_a_lost_connection_delivered_and_the_group_redelivers
         .unwrap()
         .unwrap();
 }
+
+/// Takes its time over each event, counting the ones it started.
+struct SlowEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl headwaters_ordering_core::SimpleHandler for SlowEvents {
+    type Error = std::convert::Infallible;
+
+    async fn handle(
+        &self,
+        _: &headwaters_ordering_core::Key,
+        _: &headwaters_ordering_core::Message,
+    ) -> Result<headwaters_ordering_core::Outcome, Self::Error> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(headwaters_ordering_core::Outcome::ack())
+    }
+}
+
+/// Three events of one stream to a `start_ordered` member of a group, shut down with
+/// `grace` while the first is being handled; returns how many another member gets then.
+async fn redelivered_after_shutdown(grace: Duration) -> usize {
+    use headwaters_eventstore_tcp::{PersistentSettings, StartFrom};
+    let (_e, c) = setup().await;
+    c.append_to_stream("jobs", ExpectedVersion::Any, &events(0..3))
+        .await
+        .unwrap();
+    let settings = PersistentSettings::default().with_start_from(StartFrom::Beginning);
+    c.create_persistent_subscription("jobs", "g", &settings)
+        .await
+        .unwrap();
+    let sub = c
+        .connect_to_persistent_subscription("jobs", "g", 10)
+        .await
+        .unwrap();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let running = headwaters_eventstore_tcp::ordered::start_ordered(
+        sub,
+        SlowEvents(std::sync::Arc::clone(&started)),
+        headwaters_ordering_core::Config::default(),
+    )
+    .unwrap();
+    eventually("the first event started", || {
+        started.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    let report = running.shutdown(grace).await.unwrap();
+    assert_eq!(report.drained, grace > Duration::ZERO, "{report:?}");
+    // What the first member did not acknowledge goes to the next one.
+    let mut other = c
+        .connect_to_persistent_subscription("jobs", "g", 10)
+        .await
+        .unwrap();
+    let mut got = 0;
+    while let Ok(Some(event)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures_util::StreamExt::next(&mut other),
+    )
+    .await
+    {
+        if let headwaters_eventstore_tcp::PersistentEvent::Event(m) = event {
+            got += 1;
+            other.ack(&m).unwrap();
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_ordered_subscription_acks_what_finishes_within_the_grace() {
+    assert_eq!(redelivered_after_shutdown(Duration::from_secs(5)).await, 0);
+    assert_eq!(
+        redelivered_after_shutdown(Duration::ZERO).await,
+        3,
+        "without a grace nothing is acknowledged"
+    );
+}
