@@ -589,6 +589,10 @@ impl<H: Handler, S: Settle> Dispatcher<H, S> {
 
 /// An ordered consumer at work on its own task: what [`Dispatcher::start`] returns, and what
 /// the transports' ordered consumers hand out (AMQP's `Consumer` has the same methods).
+///
+/// Keep it while the consumer should run: dropping it shuts the consumer down in the
+/// background, with a grace of [`END_GRACE`](Self::END_GRACE).
+#[must_use = "dropping the handle shuts the consumer down"]
 pub struct Running<H: Handler, S: Settle, E> {
     dispatcher: Dispatcher<H, S>,
     stop: tokio::sync::watch::Sender<Option<Duration>>,

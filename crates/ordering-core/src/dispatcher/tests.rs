@@ -383,6 +383,19 @@ async fn a_started_dispatcher_shuts_down_with_its_source_open_until_the_handlers
 }
 
 #[tokio::test]
+async fn dropping_the_handle_of_a_started_dispatcher_shuts_it_down() {
+    let rec = Arc::new(Recorder::default());
+    let d = Dispatcher::new(Arc::clone(&rec), config()).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel::<Result<SourceEvent<NoSettle>, ()>>();
+    drop(d.start(tokio_stream_from(rx)));
+    wait_for("the source closed", || tx.is_closed()).await;
+    assert!(
+        d.dispatch(keyed("k", 1, Epoch::new(1))).await.is_err(),
+        "the dispatcher is shut down"
+    );
+}
+
+#[tokio::test]
 async fn a_started_dispatcher_ends_with_its_source_and_returns_its_error() {
     let rec = Arc::new(Recorder::default());
     let d = Dispatcher::new(Arc::clone(&rec), config()).unwrap();
