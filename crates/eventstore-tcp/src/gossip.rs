@@ -238,21 +238,20 @@ const MAX_GOSSIP_RESPONSE: u64 = 1 << 20;
 
 /// The body of a complete HTTP/1.1 response (status 200; `Content-Length`, chunked or to
 /// the end of the connection), parsed with `httparse`.
-fn http_body(response: &[u8]) -> Result<Vec<u8>, String> {
+fn http_body(response: &[u8]) -> Result<Vec<u8>, HttpError> {
     use httparse::Status;
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut head = httparse::Response::new(&mut headers);
     let head_len = match head.parse(response) {
         Ok(Status::Complete(n)) => n,
-        Ok(Status::Partial) => return Err("an incomplete HTTP response".into()),
-        Err(e) => return Err(format!("not an HTTP response: {e}")),
+        Ok(Status::Partial) => return Err(HttpError::Incomplete),
+        Err(e) => return Err(HttpError::NotHttp(e)),
     };
     if head.code != Some(200) {
-        return Err(format!(
-            "gossip answered {} {}",
-            head.code.unwrap_or_default(),
-            head.reason.unwrap_or_default()
-        ));
+        return Err(HttpError::Status {
+            code: head.code.unwrap_or_default(),
+            reason: head.reason.unwrap_or_default().to_owned(),
+        });
     }
     let header = |name: &str| {
         head.headers
@@ -267,27 +266,56 @@ fn http_body(response: &[u8]) -> Result<Vec<u8>, String> {
         loop {
             let (consumed, size) = match httparse::parse_chunk_size(rest) {
                 Ok(Status::Complete(chunk)) => chunk,
-                Ok(Status::Partial) => return Err("a truncated chunk".into()),
-                Err(_) => return Err("a bad chunk size".into()),
+                Ok(Status::Partial) => return Err(HttpError::Truncated),
+                Err(_) => return Err(HttpError::BadChunkSize),
             };
             rest = &rest[consumed..];
-            let size = usize::try_from(size).map_err(|_| "a chunk too large")?;
+            let size = usize::try_from(size).map_err(|_| HttpError::BadChunkSize)?;
             if size == 0 {
                 return Ok(out);
             }
             if rest.len() < size {
-                return Err("a truncated chunk".into());
+                return Err(HttpError::Truncated);
             }
             out.extend_from_slice(&rest[..size]);
             rest = rest.get(size + 2..).unwrap_or_default();
         }
     }
     match header("content-length").map(|v| v.parse::<usize>()) {
-        Some(Err(_)) => Err("a bad Content-Length".into()),
-        Some(Ok(n)) if body.len() < n => Err("a truncated body".into()),
+        Some(Err(_)) => Err(HttpError::BadContentLength),
+        Some(Ok(n)) if body.len() < n => Err(HttpError::Truncated),
         Some(Ok(n)) => Ok(body[..n].to_vec()),
         None => Ok(body.to_vec()),
     }
+}
+
+/// Why a gossip answer is not a usable HTTP/1.1 response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The connection closed before the response's head was complete.
+    #[error("an incomplete HTTP response")]
+    Incomplete,
+    /// The bytes are not an HTTP response.
+    #[error("not an HTTP response: {0}")]
+    NotHttp(#[source] httparse::Error),
+    /// The node answered with another status than 200.
+    #[error("gossip answered {code} {reason}")]
+    Status {
+        /// The status code.
+        code: u16,
+        /// The reason phrase.
+        reason: String,
+    },
+    /// The body (or a chunk of it) is shorter than announced.
+    #[error("a truncated body")]
+    Truncated,
+    /// A chunk's size does not parse.
+    #[error("a bad chunk size")]
+    BadChunkSize,
+    /// `Content-Length` is not a number.
+    #[error("a bad Content-Length")]
+    BadContentLength,
 }
 
 /// Where to gossip.
@@ -393,7 +421,7 @@ pub enum SeedError {
     TooLong(u64),
     /// Not a usable HTTP answer (incomplete, chunking broken, a status other than 200).
     #[error("{0}")]
-    Http(String),
+    Http(#[source] HttpError),
     /// The body is not a gossip document.
     #[error("{0}")]
     Document(#[source] Box<Error>),
@@ -494,12 +522,37 @@ mod tests {
         assert_eq!(http_body(chunked).unwrap(), b"{\"a\":1}");
         let to_close = b"HTTP/1.0 200 OK\r\n\r\n{}";
         assert_eq!(http_body(to_close).unwrap(), b"{}");
-        assert!(http_body(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
-        assert!(http_body(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
-        assert!(http_body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
-        assert!(http_body(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}").is_err());
-        assert!(http_body(b"HTTP/1.1 503 Unavailable\r\n\r\n").is_err());
-        assert!(http_body(b"garbage\r\n\r\n").is_err());
-        assert!(http_body(b"garbage").is_err());
+        assert_eq!(
+            http_body(b"HTTP/1.1 404 Not Found\r\n\r\n"),
+            Err(HttpError::Status {
+                code: 404,
+                reason: "Not Found".into()
+            })
+        );
+        assert_eq!(
+            http_body(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}"),
+            Err(HttpError::Truncated)
+        );
+        assert_eq!(
+            http_body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            Err(HttpError::BadChunkSize)
+        );
+        assert_eq!(
+            http_body(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}"),
+            Err(HttpError::BadContentLength)
+        );
+        assert!(matches!(
+            http_body(b"HTTP/1.1 503 Unavailable\r\n\r\n"),
+            Err(HttpError::Status { code: 503, .. })
+        ));
+        assert!(matches!(
+            http_body(b"garbage\r\n\r\n"),
+            Err(HttpError::NotHttp(_))
+        ));
+        assert!(matches!(http_body(b"garbage"), Err(HttpError::NotHttp(_))));
+        assert_eq!(
+            http_body(b"HTTP/1.1 200 OK\r\nContent-Le"),
+            Err(HttpError::Incomplete)
+        );
     }
 }
