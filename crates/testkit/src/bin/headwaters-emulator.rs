@@ -55,14 +55,23 @@ enum Gossip {
     V5,
 }
 
+/// Why a `--user` value is refused.
+#[derive(Debug, thiserror::Error)]
+enum UserSpecError {
+    #[error("expected NAME:PASSWORD[:GROUPS]")]
+    Shape,
+    #[error("the name and the password must not be empty")]
+    Empty,
+}
+
 /// `NAME:PASSWORD[:GROUP,...]`.
-fn parse_user(spec: &str) -> Result<headwaters_testkit::eventstore::User, String> {
+fn parse_user(spec: &str) -> Result<headwaters_testkit::eventstore::User, UserSpecError> {
     let mut parts = spec.splitn(3, ':');
     let (Some(name), Some(password)) = (parts.next(), parts.next()) else {
-        return Err("expected NAME:PASSWORD[:GROUPS]".into());
+        return Err(UserSpecError::Shape);
     };
     if name.is_empty() || password.is_empty() {
-        return Err("the name and the password must not be empty".into());
+        return Err(UserSpecError::Empty);
     }
     let groups = parts
         .next()
@@ -87,7 +96,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(emulator: Emulator) -> Result<(), String> {
+/// Why an emulator could not start.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the cluster: {0}")]
+    Cluster(#[source] std::io::Error),
+}
+
+async fn run(emulator: Emulator) -> Result<(), RunError> {
     match emulator {
         Emulator::Pulsar { listen, token } => {
             use headwaters_testkit::pulsar::{EmulatorConfig, PulsarEmulator};
@@ -97,7 +119,10 @@ async fn run(emulator: Emulator) -> Result<(), String> {
             }
             let emulator = PulsarEmulator::start_with(config, listen)
                 .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                .map_err(|source| RunError::Listen {
+                    addr: listen,
+                    source,
+                })?;
             // Scripts wait for this line.
             println!("pulsar emulator listening on {}", emulator.url());
             tokio::select! {
@@ -113,7 +138,10 @@ async fn run(emulator: Emulator) -> Result<(), String> {
                 .fold(EventStoreConfig::default(), EventStoreConfig::with_account);
             let emulator = EventStoreEmulator::start_with(config, listen)
                 .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                .map_err(|source| RunError::Listen {
+                    addr: listen,
+                    source,
+                })?;
             // Scripts wait for this line.
             println!("eventstore emulator listening on tcp://{}", emulator.addr());
             tokio::select! {
@@ -132,7 +160,7 @@ async fn run(emulator: Emulator) -> Result<(), String> {
             };
             let cluster = EventStoreCluster::start(EventStoreConfig::default(), format)
                 .await
-                .map_err(|e| format!("cannot start the cluster: {e}"))?;
+                .map_err(RunError::Cluster)?;
             let seeds: Vec<String> = (0..3)
                 .map(|i| format!("http://{}", cluster.gossip_addr(i)))
                 .collect();

@@ -355,22 +355,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The next frame in `decoder`: `Ok(None)` when more bytes are needed, `Err` with the
-/// server's words when the stream is not valid framing.
-fn parse(decoder: &mut FrameDecoder) -> Result<Option<Frame>, String> {
+/// Why a connection's bytes are not acceptable framing; `Display` is what the server says
+/// in its connection-level `BadRequest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum BadFraming {
+    #[error("Invalid package length {0}")]
+    Length(usize),
+    #[error("Invalid credentials")]
+    Credentials,
+    #[error("Trusted writes are not allowed on external connections")]
+    TrustedWrite,
+}
+
+/// The next frame in `decoder`: `Ok(None)` when more bytes are needed, `Err` when the
+/// stream is not valid framing.
+fn parse(decoder: &mut FrameDecoder) -> Result<Option<Frame>, BadFraming> {
     let frame = match decoder.next_frame() {
         Ok(frame) => frame,
         Err(FrameError::TooLarge(len) | FrameError::TooShort(len)) => {
-            return Err(format!("Invalid package length {len}"));
+            return Err(BadFraming::Length(len));
         }
         // BadCredentials (and any kind a later codec adds).
-        Err(_) => return Err("Invalid credentials".into()),
+        Err(_) => return Err(BadFraming::Credentials),
     };
     if frame
         .as_ref()
         .is_some_and(|f| f.flags.bits() & Flags::TRUSTED_WRITE != 0)
     {
-        return Err("Trusted writes are not allowed on external connections".into());
+        return Err(BadFraming::TrustedWrite);
     }
     Ok(frame)
 }
@@ -462,7 +474,7 @@ where
                         Ok(None) => break,
                         Err(reason) => {
                             // Not framing: say why (connection-level BadRequest), then close.
-                            let _ = tx.send(frame(Command::BadRequest, [0; 16], reason));
+                            let _ = tx.send(frame(Command::BadRequest, [0; 16], reason.to_string()));
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             break 'serve;
                         }
