@@ -4,15 +4,17 @@
 //! |-------------------------|---------------------------------------------------------------------|
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
-//! | `integration`           | starts PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL` / `KINESIS_ENDPOINT`), runs the server tests (those marked ignored for plain `cargo test`) and the three `*_ordered` examples briefly, checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
+//! | `integration`           | starts PostgreSQL, RabbitMQ, kinesalite and Apache Pulsar on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL` / `KINESIS_ENDPOINT` / `PULSAR_WS_URL`), runs the server tests (those marked ignored for plain `cargo test`) and the three `*_ordered` examples briefly, checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
 //! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
 //! | `codegen [--check]`     | prost code from `proto/` into the crates (protox: no `protoc` needed) |
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
+//! | `pulsar CMD [ARGS]`     | a throwaway Apache Pulsar standalone (from Maven Central) around one command, e.g. an example |
 //! | `chaos [--minutes N]`   | the chaos soak (`examples/chaos.rs`, release) against a throwaway RabbitMQ and the emulators |
 //! | `ci`                    | fmt, clippy, each crate without default features and the facade per feature, `test`, a 1-minute chaos soak, docs, the demo, `cargo package` checks |
 
 mod emulators;
+mod pulsar;
 mod servers;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::pulsar::Pulsar;
 use crate::servers::{Kinesis, Postgres, Rabbit};
 
 fn main() -> Result<()> {
@@ -41,6 +44,7 @@ fn main() -> Result<()> {
         Some("codegen") => run(cargo()
             .args(["run", "-q", "-p", "xtask-codegen", "--locked", "--"])
             .args(rest)),
+        Some("pulsar") => pulsar_with(rest),
         Some("ci") => ci(),
         Some("help" | "-h" | "--help") | None => {
             println!("{}", USAGE);
@@ -55,8 +59,8 @@ usage: cargo xtask <command>
 
   demo [ARGS]    run the pipeline example (ARGS go to it: --messages N --keys K --db PATH)
   test           unit, doc and emulator tests, then `integration` (the README's test command)
-  integration    start PostgreSQL, RabbitMQ and kinesalite on 127.0.0.1 (or use DATABASE_URL / AMQP_URL /
-                 KINESIS_ENDPOINT), run the server tests and the three *_ordered examples,
+  integration    start PostgreSQL, RabbitMQ, kinesalite and Apache Pulsar on 127.0.0.1 (or use DATABASE_URL /
+                 AMQP_URL / KINESIS_ENDPOINT / PULSAR_WS_URL), run the server tests and the three *_ordered examples,
                  check the emulators with third-party clients (Python websockets, node-eventstore-client),
                  smoke-run the benchmarks
   bench [NAME] [ARGS]  run the benchmarks: NAME is ordering | status | flusher | amqp | mississippi | pulsar | pulsar_codec | eventstore | kinesis
@@ -68,6 +72,9 @@ usage: cargo xtask <command>
   chaos [ARGS]   the chaos soak against a throwaway RabbitMQ (kill -9 and restart) and the emulators, with
                  frozen, cut and slow connections and handler panics; ARGS: --minutes N (default 1) --keys K
                  --rate MSGS_PER_S --seed S --hang-limit SECONDS; exits non-zero on loss, disorder or a hang
+  pulsar CMD [ARGS]  start a throwaway Apache Pulsar standalone (Maven Central jars, Java 17), run CMD with
+                 PULSAR_WS_URL, PULSAR_TOKEN, PULSAR_ADMIN_URL and PULSAR_BROKER_URL set, then stop it
+                 (e.g. `cargo xtask pulsar cargo run -p headwaters --example pulsar_ordered`)
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
 fn root() -> PathBuf {
@@ -80,9 +87,10 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Run a command, echoing it; fail with its exit status.
+/// Run a command, echoing it (the values of variables that hold secrets redacted); fail with
+/// its exit status.
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}").replace('"', "");
+    let shown = shown(cmd);
     println!("$ {shown}");
     let status = cmd
         .status()
@@ -91,6 +99,38 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
         bail!("`{shown}` failed with {status}");
     }
     Ok(())
+}
+
+/// The command as a shell would spell it, with the value of each variable whose name says
+/// it holds a secret (`…TOKEN…`, `…PASSWORD…`, `…SECRET…`) replaced by `<redacted>`.
+fn shown(cmd: &Command) -> String {
+    let mut words = Vec::new();
+    for (name, value) in cmd.get_envs() {
+        let name = name.to_string_lossy();
+        let secret = ["TOKEN", "PASSWORD", "SECRET"]
+            .iter()
+            .any(|s| name.to_ascii_uppercase().contains(s));
+        let value = match value {
+            Some(_) if secret => "<redacted>".to_owned(),
+            Some(v) => without_password(&v.to_string_lossy()),
+            None => continue,
+        };
+        words.push(format!("{name}={value}"));
+    }
+    words.push(cmd.get_program().to_string_lossy().into_owned());
+    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    words.join(" ")
+}
+
+/// A URL with the password of its user info (`scheme://user:password@host`) redacted.
+fn without_password(value: &str) -> String {
+    if let Some((scheme, rest)) = value.split_once("://")
+        && let Some((user_info, host)) = rest.split_once('@')
+        && let Some((user, _password)) = user_info.split_once(':')
+    {
+        return format!("{scheme}://{user}:<redacted>@{host}");
+    }
+    value.to_owned()
 }
 
 /// Whether CI asked for `--locked` (always in `ci`; everywhere else the lock file may move).
@@ -126,12 +166,14 @@ fn integration() -> Result<()> {
     let pg = Postgres::from_env_or_start()?;
     let rabbit = Rabbit::from_env_or_start()?;
     let kinesis = Kinesis::from_env_or_start()?;
+    let pulsar = Pulsar::from_env_or_start()?;
     let with_servers = |cmd: &mut Command| {
         cmd.env("DATABASE_URL", pg.url())
             .env("AMQP_URL", rabbit.url())
             .env("KINESIS_ENDPOINT", kinesis.url());
         cmd.envs(rabbit.test_env());
         cmd.envs(pg.test_env());
+        cmd.envs(pulsar.test_env());
     };
     let outcome = (|| {
         let mut tests = cargo();
@@ -162,11 +204,21 @@ fn integration() -> Result<()> {
             );
             tests.args(["--skip", "pg_tls_"]);
         }
-        if std::env::var_os("PULSAR_WS_URL").is_none() {
-            println!(
-                "note: PULSAR_WS_URL is not set: the live Pulsar tests (`live_`) are not run; the Pulsar client is tested against the emulator"
-            );
-            tests.args(["--skip", "live_"]);
+        if !pulsar.is_local() {
+            if std::env::var_os("PULSAR_TOKEN").is_none() {
+                println!(
+                    "note: PULSAR_WS_URL is set without PULSAR_TOKEN: the live token scenario (`live::tokens_`) needs a broker with JWT authentication and is not run"
+                );
+                tests.args(["--skip", "live::tokens_"]);
+            }
+            if std::env::var_os("HEADWATERS_PULSAR_PEER_CLASSPATH").is_none()
+                || std::env::var_os("PULSAR_BROKER_URL").is_none()
+            {
+                println!(
+                    "note: PULSAR_WS_URL is set without PULSAR_BROKER_URL and HEADWATERS_PULSAR_PEER_CLASSPATH: the Java client peer tests (`java_peer`) are not run"
+                );
+                tests.args(["--skip", "java_peer"]);
+            }
         }
         with_servers(&mut tests);
         run(&mut tests)?;
@@ -177,7 +229,8 @@ fn integration() -> Result<()> {
             with_servers(&mut restart);
             run(&mut restart)?;
         }
-        // The three ordered examples of one shape, briefly, as a user would run them.
+        // The three ordered examples of one shape, briefly, as a user would run them: the
+        // Pulsar one against the real broker, then against its embedded emulator.
         for example in ["amqp_ordered", "pulsar_ordered", "eventstore_ordered"] {
             let mut run_example = cargo();
             run_example
@@ -186,6 +239,9 @@ fn integration() -> Result<()> {
                 .args(["--", "2000", "20"]);
             with_servers(&mut run_example);
             run(&mut run_example)?;
+            if example == "pulsar_ordered" {
+                run(run_example.env_remove("PULSAR_WS_URL"))?;
+            }
         }
         // The emulators, checked by clients we did not write.
         emulators::pulsar_python_check()?;
@@ -202,6 +258,20 @@ fn integration() -> Result<()> {
     if outcome.is_err() {
         pg.print_log();
         rabbit.print_log();
+        pulsar.print_log();
+    }
+    outcome
+}
+
+/// Run `args` (a command) beside a throwaway Pulsar standalone.
+fn pulsar_with(args: &[String]) -> Result<()> {
+    let Some((program, rest)) = args.split_first() else {
+        bail!("usage: cargo xtask pulsar CMD [ARGS]");
+    };
+    let pulsar = Pulsar::from_env_or_start()?;
+    let outcome = run(Command::new(program).args(rest).envs(pulsar.test_env()));
+    if outcome.is_err() {
+        pulsar.print_log();
     }
     outcome
 }
@@ -545,4 +615,34 @@ fn ci() -> Result<()> {
     ]))?;
     println!("\nci: all steps passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    #[test]
+    fn echoed_commands_do_not_show_secrets() {
+        let mut cmd = Command::new("cargo");
+        cmd.args(["test", "--workspace"])
+            .env("PULSAR_TOKEN", "eyJhbGciOi.secret.sig")
+            .env("PGPASSWORD", "hunter2")
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+            .env("KINESIS_ENDPOINT", "http://127.0.0.1:4567");
+        let shown = super::shown(&cmd);
+        assert!(
+            !shown.contains("secret.sig") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("PULSAR_TOKEN=<redacted>"), "{shown}");
+        assert!(
+            shown.contains("AMQP_URL=amqp://guest:<redacted>@127.0.0.1:5672/%2f"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("KINESIS_ENDPOINT=http://127.0.0.1:4567"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("cargo test --workspace"), "{shown}");
+    }
 }

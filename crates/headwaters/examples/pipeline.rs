@@ -488,21 +488,50 @@ async fn amqp_stage(
     Ok(())
 }
 
-/// The same ordered, checked processing, fed from Pulsar's WebSocket API: the embedded
-/// emulator, a pipelined producer, and two Key_Shared consumers each dispatching through the
-/// ordered dispatcher. Midway the emulator drops every connection; the clients reconnect,
-/// pending sends are resent and unacked messages redelivered.
+/// The same ordered, checked processing, fed from Pulsar's WebSocket API: the Pulsar at
+/// `PULSAR_WS_URL` (token from `PULSAR_TOKEN`) or the embedded emulator, a pipelined
+/// producer, and two Key_Shared consumers each dispatching through the ordered dispatcher.
+/// The clients reach the server through a fault proxy that cuts every connection midway; they
+/// reconnect, pending sends are resent and unacked messages redelivered.
 async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow::Result<()> {
     use headwaters::pulsar::{
         ClientConfig, Consumer, ConsumerOptions, ConsumerParams, OnDiscard, OutgoingMessage,
         Producer, ProducerOptions, SubscriptionType, Topic, run_ordered,
     };
+    use headwaters_testkit::proxy::FaultProxy;
     use headwaters_testkit::pulsar::PulsarEmulator;
 
-    let emulator = PulsarEmulator::start().await?;
-    let config = ClientConfig::new(&emulator.url())?
+    let (emulator, server, token) = match std::env::var("PULSAR_WS_URL") {
+        Ok(url) => {
+            let host_port = url
+                .strip_prefix("ws://")
+                .context("the demo's Pulsar stage takes a ws:// PULSAR_WS_URL (it puts a proxy in front)")?
+                .trim_end_matches('/');
+            let addr = tokio::net::lookup_host(host_port)
+                .await?
+                .next()
+                .with_context(|| format!("PULSAR_WS_URL names no address: {url}"))?;
+            (None, addr, std::env::var("PULSAR_TOKEN").ok())
+        }
+        Err(_) => {
+            let emulator = PulsarEmulator::start().await?;
+            let addr = emulator.addr();
+            (Some(emulator), addr, None)
+        }
+    };
+    let where_ = if emulator.is_some() {
+        "the Pulsar WebSocket emulator"
+    } else {
+        "the Pulsar at PULSAR_WS_URL"
+    };
+    let proxy = FaultProxy::start(server).await?;
+    let mut config = ClientConfig::new(&format!("ws://{}", proxy.addr()))?
         .with_backoff(Duration::from_millis(10), Duration::from_millis(200));
-    let topic = Topic::persistent("public", "default", "demo")?;
+    if let Some(token) = token {
+        config = config.with_token(token);
+    }
+    // A topic of this run's own: a real broker keeps what earlier runs left.
+    let topic = Topic::persistent("public", "default", &format!("demo-{}", std::process::id()))?;
     let status = ProcessStatus::open(SqliteStore::open(db).await?, WriteBehind::default()).await?;
     let violations = Arc::new(AtomicU64::new(0));
     let duplicates = Arc::new(AtomicU64::new(0));
@@ -542,7 +571,7 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
     let mut receipts = Vec::with_capacity(total as usize);
     for global in 0..total {
         if global == total / 2 {
-            emulator.drop_connections();
+            proxy.cut();
         }
         let (key, message) = message(global, keys, false);
         let outgoing = OutgoingMessage::new(message.payload).with_key(format!("pulsar-{key}"));
@@ -572,13 +601,21 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
         run.await??;
     }
     status.close().await?;
-    let stored = emulator.messages(&topic.to_string()).len();
+    // What the server stored, where it can be asked (the emulator).
+    let resent = emulator
+        .map(|e| {
+            let stored = e.messages(&topic.to_string()).len() as u64;
+            format!(
+                ", stored {stored} (resent after the drop: {})",
+                stored - total
+            )
+        })
+        .unwrap_or_default();
     let violations = violations.load(Relaxed);
     let duplicates = duplicates.load(Relaxed);
     println!(
-        "pulsar stage:      {total} messages over {keys} keys through the Pulsar WebSocket emulator in {elapsed:.2?} ({:.0} msgs/s); connections dropped once: consumer reconnects {reconnects}, stored {stored} (resent after the drop: {}), duplicates skipped {duplicates}; order violations: {violations}",
+        "pulsar stage:      {total} messages over {keys} keys through {where_} in {elapsed:.2?} ({:.0} msgs/s); connections cut once: consumer reconnects {reconnects}{resent}, duplicates skipped {duplicates}; order violations: {violations}",
         total as f64 / elapsed.as_secs_f64(),
-        stored as u64 - total
     );
     if violations > 0 || reconnects == 0 {
         bail!(

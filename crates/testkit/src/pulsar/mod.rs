@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 mod broker;
 mod wire;
 
@@ -262,6 +263,22 @@ impl PulsarEmulator {
     /// Messages delivered to the subscription's consumers and not yet acknowledged.
     pub fn unacked(&self, topic: &str, subscription: &str) -> Option<usize> {
         self.shared.broker().unacked(topic, subscription)
+    }
+
+    /// A subscription's backlog and unacked count, as a real broker's admin API answers them
+    /// ([`admin::PulsarAdmin::subscription`]); `None` when there is no such subscription.
+    pub fn subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Option<admin::SubscriptionStats> {
+        let broker = self.shared.broker();
+        let backlog = broker.backlog(topic, subscription)?;
+        let unacked = broker.unacked(topic, subscription).unwrap_or(0);
+        Some(admin::SubscriptionStats {
+            backlog: backlog as u64,
+            unacked: unacked as u64,
+        })
     }
 
     /// Open WebSocket connections.

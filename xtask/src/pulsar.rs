@@ -1,0 +1,418 @@
+//! A throwaway Apache Pulsar standalone on 127.0.0.1 for the integration tests: the broker,
+//! BookKeeper and a RocksDB metadata store in one JVM, run from the jars `ci/pulsar/pom.xml`
+//! resolves (once, into `target/pulsar/lib`), with the WebSocket service on, data in a
+//! temporary directory, killed and removed on drop — or the broker at `PULSAR_WS_URL`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::emulators::target_dir;
+use crate::servers::free_port;
+use crate::{root, run};
+
+/// How long a standalone may take to answer on its WebSocket endpoint (it takes 8–20 s on
+/// two cores; the first start after resolving the jars is the slowest).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub(crate) enum Pulsar {
+    /// `PULSAR_WS_URL` (and `PULSAR_ADMIN_URL`, `PULSAR_BROKER_URL` when given).
+    External,
+    Local(LocalPulsar),
+}
+
+pub(crate) struct LocalPulsar {
+    dir: PathBuf,
+    child: Child,
+    web_port: u16,
+    broker_port: u16,
+    /// A JWT for the role `admin`, signed with the broker's secret key.
+    token: String,
+}
+
+impl Pulsar {
+    pub(crate) fn from_env_or_start() -> Result<Self> {
+        if std::env::var_os("PULSAR_WS_URL").is_some() {
+            println!("using the Pulsar at PULSAR_WS_URL");
+            return Ok(Self::External);
+        }
+        LocalPulsar::start().map(Self::Local)
+    }
+
+    /// Whether xtask started this broker (and so knows its token, binary URL and the Java
+    /// peer's class path).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
+    }
+
+    /// What the tests read: the WebSocket URL, the admin REST URL (same web port) and the
+    /// binary protocol URL (for the Java peer); nothing for a broker given by the user, whose
+    /// variables the tests read themselves.
+    pub(crate) fn test_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::External => Vec::new(),
+            Self::Local(p) => vec![
+                ("PULSAR_WS_URL", format!("ws://127.0.0.1:{}", p.web_port)),
+                (
+                    "PULSAR_ADMIN_URL",
+                    format!("http://127.0.0.1:{}", p.web_port),
+                ),
+                (
+                    "PULSAR_BROKER_URL",
+                    format!("pulsar://127.0.0.1:{}", p.broker_port),
+                ),
+                ("PULSAR_TOKEN", p.token.clone()),
+                (
+                    "HEADWATERS_PULSAR_PEER_CLASSPATH",
+                    format!(
+                        "{}:{}",
+                        peer_dir().display(),
+                        classpath_dir().join("*").display()
+                    ),
+                ),
+            ],
+        }
+    }
+
+    pub(crate) fn print_log(&self) {
+        if let Self::Local(p) = self {
+            p.print_log();
+        }
+    }
+}
+
+/// Where the broker's jars are copied: under `target/`, so a test run needs no network once
+/// they are there.
+fn classpath_dir() -> PathBuf {
+    target_dir().join("pulsar").join("lib")
+}
+
+/// Where `ci/pulsar/PulsarPeer.java` is compiled to.
+fn peer_dir() -> PathBuf {
+    target_dir().join("pulsar").join("peer")
+}
+
+/// Resolve the broker and its dependencies with Maven into `target/pulsar/lib`, once.
+pub(crate) fn resolve() -> Result<PathBuf> {
+    let lib = classpath_dir();
+    if lib.join(".complete").exists() {
+        return Ok(lib);
+    }
+    for (tool, debian) in [("java", "openjdk-17-jre-headless"), ("mvn", "maven")] {
+        let found = Command::new(tool)
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            bail!(
+                "`{tool}` is needed to run a throwaway Pulsar standalone for the Pulsar tests: install Java 17 \
+                 and Maven (Debian: `apt-get install {debian}`) or point the tests at a running Pulsar with PULSAR_WS_URL"
+            );
+        }
+    }
+    println!(
+        "resolving Apache Pulsar's broker with Maven into {} (once)…",
+        lib.display()
+    );
+    let started = Instant::now();
+    let _ = std::fs::remove_dir_all(&lib);
+    run(Command::new("mvn")
+        .args(["-q", "-B", "-f"])
+        .arg(root().join("ci").join("pulsar").join("pom.xml"))
+        .arg("dependency:copy-dependencies")
+        .arg(format!("-DoutputDirectory={}", lib.display())))?;
+    std::fs::write(lib.join(".complete"), "")?;
+    println!("resolved in {:.0?}", started.elapsed());
+    Ok(lib)
+}
+
+/// Compile the Java peer against the broker's class path (which holds pulsar-client).
+fn compile_peer(lib: &std::path::Path) -> Result<()> {
+    run(Command::new("javac")
+        .args(["-nowarn", "-cp"])
+        .arg(lib.join("*"))
+        .arg("-d")
+        .arg(peer_dir())
+        .arg(root().join("ci").join("pulsar").join("PulsarPeer.java")))
+}
+
+impl LocalPulsar {
+    fn start() -> Result<Self> {
+        let lib = resolve()?;
+        compile_peer(&lib)?;
+        let dir = std::env::temp_dir().join(format!("headwaters-pulsar-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let (web_port, broker_port, bookie_port) = (free_port()?, free_port()?, free_port()?);
+        let (secret, token) = jwt_secret_and_token()?;
+        let conf = dir.join("standalone.conf");
+        std::fs::write(
+            &conf,
+            standalone_conf(web_port, broker_port, &secret, &token),
+        )?;
+        println!(
+            "starting Pulsar standalone on 127.0.0.1:{web_port} (WebSocket and admin) and :{broker_port} (binary), data in {}",
+            dir.display()
+        );
+        let started = Instant::now();
+        let log = std::fs::File::create(dir.join("pulsar.log"))?;
+        let child = Command::new("java")
+            .args(JVM_OPTIONS)
+            .arg("-cp")
+            .arg(lib.join("*"))
+            .arg("org.apache.pulsar.PulsarStandaloneStarter")
+            .arg("--config")
+            .arg(&conf)
+            .args(["--no-functions-worker", "--no-stream-storage"])
+            .arg("--metadata-dir")
+            .arg(dir.join("metadata"))
+            .arg("--bookkeeper-dir")
+            .arg(dir.join("bookkeeper"))
+            // Only looked at: its absence makes the standalone use RocksDB, not ZooKeeper.
+            .arg("--zookeeper-dir")
+            .arg(dir.join("zookeeper"))
+            .args(["--bookkeeper-port", &bookie_port.to_string()])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start java")?;
+        let mut pulsar = Self {
+            dir,
+            child,
+            web_port,
+            broker_port,
+            token,
+        };
+        if let Err(e) = pulsar.wait_ready(started) {
+            pulsar.print_log();
+            return Err(e);
+        }
+        println!("Pulsar is ready after {:.1?}", started.elapsed());
+        Ok(pulsar)
+    }
+
+    fn print_log(&self) {
+        let log = self.dir.join("pulsar.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- Pulsar {} (last lines) ----", log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// Until the default namespace exists (the standalone's last start step) and the
+    /// WebSocket service upgrades a connection.
+    fn wait_ready(&mut self, started: Instant) -> Result<()> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("Pulsar standalone exited at start ({status}); its log follows");
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "Pulsar standalone did not answer on 127.0.0.1:{} within {START_TIMEOUT:?}; its log follows",
+                    self.web_port
+                );
+            }
+            let auth = format!("Authorization: Bearer {}\r\n", self.token);
+            let namespaces = http_head(
+                self.web_port,
+                &format!(
+                    "GET /admin/v2/namespaces/public HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+                ),
+            );
+            if namespaces
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 200") && r.contains("public/default"))
+            {
+                let upgrade = http_head(
+                    self.web_port,
+                    &format!(
+                        "GET /ws/v2/consumer/persistent/public/default/xtask-ready/xtask HTTP/1.1\r\n\
+                         Host: 127.0.0.1\r\n{auth}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+                         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: aGVhZHdhdGVycy14dGFzaw==\r\n\r\n"
+                    ),
+                );
+                if upgrade.is_ok_and(|r| r.starts_with("HTTP/1.1 101")) {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// A heap and direct memory that fit beside the tests on a 2-core, shared machine.
+const JVM_OPTIONS: [&str; 5] = [
+    "-Xms256m",
+    "-Xmx768m",
+    "-XX:MaxDirectMemorySize=512m",
+    "-XX:+UseSerialGC",
+    "-Dpulsar.allocator.exit_on_oom=true",
+];
+
+/// Our standalone configuration: loopback only, the WebSocket service on, one bookie,
+/// topics created on first use, JWT authentication with an HS256 `secret` (base64) and every
+/// authenticated role allowed everything; the broker's own clients (its admin client, the
+/// WebSocket service) use `token`.
+fn standalone_conf(web_port: u16, broker_port: u16, secret: &str, token: &str) -> String {
+    format!(
+        "clusterName=standalone\n\
+         bindAddress=127.0.0.1\n\
+         advertisedAddress=127.0.0.1\n\
+         brokerServicePort={broker_port}\n\
+         webServicePort={web_port}\n\
+         webSocketServiceEnabled=true\n\
+         managedLedgerDefaultEnsembleSize=1\n\
+         managedLedgerDefaultWriteQuorum=1\n\
+         managedLedgerDefaultAckQuorum=1\n\
+         allowAutoTopicCreation=true\n\
+         allowAutoTopicCreationType=non-partitioned\n\
+         brokerDeleteInactiveTopicsEnabled=false\n\
+         authenticationEnabled=true\n\
+         authenticationProviders=org.apache.pulsar.broker.authentication.AuthenticationProviderToken\n\
+         tokenSecretKey=data:;base64,{secret}\n\
+         superUserRoles=admin\n\
+         brokerClientAuthenticationPlugin=org.apache.pulsar.client.impl.auth.AuthenticationToken\n\
+         brokerClientAuthenticationParameters=token:{token}\n\
+         authorizationEnabled=false\n\
+         # Small caches: BookKeeper would otherwise take a quarter of direct memory for each.\n\
+         dbStorage_writeCacheMaxSizeMb=32\n\
+         dbStorage_readAheadCacheMaxSizeMb=32\n\
+         dbStorage_rocksDB_blockCacheSize=16777216\n"
+    )
+}
+
+/// A fresh HS256 secret key (base64, as `tokenSecretKey` takes it) and a JWT for the role
+/// `admin` signed with it, made with the `openssl` command (as the test certificates are).
+fn jwt_secret_and_token() -> Result<(String, String)> {
+    let openssl = |args: &[&str], input: &[u8]| -> Result<Vec<u8>> {
+        let mut child = Command::new("openssl")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot run openssl (to make the broker's JWT key)")?;
+        child.stdin.take().context("no stdin")?.write_all(input)?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("openssl {} failed with {}", args.join(" "), out.status);
+        }
+        Ok(out.stdout)
+    };
+    let key = openssl(&["rand", "32"], b"")?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let signed = format!(
+        "{}.{}",
+        base64(br#"{"alg":"HS256","typ":"JWT"}"#, true),
+        base64(br#"{"sub":"admin"}"#, true)
+    );
+    let mac = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-mac",
+            "HMAC",
+            "-macopt",
+            &format!("hexkey:{hex}"),
+            "-binary",
+        ],
+        signed.as_bytes(),
+    )?;
+    Ok((
+        base64(&key, false),
+        format!("{signed}.{}", base64(&mac, true)),
+    ))
+}
+
+/// Base64 with padding, or base64url without (as JWTs spell their parts).
+fn base64(bytes: &[u8], url: bool) -> String {
+    let alphabet: &[u8; 64] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+        if !url {
+            out.push_str(&"=="[..2 - (chunk.len() - 1)]);
+        }
+    }
+    out
+}
+
+/// Send `request` to 127.0.0.1:`port` and return what came back before the connection
+/// closed or 2 s passed (the status line and headers are enough).
+fn http_head(port: u16, request: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut buf = vec![0; 4096];
+    let mut got = 0;
+    while got < buf.len() {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                if buf[..got].windows(4).any(|w| w == b"\r\n\r\n")
+                    && !buf.starts_with(b"HTTP/1.1 200")
+                {
+                    break;
+                }
+            }
+            Err(_) if got > 0 => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..got]).into_owned())
+}
+
+impl Drop for LocalPulsar {
+    fn drop(&mut self) {
+        // The data goes with the directory: no need to wait for an orderly shutdown.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("warning: could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_as_rfc_4648_spells_it() {
+        for (input, padded, url) in [
+            (&b""[..], "", ""),
+            (b"f", "Zg==", "Zg"),
+            (b"fo", "Zm8=", "Zm8"),
+            (b"foo", "Zm9v", "Zm9v"),
+            (b"foob", "Zm9vYg==", "Zm9vYg"),
+            (b"\xfb\xff", "+/8=", "-_8"),
+        ] {
+            assert_eq!(base64(input, false), padded);
+            assert_eq!(base64(input, true), url);
+        }
+    }
+}
