@@ -146,7 +146,8 @@ async def main():
         await consumer.send(json.dumps({"type": "permit", "permitMessages": 2}))
         again = [await recv_json(consumer), await recv_json(consumer)]
         redelivered = [m for m in again if m["messageId"] == got[1]["messageId"]]
-        check(len(redelivered) == 1 and redelivered[0]["redeliveryCount"] == 1, f"nack redelivers with a count: {again}")
+        # An Exclusive subscription: Pulsar counts redeliveries on shared subscriptions only.
+        check(len(redelivered) == 1 and redelivered[0]["redeliveryCount"] == 0, f"nack redelivers, uncounted on Exclusive: {again}")
 
         await consumer.send(json.dumps({"type": "isEndOfTopic"}))
         reply = await recv_json(consumer)
@@ -162,7 +163,8 @@ async def main():
     start = ids[0].replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
     async with websockets.connect(url(f"/ws/v2/reader/{TOPIC}", messageId=start)) as reader:
         check((await recv_json(reader))["messageId"] == ids[1], "reader start id is exclusive")
-    check(await refused(url(f"/ws/v2/reader/{TOPIC}", messageId="garbage")) == 500, "bad reader start gives 500")
+    # Pulsar 4 checks the id before the reader handler runs (400); older brokers answered 500.
+    check(await refused(url(f"/ws/v2/reader/{TOPIC}", messageId="garbage")) == 400, "bad reader start gives 400")
 
     print(f"pulsar-ws emulator: {checks} checks passed with python websockets {websockets.__version__}")
 

@@ -1,5 +1,6 @@
-//! Pulsar WebSocket throughput on loopback against the in-process emulator, side by side
-//! with a raw tokio-tungstenite loop sending the same frames to the same emulator:
+//! Pulsar WebSocket throughput on loopback against the in-process emulator — and against a
+//! real Apache Pulsar when `PULSAR_WS_URL` is set — side by side with a raw tokio-tungstenite
+//! loop sending the same frames to the same server:
 //!
 //! * produce: `Producer::enqueue` with 1,000 in flight vs a raw socket writing publish
 //!   frames with a 1,000-receipt window;
@@ -22,6 +23,8 @@ use headwaters_pulsar_ws::{
 };
 use headwaters_testkit::pulsar::PulsarEmulator;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::{Message as Frame, Utf8Bytes};
 
 const WINDOW: usize = 1_000;
@@ -51,9 +54,36 @@ async fn ours_produce(config: &ClientConfig, topic: Topic, n: u64) -> Duration {
     took
 }
 
-async fn raw_produce(url: &str, topic: &Topic, n: u64) -> Duration {
+/// A WebSocket server to measure against: the emulator, or a real broker with its token.
+struct Server {
+    url: String,
+    token: Option<String>,
+}
+
+impl Server {
+    fn config(&self) -> ClientConfig {
+        let config = ClientConfig::new(&self.url).unwrap();
+        match &self.token {
+            Some(token) => config.with_token(token.clone()),
+            None => config,
+        }
+    }
+
+    /// The upgrade request of a raw client for `path` (with the token as a bearer header).
+    fn request(&self, path: &str) -> Request {
+        let mut request = format!("{}{path}", self.url).into_client_request().unwrap();
+        if let Some(token) = &self.token {
+            request
+                .headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    }
+}
+
+async fn raw_produce(server: &Server, topic: &Topic, n: u64) -> Duration {
     let (ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("{url}{}", topic.producer_path()),
+        server.request(&topic.producer_path()),
         None,
         true,
     )
@@ -114,11 +144,14 @@ async fn ours_consume(config: &ClientConfig, topic: Topic, n: u64) -> Duration {
     took
 }
 
-async fn raw_consume(url: &str, topic: &Topic, n: u64) -> Duration {
+async fn raw_consume(server: &Server, topic: &Topic, n: u64) -> Duration {
     let query = consumer_params().query().unwrap();
     let started = Instant::now();
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("{url}{}?{query}", topic.consumer_path("bench").unwrap()),
+        server.request(&format!(
+            "{}?{query}",
+            topic.consumer_path("bench").unwrap()
+        )),
         None,
         true,
     )
@@ -164,21 +197,28 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Run every case `rounds` times, alternating ours and raw, and print the medians.
-async fn suite(label: &str, url: &str, n: u64, rounds: usize) {
-    let config = ClientConfig::new(url).unwrap();
-    let topic = |name: String| Topic::persistent("public", "default", &name).unwrap();
+async fn suite(label: &str, server: &Server, n: u64, rounds: usize) {
+    let config = server.config();
+    // A real broker keeps the topics of earlier runs: names of this run's own.
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        label.split(' ').next().unwrap_or("")
+    );
+    let topic =
+        |name: String| Topic::persistent("public", "default", &format!("{run}-{name}")).unwrap();
     // Warm up both paths once.
-    ours_produce(&config, topic(format!("{label}-warm")), n / 10).await;
-    raw_produce(url, &topic(format!("{label}-warm")), n / 10).await;
+    ours_produce(&config, topic("warm".to_owned()), n / 10).await;
+    raw_produce(server, &topic("warm".to_owned()), n / 10).await;
     let (mut ours_p, mut raw_p, mut ours_c, mut raw_c) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
-        let ours = topic(format!("{label}-ours-{round}"));
-        let raw = topic(format!("{label}-raw-{round}"));
+        let ours = topic(format!("ours-{round}"));
+        let raw = topic(format!("raw-{round}"));
         ours_p.push(ours_produce(&config, ours.clone(), n).await);
-        raw_p.push(raw_produce(url, &raw, n).await);
+        raw_p.push(raw_produce(server, &raw, n).await);
         // Each topic now holds n messages; drain them.
         ours_c.push(ours_consume(&config, ours, n).await);
-        raw_c.push(raw_consume(url, &raw, n).await);
+        raw_c.push(raw_consume(server, &raw, n).await);
     }
     println!("{label}, median of {rounds}:");
     for (what, ours, raw) in [
@@ -212,9 +252,13 @@ fn main() {
     if !only_isolated {
         shared.block_on(async {
             let emulator = PulsarEmulator::start().await.unwrap();
+            let server = Server {
+                url: emulator.url(),
+                token: None,
+            };
             suite(
                 "shared runtime (2 workers, emulator in it)",
-                &emulator.url(),
+                &server,
                 n,
                 rounds,
             )
@@ -238,15 +282,37 @@ fn main() {
             emulator.serve_forever().await;
         });
     });
-    let url = url_rx.recv().unwrap();
+    let server = Server {
+        url: url_rx.recv().unwrap(),
+        token: None,
+    };
     let isolated = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     isolated.block_on(suite(
         "isolated (clients on a 1-thread runtime, emulator on its own thread)",
-        &url,
+        &server,
         n,
         rounds,
     ));
+
+    // 3. A real Apache Pulsar (`PULSAR_WS_URL`, token from `PULSAR_TOKEN`; `cargo xtask bench
+    //    pulsar` starts a standalone), the clients on a single-threaded runtime.
+    if let Ok(url) = std::env::var("PULSAR_WS_URL") {
+        let server = Server {
+            url,
+            token: std::env::var("PULSAR_TOKEN").ok(),
+        };
+        isolated.block_on(suite(
+            "real broker (Pulsar standalone at PULSAR_WS_URL, clients on a 1-thread runtime)",
+            &server,
+            n,
+            rounds,
+        ));
+    } else {
+        println!(
+            "no PULSAR_WS_URL: the real-broker set-up did not run (cargo xtask bench pulsar starts one)"
+        );
+    }
 }

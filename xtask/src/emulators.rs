@@ -82,14 +82,20 @@ fn python_with_websockets() -> Result<&'static str> {
 
 /// The Pulsar emulator against `ci/pulsar_ws_check.py`.
 pub(crate) fn pulsar_python_check() -> Result<()> {
-    let python = python_with_websockets()?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let token = "xtask-cross-check";
     let (_emulator, url) = start(&["pulsar", "--listen", &listen, "--token", token])?;
+    pulsar_python_check_at(&url, token)
+}
+
+/// `ci/pulsar_ws_check.py` against the Pulsar WebSocket API at `url` (the emulator, or a
+/// fresh real broker: the check uses fixed topic and subscription names).
+pub(crate) fn pulsar_python_check_at(url: &str, token: &str) -> Result<()> {
+    let python = python_with_websockets()?;
     run(Command::new(python)
         .arg(root().join("ci").join("pulsar_ws_check.py"))
-        .args([&url, token]))
+        .args([url, token]))
 }
 
 /// The npm packages of the EventStore check, pinned.

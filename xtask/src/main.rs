@@ -5,7 +5,7 @@
 //! | `demo [ARGS]`           | the main job: `examples/pipeline.rs` in release mode                |
 //! | `test`                  | unit, doc and emulator tests, then `integration`                    |
 //! | `integration`           | starts PostgreSQL, RabbitMQ, kinesalite and Apache Pulsar on 127.0.0.1 (or uses `DATABASE_URL` / `AMQP_URL` / `KINESIS_ENDPOINT` / `PULSAR_WS_URL`), runs the server tests (those marked ignored for plain `cargo test`) and the three `*_ordered` examples briefly, checks the emulators with third-party clients, a smoke run of every benchmark, tears down |
-//! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, or all), against throwaway PostgreSQL and RabbitMQ |
+//! | `bench [NAME] [ARGS]`   | the benchmarks (`ordering`, `status`, `flusher`, `amqp`, `pulsar`, … or all), against throwaway PostgreSQL, RabbitMQ, kinesalite and (for `pulsar`) Apache Pulsar |
 //! | `codegen [--check]`     | prost code from `proto/` into the crates (protox: no `protoc` needed) |
 //! | `fuzz [SECONDS]`        | every fuzz target under `fuzz/` for SECONDS each (default 600; stable toolchain) |
 //! | `emulators`             | only the third-party checks of the emulators                        |
@@ -71,7 +71,8 @@ usage: cargo xtask <command>
   emulators      only the third-party checks of the emulators (Python websockets, node-eventstore-client)
   chaos [ARGS]   the chaos soak against a throwaway RabbitMQ (kill -9 and restart) and the emulators, with
                  frozen, cut and slow connections and handler panics; ARGS: --minutes N (default 1) --keys K
-                 --rate MSGS_PER_S --seed S --hang-limit SECONDS; exits non-zero on loss, disorder or a hang
+                 --rate MSGS_PER_S --seed S --hang-limit SECONDS, --real-pulsar (a throwaway Pulsar standalone,
+                 restarted with kill -9, instead of the emulator); exits non-zero on loss, disorder or a hang
   pulsar CMD [ARGS]  start a throwaway Apache Pulsar standalone (Maven Central jars, Java 17), run CMD with
                  PULSAR_WS_URL, PULSAR_TOKEN, PULSAR_ADMIN_URL and PULSAR_BROKER_URL set, then stop it
                  (e.g. `cargo xtask pulsar cargo run -p headwaters --example pulsar_ordered`)
@@ -243,8 +244,12 @@ fn integration() -> Result<()> {
                 run(run_example.env_remove("PULSAR_WS_URL"))?;
             }
         }
-        // The emulators, checked by clients we did not write.
+        // The emulators, checked by clients we did not write — the Pulsar check also against
+        // the real broker, so that it holds the emulator to what the broker does.
         emulators::pulsar_python_check()?;
+        if let Some((url, token)) = pulsar.fresh_broker() {
+            emulators::pulsar_python_check_at(&url, &token)?;
+        }
         emulators::eventstore_node_check()?;
         // Every benchmark once, briefly (a smoke run), against the real servers.
         let mut benches = cargo();
@@ -304,7 +309,15 @@ fn bench(args: &[String]) -> Result<()> {
     let pg = Postgres::from_env_or_start()?;
     let rabbit = Rabbit::from_env_or_start()?;
     let kinesis = Kinesis::from_env_or_start()?;
+    // The Pulsar bench also measures against a real broker.
+    let pulsar = match args.first() {
+        Some(name) if BENCHES.contains(&name.as_str()) && name != "pulsar" => None,
+        _ => Some(Pulsar::from_env_or_start()?),
+    };
     let mut cmd = cargo();
+    if let Some(pulsar) = &pulsar {
+        cmd.envs(pulsar.test_env());
+    }
     cmd.args(["bench", "-p", "headwaters-benches"])
         .args(locked());
     let rest = match args.first() {
@@ -324,6 +337,9 @@ fn bench(args: &[String]) -> Result<()> {
     if outcome.is_err() {
         pg.print_log();
         rabbit.print_log();
+        if let Some(pulsar) = &pulsar {
+            pulsar.print_log();
+        }
     }
     outcome
 }
@@ -451,9 +467,21 @@ fn feature_gated_targets() -> Result<Vec<(String, String, Vec<String>)>> {
 }
 
 /// The chaos soak, in release mode unless `release` is false (CI reuses its debug build).
+/// `--real-pulsar` (taken here) runs its Pulsar part against a throwaway Pulsar standalone
+/// (or `PULSAR_WS_URL`), restarted with kill -9, instead of the emulator.
 fn chaos(args: &[String], release: bool) -> Result<()> {
     let rabbit = Rabbit::from_env_or_start()?;
+    let real_pulsar = args.iter().any(|a| a == "--real-pulsar");
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--real-pulsar").collect();
+    let pulsar = if real_pulsar {
+        Some(Pulsar::from_env_or_start()?)
+    } else {
+        None
+    };
     let mut cmd = cargo();
+    if let Some(pulsar) = &pulsar {
+        cmd.envs(pulsar.test_env());
+    }
     cmd.arg("run");
     if release {
         cmd.arg("--release");
@@ -467,6 +495,9 @@ fn chaos(args: &[String], release: bool) -> Result<()> {
     let outcome = run(&mut cmd);
     if outcome.is_err() {
         rabbit.print_log();
+        if let Some(pulsar) = &pulsar {
+            pulsar.print_log();
+        }
     }
     outcome
 }

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -26,8 +26,8 @@ pub(crate) enum Pulsar {
 }
 
 pub(crate) struct LocalPulsar {
+    /// Its data, configuration, log and `ctl.sh start|kill`.
     dir: PathBuf,
-    child: Child,
     web_port: u16,
     broker_port: u16,
     /// A JWT for the role `admin`, signed with the broker's secret key.
@@ -49,6 +49,15 @@ impl Pulsar {
         matches!(self, Self::Local(_))
     }
 
+    /// The WebSocket URL and token of a broker xtask started (fresh: no topic of an earlier
+    /// run on it).
+    pub(crate) fn fresh_broker(&self) -> Option<(String, String)> {
+        match self {
+            Self::External => None,
+            Self::Local(p) => Some((format!("ws://127.0.0.1:{}", p.web_port), p.token.clone())),
+        }
+    }
+
     /// What the tests read: the WebSocket URL, the admin REST URL (same web port) and the
     /// binary protocol URL (for the Java peer); nothing for a broker given by the user, whose
     /// variables the tests read themselves.
@@ -66,6 +75,10 @@ impl Pulsar {
                     format!("pulsar://127.0.0.1:{}", p.broker_port),
                 ),
                 ("PULSAR_TOKEN", p.token.clone()),
+                (
+                    "HEADWATERS_PULSAR_CTL",
+                    p.dir.join("ctl.sh").display().to_string(),
+                ),
                 (
                     "HEADWATERS_PULSAR_PEER_CLASSPATH",
                     format!(
@@ -142,6 +155,42 @@ fn compile_peer(lib: &std::path::Path) -> Result<()> {
         .arg(root().join("ci").join("pulsar").join("PulsarPeer.java")))
 }
 
+const PULSAR_CTL: &str = r#"#!/bin/sh
+# Controls the throwaway Pulsar standalone of `cargo xtask`: start | kill. `kill` is kill -9:
+# a later `start` runs on the same data, as a broker restarted after a crash does.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+case "${1:-}" in
+start)
+    cd "$here"
+    . "$here/env.sh"
+    nohup java $PULSAR_JVM_OPTIONS -cp "$PULSAR_LIB/*" org.apache.pulsar.PulsarStandaloneStarter \
+        --config "$here/standalone.conf" --no-functions-worker --no-stream-storage \
+        --metadata-dir "$here/metadata" --bookkeeper-dir "$here/bookkeeper" \
+        --zookeeper-dir "$here/zookeeper" --bookkeeper-port "$PULSAR_BOOKIE_PORT" \
+        >> "$here/pulsar.log" 2>&1 < /dev/null &
+    echo $! > "$here/pid"
+    ;;
+kill)
+    if [ -f "$here/pid" ]; then
+        pid=$(cat "$here/pid")
+        kill -9 "$pid" 2>/dev/null
+        rm -f "$here/pid"
+        # Until its ports are free (a zombie holds none: stop looking at it after 5 s).
+        i=0
+        while [ "$i" -lt 50 ] && grep -qsv '^[0-9]* ([^)]*) Z' "/proc/$pid/stat"; do
+            sleep 0.1
+            i=$((i + 1))
+        done
+    fi
+    ;;
+*)
+    echo "usage: $0 start|kill" >&2
+    exit 2
+    ;;
+esac
+"#;
+
 impl LocalPulsar {
     fn start() -> Result<Self> {
         let lib = resolve()?;
@@ -152,52 +201,65 @@ impl LocalPulsar {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let (web_port, broker_port, bookie_port) = (free_port()?, free_port()?, free_port()?);
         let (secret, token) = jwt_secret_and_token()?;
-        let conf = dir.join("standalone.conf");
         std::fs::write(
-            &conf,
+            dir.join("standalone.conf"),
             standalone_conf(web_port, broker_port, &secret, &token),
         )?;
+        std::fs::write(
+            dir.join("env.sh"),
+            format!(
+                "PULSAR_JVM_OPTIONS='{}'\nPULSAR_LIB='{}'\nPULSAR_BOOKIE_PORT={bookie_port}\n",
+                JVM_OPTIONS.join(" "),
+                lib.display()
+            ),
+        )?;
+        std::fs::write(dir.join("ctl.sh"), PULSAR_CTL)?;
         println!(
             "starting Pulsar standalone on 127.0.0.1:{web_port} (WebSocket and admin) and :{broker_port} (binary), data in {}",
             dir.display()
         );
-        let started = Instant::now();
-        let log = std::fs::File::create(dir.join("pulsar.log"))?;
-        let child = Command::new("java")
-            .args(JVM_OPTIONS)
-            .arg("-cp")
-            .arg(lib.join("*"))
-            .arg("org.apache.pulsar.PulsarStandaloneStarter")
-            .arg("--config")
-            .arg(&conf)
-            .args(["--no-functions-worker", "--no-stream-storage"])
-            .arg("--metadata-dir")
-            .arg(dir.join("metadata"))
-            .arg("--bookkeeper-dir")
-            .arg(dir.join("bookkeeper"))
-            // Only looked at: its absence makes the standalone use RocksDB, not ZooKeeper.
-            .arg("--zookeeper-dir")
-            .arg(dir.join("zookeeper"))
-            .args(["--bookkeeper-port", &bookie_port.to_string()])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start java")?;
-        let mut pulsar = Self {
+        let pulsar = Self {
             dir,
-            child,
             web_port,
             broker_port,
             token,
         };
-        if let Err(e) = pulsar.wait_ready(started) {
+        let started = Instant::now();
+        let ready = pulsar
+            .ctl("start")
+            .and_then(|()| pulsar.wait_ready(started));
+        if let Err(e) = ready {
             pulsar.print_log();
             return Err(e);
         }
         println!("Pulsar is ready after {:.1?}", started.elapsed());
         Ok(pulsar)
+    }
+
+    fn ctl(&self, verb: &str) -> Result<()> {
+        let status = Command::new("sh")
+            .arg(self.dir.join("ctl.sh"))
+            .arg(verb)
+            .status()
+            .context("cannot run sh")?;
+        if !status.success() {
+            bail!("`ctl.sh {verb}` failed with {status}");
+        }
+        Ok(())
+    }
+
+    /// Whether the JVM `ctl.sh start` ran is still there (and not a zombie).
+    fn alive(&self) -> bool {
+        let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) else {
+            return false;
+        };
+        match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            // Without /proc there is no telling: the start timeout still bounds the wait.
+            Err(_) => !std::path::Path::new("/proc/self").exists(),
+        }
     }
 
     fn print_log(&self) {
@@ -213,10 +275,10 @@ impl LocalPulsar {
 
     /// Until the default namespace exists (the standalone's last start step) and the
     /// WebSocket service upgrades a connection.
-    fn wait_ready(&mut self, started: Instant) -> Result<()> {
+    fn wait_ready(&self, started: Instant) -> Result<()> {
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("Pulsar standalone exited at start ({status}); its log follows");
+            if !self.alive() {
+                bail!("Pulsar standalone exited at start; its log follows");
             }
             if started.elapsed() > START_TIMEOUT {
                 bail!(
@@ -389,8 +451,9 @@ fn http_head(port: u16, request: &str) -> Result<String> {
 impl Drop for LocalPulsar {
     fn drop(&mut self) {
         // The data goes with the directory: no need to wait for an orderly shutdown.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(e) = self.ctl("kill") {
+            eprintln!("warning: could not stop Pulsar: {e:#}");
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("warning: could not remove {}: {e}", self.dir.display());
         }

@@ -1,9 +1,11 @@
 //! A chaos soak: producers and ordered consumers on RabbitMQ (the real broker at
-//! `AMQP_URL`), the Pulsar emulator and the EventStore emulator run while a fault loop per
-//! transport injects, at random: a broker restart (RabbitMQ: kill -9 and start again, when
-//! `HEADWATERS_RABBITMQ_CTL` names the control script `cargo xtask` writes; an emulator: every
-//! connection dropped and its port refusing), a TCP proxy that freezes (no FIN, no RST) then
-//! thaws, cut sockets, slow replies, and bursts of handler panics.
+//! `AMQP_URL`), Pulsar (the real broker at `PULSAR_WS_URL`, token from `PULSAR_TOKEN`, else
+//! the emulator) and the EventStore emulator run while a fault loop per transport injects, at
+//! random: a broker restart (RabbitMQ and Pulsar: kill -9 and start again, when
+//! `HEADWATERS_RABBITMQ_CTL` / `HEADWATERS_PULSAR_CTL` name the control scripts `cargo xtask`
+//! writes; an emulator: every connection dropped and its port refusing), a TCP proxy that
+//! freezes (no FIN, no RST) then thaws, cut sockets, slow replies, and bursts of handler
+//! panics.
 //!
 //! Each key's producer sends its next sequence number only once the previous one was
 //! confirmed, retrying a failed send, so every confirmed message must be processed, and first
@@ -380,6 +382,11 @@ enum Server {
         ctl: Option<String>,
     },
     Pulsar(PulsarEmulator),
+    /// A real Pulsar (`PULSAR_WS_URL`), with its control script when this process may kill
+    /// and start it (`HEADWATERS_PULSAR_CTL`, written by `cargo xtask`).
+    PulsarBroker {
+        ctl: Option<String>,
+    },
     EventStore(EventStoreEmulator),
 }
 
@@ -389,7 +396,8 @@ struct Target {
     server: Server,
 }
 
-async fn rabbit_ctl(ctl: &str, verb: &str) -> anyhow::Result<()> {
+/// Run a broker's control script (`ctl.sh start|kill`, as `cargo xtask` writes them).
+async fn server_ctl(ctl: &str, verb: &str) -> anyhow::Result<()> {
     let status = tokio::process::Command::new("sh")
         .arg(ctl)
         .arg(verb)
@@ -406,8 +414,12 @@ impl Target {
     async fn apply(&self, fault: Fault, rng: &mut Rng) -> anyhow::Result<()> {
         match fault {
             Fault::Restart => match &self.server {
-                Server::Rabbit { ctl: Some(ctl) } => rabbit_ctl(ctl, "kill").await?,
-                Server::Rabbit { ctl: None } => self.proxy.set_down(true),
+                Server::Rabbit { ctl: Some(ctl) } | Server::PulsarBroker { ctl: Some(ctl) } => {
+                    server_ctl(ctl, "kill").await?
+                }
+                Server::Rabbit { ctl: None } | Server::PulsarBroker { ctl: None } => {
+                    self.proxy.set_down(true)
+                }
                 Server::Pulsar(e) => {
                     self.proxy.set_down(true);
                     e.drop_connections();
@@ -423,7 +435,7 @@ impl Target {
                 let delay = rng.between(Duration::from_millis(50), Duration::from_millis(300));
                 self.proxy.set_delay(delay);
                 match &self.server {
-                    Server::Rabbit { .. } => {}
+                    Server::Rabbit { .. } | Server::PulsarBroker { .. } => {}
                     Server::Pulsar(e) => e.delay_receipts(delay),
                     Server::EventStore(e) => e.delay_replies(delay),
                 }
@@ -436,7 +448,9 @@ impl Target {
     async fn clear(&self, fault: Fault) -> anyhow::Result<()> {
         match fault {
             Fault::Restart => match &self.server {
-                Server::Rabbit { ctl: Some(ctl) } => rabbit_ctl(ctl, "start").await?,
+                Server::Rabbit { ctl: Some(ctl) } | Server::PulsarBroker { ctl: Some(ctl) } => {
+                    server_ctl(ctl, "start").await?
+                }
                 _ => self.proxy.set_down(false),
             },
             Fault::Freeze => self.proxy.freeze(false),
@@ -444,7 +458,7 @@ impl Target {
             Fault::Slow => {
                 self.proxy.set_delay(Duration::ZERO);
                 match &self.server {
-                    Server::Rabbit { .. } => {}
+                    Server::Rabbit { .. } | Server::PulsarBroker { .. } => {}
                     Server::Pulsar(e) => e.delay_receipts(Duration::ZERO),
                     Server::EventStore(e) => e.delay_replies(Duration::ZERO),
                 }
@@ -608,9 +622,39 @@ async fn amqp(url: &str, args: &Args, stop: &Arc<AtomicBool>) -> anyhow::Result<
 
 async fn pulsar(args: &Args, stop: &Arc<AtomicBool>) -> anyhow::Result<Running> {
     let ledger = Ledger::new("pulsar", args.keys);
-    let emulator = PulsarEmulator::start().await?;
-    let proxy = FaultProxy::start(emulator.addr()).await?;
-    let config = ClientConfig::new(&format!("ws://{}", proxy.addr()))?;
+    // The real broker at PULSAR_WS_URL, or the emulator.
+    let (server, upstream) = match std::env::var("PULSAR_WS_URL") {
+        Ok(url) => {
+            let host_port = url
+                .strip_prefix("ws://")
+                .context("the chaos soak takes a ws:// PULSAR_WS_URL (it puts a proxy in front)")?
+                .trim_end_matches('/');
+            let addr = tokio::net::lookup_host(host_port)
+                .await?
+                .next()
+                .with_context(|| format!("PULSAR_WS_URL names no address: {url}"))?;
+            let ctl = std::env::var("HEADWATERS_PULSAR_CTL").ok();
+            println!(
+                "chaos: pulsar: the broker at {url}{}",
+                if ctl.is_some() {
+                    " (restarts: kill -9 and start again)"
+                } else {
+                    " (restarts: its port refused at the proxy)"
+                }
+            );
+            (Server::PulsarBroker { ctl }, addr)
+        }
+        Err(_) => {
+            let emulator = PulsarEmulator::start().await?;
+            let addr = emulator.addr();
+            (Server::Pulsar(emulator), addr)
+        }
+    };
+    let proxy = FaultProxy::start(upstream).await?;
+    let mut config = ClientConfig::new(&format!("ws://{}", proxy.addr()))?;
+    if let Ok(token) = std::env::var("PULSAR_TOKEN") {
+        config = config.with_token(token);
+    }
     let topic = Topic::persistent(
         "public",
         "default",
@@ -656,7 +700,7 @@ async fn pulsar(args: &Args, stop: &Arc<AtomicBool>) -> anyhow::Result<Running> 
         target: Arc::new(Target {
             ledger,
             proxy,
-            server: Server::Pulsar(emulator),
+            server,
         }),
         producers,
         close: Box::pin(async move {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use headwaters_pulsar_ws::{
-    ClientConfig, Consumer, ConsumerOptions, ConsumerParams, Error, Message, OutgoingMessage,
-    Producer, ProducerOptions, Reader, ReaderOptions, ReaderParams, ReaderStart, SendErrorCode,
-    SubscriptionType, Topic,
+    ClientConfig, Consumer, ConsumerOptions, ConsumerParams, Error, Message, MessageId,
+    OutgoingMessage, Producer, ProducerOptions, ProducerParams, Reader, ReaderOptions,
+    ReaderParams, ReaderStart, SendErrorCode, SubscriptionType, Topic,
 };
 use headwaters_testkit::proxy::FaultProxy;
 use headwaters_testkit::pulsar::admin::{PulsarAdmin, SubscriptionStats};
@@ -236,6 +236,7 @@ differential!(
     unsubscribe_deletes_the_subscription,
     a_dropped_connection_mid_stream_loses_nothing,
     tokens_are_checked_on_every_endpoint,
+    refusals_carry_the_servers_statuses,
 );
 
 async fn round_trip_keeps_key_properties_event_time_and_id(t: &Target) {
@@ -422,6 +423,25 @@ async fn nacks_redeliver_with_counts_then_the_dead_letter_topic(t: &Target) {
         s.is_some_and(|s| s.backlog == 0)
     })
     .await;
+
+    // Exclusive (and Failover): the message comes back, but only the shared subscriptions
+    // count redeliveries, so the count stays 0 and nothing is dead-lettered.
+    let topic = t.topic("nack-ex");
+    let mut p = ConsumerParams::default();
+    p.negative_ack_redelivery_delay = Some(Duration::from_millis(100));
+    p.max_redeliver_count = Some(1);
+    let mut consumer = t.subscribe(&topic, "s", p).await;
+    t.producer(&topic).await.send("again").await.unwrap();
+    for _ in 0..3 {
+        let m = next(&mut consumer).await;
+        assert_eq!(text(&m), "again");
+        assert_eq!(
+            m.redelivery_count, 0,
+            "Exclusive redeliveries are not counted"
+        );
+        m.nack();
+    }
+    next(&mut consumer).await.ack();
 }
 
 async fn pull_permits_bound_what_arrives_and_push_stalls_without_acks(t: &Target) {
@@ -638,4 +658,45 @@ async fn tokens_are_checked_on_every_endpoint(t: &Target) {
     }
     let producer = t.producer(&topic).await;
     producer.send("with the token").await.unwrap();
+}
+
+async fn refusals_carry_the_servers_statuses(t: &Target) {
+    let topic = t.topic("refused");
+    // A parameter the server does not know how to read: 400.
+    let err = headwaters_pulsar_ws::produce_with(
+        &t.config,
+        topic.clone(),
+        "messageRoutingMode=Bogus".to_owned(),
+        ["x"],
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Rejected { status: 400, .. }), "{err}");
+    assert!(!err.is_transient(), "{err}");
+    // A producer name already connected: 409.
+    let mut params = ProducerParams::default();
+    params.producer_name = Some("only-one".to_owned());
+    let named = || {
+        Producer::connect(
+            &t.config,
+            topic.clone(),
+            ProducerOptions::default().with_params(params.clone()),
+        )
+    };
+    let first = named().await.unwrap();
+    let err = named().await.unwrap_err();
+    assert!(matches!(err, Error::Rejected { status: 409, .. }), "{err}");
+    first.close().await;
+    // A reader start that is no message id: 400 from Pulsar 4's query check (older brokers
+    // answered 500 from the reader handler).
+    let mut p = ReaderParams::default();
+    p.start = Some(ReaderStart::At(MessageId::from_bytes(&[0xfb, 0xff])));
+    let err = Reader::open(
+        &t.config,
+        topic.clone(),
+        ReaderOptions::default().with_params(p),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Rejected { status: 400, .. }), "{err}");
 }

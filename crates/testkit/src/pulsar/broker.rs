@@ -44,6 +44,13 @@ impl SubKind {
     fn honours_delay(self) -> bool {
         matches!(self, Self::Shared | Self::KeyShared)
     }
+
+    /// Whether the broker counts redeliveries (and so dead-letters): only the shared
+    /// dispatchers have a redelivery tracker; Exclusive and Failover report 0 however often
+    /// a message comes back (seen against a Pulsar 4.2 broker).
+    fn tracks_redeliveries(self) -> bool {
+        matches!(self, Self::Shared | Self::KeyShared)
+    }
 }
 
 /// A consumer as its upgrade request configured it.
@@ -585,9 +592,12 @@ impl Broker {
             return;
         };
         let count = sub.redeliveries.get(&entry).copied().unwrap_or(0);
-        let dead_letter = spec.max_redeliver > 0 && count >= spec.max_redeliver;
+        let dead_letter =
+            sub.kind.tracks_redeliveries() && spec.max_redeliver > 0 && count >= spec.max_redeliver;
         if !dead_letter {
-            sub.redeliveries.insert(entry, count + 1);
+            if sub.kind.tracks_redeliveries() {
+                sub.redeliveries.insert(entry, count + 1);
+            }
             if delay.is_zero() {
                 sub.ready.insert(entry);
             } else {
@@ -731,7 +741,9 @@ impl Broker {
             .collect();
         for e in mine {
             sub.unacked.remove(e);
-            *sub.redeliveries.entry(e).or_insert(0) += 1;
+            if sub.kind.tracks_redeliveries() {
+                *sub.redeliveries.entry(e).or_insert(0) += 1;
+            }
             sub.ready.insert(e);
         }
         if sub.consumers.is_empty() && !sub.durable {
