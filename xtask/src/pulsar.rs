@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::emulators::target_dir;
-use crate::servers::free_port;
+use crate::servers::{apt_install, free_port};
 use crate::{root, run};
 
 /// How long a standalone may take to answer on its WebSocket endpoint (it takes 8–20 s on
@@ -104,30 +104,37 @@ fn classpath_dir() -> PathBuf {
     target_dir().join("pulsar").join("lib")
 }
 
+/// Java 17 (a JDK: the peer is compiled) and Maven, installed from Debian's packages when
+/// missing and we are root; otherwise an error that says what to install.
+fn ensure_java_and_maven() -> Result<()> {
+    let found = |tool: &str| {
+        Command::new(tool)
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ["java", "javac", "mvn"].into_iter().all(found) {
+        return Ok(());
+    }
+    apt_install(
+        &["openjdk-17-jdk-headless", "maven"],
+        "Java 17 (a JDK) and Maven, which run a throwaway Pulsar standalone for the Pulsar tests,",
+        "PULSAR_WS_URL",
+    )
+}
+
 /// Where `ci/pulsar/PulsarPeer.java` is compiled to.
 fn peer_dir() -> PathBuf {
     target_dir().join("pulsar").join("peer")
 }
 
 /// Resolve the broker and its dependencies with Maven into `target/pulsar/lib`, once.
-pub(crate) fn resolve() -> Result<PathBuf> {
+fn resolve() -> Result<PathBuf> {
     let lib = classpath_dir();
     if lib.join(".complete").exists() {
         return Ok(lib);
-    }
-    for (tool, debian) in [("java", "openjdk-17-jre-headless"), ("mvn", "maven")] {
-        let found = Command::new(tool)
-            .arg("-version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            bail!(
-                "`{tool}` is needed to run a throwaway Pulsar standalone for the Pulsar tests: install Java 17 \
-                 and Maven (Debian: `apt-get install {debian}`) or point the tests at a running Pulsar with PULSAR_WS_URL"
-            );
-        }
     }
     println!(
         "resolving Apache Pulsar's broker with Maven into {} (once)…",
@@ -193,6 +200,7 @@ esac
 
 impl LocalPulsar {
     fn start() -> Result<Self> {
+        ensure_java_and_maven()?;
         let lib = resolve()?;
         compile_peer(&lib)?;
         let dir = std::env::temp_dir().join(format!("headwaters-pulsar-{}", std::process::id()));

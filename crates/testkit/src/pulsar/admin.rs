@@ -65,8 +65,7 @@ pub enum AdminError {
 pub struct SubscriptionStats {
     /// Messages not yet acknowledged (`msgBacklog`).
     pub backlog: u64,
-    /// Messages delivered to consumers and not acknowledged (`unackedMessages`; counted by
-    /// the broker for Shared and Key_Shared subscriptions only).
+    /// Messages delivered to consumers and not acknowledged (`unackedMessages`).
     pub unacked: u64,
 }
 
