@@ -5,8 +5,9 @@
 //       the payload "KEY:n" and the properties seq=n and origin=java, and every message
 //       waits for its receipt; prints "produced MESSAGES".
 //   java -cp 'PEER:LIB/*' PulsarPeer consume BROKER_URL TOPIC SUBSCRIPTION MESSAGES SECONDS
-//       two Key_Shared consumers of SUBSCRIPTION (from the earliest message) take MESSAGES
-//       messages between them, acking each; checks that each key stays on one consumer, that
+//       two Key_Shared consumers of SUBSCRIPTION (from the earliest message, both joined
+//       before either takes one) take MESSAGES messages between them, acking each; checks
+//       that each key stays on one consumer, that
 //       each key's seq property counts 0, 1, 2… and that every message kept its properties
 //       (origin=headwaters, seq, traceparent); prints "consumed MESSAGES" or exits 1 saying
 //       what was wrong, and exits 2 when SECONDS pass first.
@@ -72,6 +73,8 @@ public final class PulsarPeer {
     @SuppressWarnings("unchecked")
     private static int consume(PulsarClient client, String topic, String subscription, int messages, int seconds)
             throws Exception {
+        // Both join paused and resume together: a consumer alone would take every key, and
+        // keys moving to the second one later is Key_Shared working, not what is checked here.
         Consumer<byte[]>[] consumers = new Consumer[2];
         for (int i = 0; i < consumers.length; i++) {
             consumers[i] = client.newConsumer()
@@ -79,7 +82,11 @@ public final class PulsarPeer {
                     .subscriptionName(subscription)
                     .subscriptionType(SubscriptionType.Key_Shared)
                     .subscriptionInitialPosition(SubscriptionInitialPosition.Earliest)
+                    .startPaused(true)
                     .subscribe();
+        }
+        for (Consumer<byte[]> c : consumers) {
+            c.resume();
         }
         Map<String, Integer> owner = new HashMap<>();
         Map<String, Integer> nextSeq = new HashMap<>();

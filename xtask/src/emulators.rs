@@ -12,7 +12,7 @@ use crate::servers::{apt_install, free_port};
 use crate::{cargo, locked, root, run};
 
 /// A running `headwaters-emulator`, killed on drop.
-struct Emulator(Child);
+pub(crate) struct Emulator(Child);
 
 impl Drop for Emulator {
     fn drop(&mut self) {
@@ -78,6 +78,14 @@ fn python_with_websockets() -> Result<&'static str> {
     } else {
         bail!("python3-websockets was installed but /usr/bin/python3 cannot import websockets")
     }
+}
+
+/// The EventStore emulator as a process on a free 127.0.0.1 port, and its `host:port`
+/// (user `admin`, password `changeit`, as EventStoreDB's defaults).
+pub(crate) fn eventstore_emulator() -> Result<(Emulator, String)> {
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let (emulator, _url) = start(&["eventstore", "--listen", &listen])?;
+    Ok((emulator, listen))
 }
 
 /// The Pulsar emulator against `ci/pulsar_ws_check.py`.

@@ -11,9 +11,11 @@
 //! | `emulators`             | only the third-party checks of the emulators                        |
 //! | `pulsar CMD [ARGS]`     | a throwaway Apache Pulsar standalone (from Maven Central) around one command, e.g. an example |
 //! | `chaos [--minutes N]`   | the chaos soak (`examples/chaos.rs`, release) against a throwaway RabbitMQ and the emulators |
+//! | `first-consumer`        | the README's first-consumer programs, built and run in fresh projects outside the workspace |
 //! | `ci`                    | fmt, clippy, each crate without default features and the facade per feature, `test`, a 1-minute chaos soak, docs, the demo, `cargo package` checks |
 
 mod emulators;
+mod first_consumer;
 mod pulsar;
 mod servers;
 
@@ -45,6 +47,7 @@ fn main() -> Result<()> {
             .args(["run", "-q", "-p", "xtask-codegen", "--locked", "--"])
             .args(rest)),
         Some("pulsar") => pulsar_with(rest),
+        Some("first-consumer") => first_consumer_alone(),
         Some("ci") => ci(),
         Some("help" | "-h" | "--help") | None => {
             println!("{}", USAGE);
@@ -76,6 +79,8 @@ usage: cargo xtask <command>
   pulsar CMD [ARGS]  start a throwaway Apache Pulsar standalone (Maven Central jars, Java 17), run CMD with
                  PULSAR_WS_URL, PULSAR_TOKEN, PULSAR_ADMIN_URL and PULSAR_BROKER_URL set, then stop it
                  (e.g. `cargo xtask pulsar cargo run -p headwaters --example pulsar_ordered`)
+  first-consumer build and run the README's 'Your first ordered consumer' programs in fresh projects outside
+                 the workspace, against throwaway RabbitMQ and Pulsar and the EventStore emulator
   ci             fmt, clippy, test, docs, demo, cargo package (what .ci/run runs)";
 
 fn root() -> PathBuf {
@@ -244,6 +249,12 @@ fn integration() -> Result<()> {
                 run(run_example.env_remove("PULSAR_WS_URL"))?;
             }
         }
+        // The README's first consumers, as a user would copy them.
+        let (_eventstore, eventstore_addr) = emulators::eventstore_emulator()?;
+        first_consumer::check(&|cmd: &mut Command| {
+            with_servers(cmd);
+            cmd.env("EVENTSTORE_ADDR", &eventstore_addr);
+        })?;
         // The emulators, checked by clients we did not write — the Pulsar check also against
         // the real broker, so that it holds the emulator to what the broker does.
         emulators::pulsar_python_check()?;
@@ -266,6 +277,19 @@ fn integration() -> Result<()> {
         pulsar.print_log();
     }
     outcome
+}
+
+/// The README's first-consumer programs against throwaway RabbitMQ, Pulsar and EventStore
+/// emulator (or the servers the environment names).
+fn first_consumer_alone() -> Result<()> {
+    let rabbit = Rabbit::from_env_or_start()?;
+    let pulsar = Pulsar::from_env_or_start()?;
+    let (_eventstore, eventstore_addr) = emulators::eventstore_emulator()?;
+    first_consumer::check(&|cmd: &mut Command| {
+        cmd.env("AMQP_URL", rabbit.url())
+            .env("EVENTSTORE_ADDR", &eventstore_addr)
+            .envs(pulsar.test_env());
+    })
 }
 
 /// Run `args` (a command) beside a throwaway Pulsar standalone.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use headwaters_ordering_core::{
     Config as DispatchConfig, Delivery, Dispatcher, Epoch, HeaderValue, Headers, Key, Message,
-    Settle, Settlement, ShutdownReport, Timestamp,
+    Settle, Settlement, ShutdownReport, Timestamp, WaitTimeout,
 };
 use headwaters_ordering_core::{Handler, Pause, SourceEvent};
 use lapin::options::{
@@ -199,6 +199,24 @@ impl<H: Handler> Consumer<H> {
             deliveries: self.counters.deliveries.load(Relaxed),
             invalid: self.counters.invalid.load(Relaxed),
         }
+    }
+
+    /// Messages processed so far: acked or discarded (see
+    /// [`Dispatcher::processed`](headwaters_ordering_core::Dispatcher::processed)).
+    pub fn processed(&self) -> u64 {
+        self.dispatcher.processed()
+    }
+
+    /// Wait until `n` messages were processed, or `timeout` passes; the consumer keeps
+    /// running either way.
+    pub async fn wait_processed(&self, n: u64, timeout: Duration) -> Result<u64, WaitTimeout> {
+        self.dispatcher.wait_processed(n, timeout).await
+    }
+
+    /// Wait until nothing was in flight or processed for `quiet`, or `timeout` passes; the
+    /// consumer keeps running either way.
+    pub async fn wait_idle(&self, quiet: Duration, timeout: Duration) -> Result<u64, WaitTimeout> {
+        self.dispatcher.wait_idle(quiet, timeout).await
     }
 
     /// Whether it has stopped: shut down, aborted, or out of reconnection attempts (then

@@ -44,8 +44,10 @@
 //! # Example
 //!
 //! ```no_run
-//! use headwaters_amqp_consumer::{AmqpConfig, Consumer, Producer, PublishOptions};
-//! use headwaters_ordering_core::{Config, Handler, Key, Message, Outcome};
+//! # mod headwaters { pub use headwaters_amqp_consumer as amqp; pub use headwaters_ordering_core as ordering; }
+//! // Paths through the `headwaters` facade; with the crates alone: `headwaters::amqp` → `headwaters_amqp_consumer`, `headwaters::ordering` → `headwaters_ordering_core`.
+//! use headwaters::amqp::{AmqpConfig, Consumer, Producer, PublishOptions};
+//! use headwaters::ordering::{Config, Handler, Key, Message, Outcome};
 //!
 //! struct Print;
 //! impl Handler for Print {

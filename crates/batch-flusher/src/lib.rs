@@ -39,9 +39,11 @@
 //! # Example
 //!
 //! ```
+//! # mod headwaters { pub use headwaters_batch_flusher as flusher; pub use headwaters_ordering_core as ordering; }
 //! use futures_util::stream::{self, BoxStream, StreamExt};
-//! use headwaters_batch_flusher::*;
-//! use headwaters_ordering_core::NoSettle;
+//! // Paths through the `headwaters` facade; with the crates alone: `headwaters::flusher` → `headwaters_batch_flusher`, `headwaters::ordering` → `headwaters_ordering_core`.
+//! use headwaters::flusher::*;
+//! use headwaters::ordering::NoSettle;
 //!
 //! /// Five records, then the shard ends.
 //! struct Five;

@@ -43,8 +43,10 @@
 //! # Example
 //!
 //! ```
+//! # mod headwaters { pub use headwaters_eventstore_tcp as eventstore; }
 //! use bytes::BytesMut;
-//! use headwaters_eventstore_tcp::{Command, Credentials, Frame, FrameDecoder};
+//! // Paths through the `headwaters` facade; with the crates alone: `headwaters::eventstore` → `headwaters_eventstore_tcp`.
+//! use headwaters::eventstore::{Command, Credentials, Frame, FrameDecoder};
 //!
 //! let frame = Frame::new(Command::Ping, [0; 16], Vec::new())
 //!     .with_credentials(Credentials::new("admin", "changeit").unwrap());

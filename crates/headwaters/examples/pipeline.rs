@@ -140,10 +140,7 @@ impl Handler for OrderChecker {
     async fn init(&self, key: &Key) -> Result<Self::State, InjectedFailure> {
         // A fresh handler resumes from the process status: it is the key's checkpoint.
         let entity = (self.entity)(key);
-        let last = self
-            .status
-            .last_processed(&entity)
-            .map_or(0, |t| t.as_micros() as u64);
+        let last = self.status.last_processed(&entity).map_or(0, seq_at);
         Ok((entity, last))
     }
 
@@ -170,7 +167,7 @@ impl Handler for OrderChecker {
         }
         *last = seq;
         self.status
-            .item_processed(entity, Timestamp::from_micros(seq as i64))
+            .item_processed(entity, event_time(seq))
             .await
             .expect("the status writer runs until the end of the demo");
         Ok(Outcome::ack())
@@ -229,6 +226,20 @@ impl Settle for Ack {
     }
 }
 
+/// When the demo's events happen: a key's event `seq` at 2026-01-01T00:00:00Z plus `seq` µs.
+/// The process status records, per key, the event time of the last one processed — so it
+/// also tells how far the key got.
+fn event_time(seq: u64) -> Timestamp {
+    const START: i64 = 1_767_225_600_000_000;
+    Timestamp::from_micros(START + seq as i64)
+}
+
+/// The sequence number of the event that happened at `t` (the inverse of [`event_time`];
+/// 0 for a time before the first event).
+fn seq_at(t: Timestamp) -> u64 {
+    u64::try_from(t.as_micros() - event_time(0).as_micros()).unwrap_or(0)
+}
+
 fn message(global: u64, keys: u64, redelivered: bool) -> (Key, Message) {
     let key_no = global % keys;
     let seq = global / keys + 1;
@@ -236,12 +247,8 @@ fn message(global: u64, keys: u64, redelivered: bool) -> (Key, Message) {
     payload.extend_from_slice(&global.to_le_bytes());
     payload.extend_from_slice(&seq.to_le_bytes());
     let key = Key::from(format!("key-{key_no}"));
-    let message = Message::new(
-        payload,
-        global.to_string(),
-        Timestamp::from_micros(seq as i64),
-    )
-    .with_redeliveries(u32::from(redelivered));
+    let message = Message::new(payload, global.to_string(), event_time(seq))
+        .with_redeliveries(u32::from(redelivered));
     (key, message)
 }
 
@@ -353,9 +360,7 @@ async fn main() -> anyhow::Result<()> {
     let mut incomplete = 0;
     for key_no in 0..args.keys {
         let expected = (args.messages - 1 - key_no) / args.keys + 1;
-        let last = stored
-            .last_processed(&format!("key-{key_no}"))
-            .map(|t| t.as_micros() as u64);
+        let last = stored.last_processed(&format!("key-{key_no}")).map(seq_at);
         if last != Some(expected) {
             incomplete += 1;
         }
@@ -466,7 +471,7 @@ async fn amqp_stage(
     while !(0..keys).all(|k| {
         status
             .last_processed(&format!("amqp-key-{k}"))
-            .is_some_and(|t| t.as_micros() as u64 == per_key)
+            .is_some_and(|t| t == event_time(per_key))
     }) {
         if Instant::now() > deadline {
             bail!("amqp stage: not every message was processed within 120 s");
@@ -584,7 +589,7 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
     while !(0..keys).all(|k| {
         status
             .last_processed(&format!("pulsar-key-{k}"))
-            .is_some_and(|t| t.as_micros() as u64 == per_key)
+            .is_some_and(|t| t == event_time(per_key))
     }) {
         if Instant::now() > deadline {
             bail!("pulsar stage: not every message was processed within 120 s");

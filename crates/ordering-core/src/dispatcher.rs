@@ -1030,5 +1030,9 @@ fn panicked(panic: &(dyn Any + Send)) -> Failure {
     }
 }
 
+mod wait;
+
+pub use wait::WaitTimeout;
+
 #[cfg(test)]
 mod tests;

@@ -49,7 +49,9 @@
 //! # Example
 //!
 //! ```
-//! use headwaters_ordering_core::{
+//! # mod headwaters { pub use headwaters_ordering_core as ordering; }
+//! // Paths through the `headwaters` facade; with the crates alone: `headwaters::ordering` → `headwaters_ordering_core`.
+//! use headwaters::ordering::{
 //!     Config, Delivery, Dispatcher, Handler, Key, Message, NoSettle, Outcome, Timestamp,
 //! };
 //!
@@ -123,7 +125,7 @@ pub use backoff::Pause;
 #[cfg_attr(docsrs, doc(cfg(feature = "dispatcher")))]
 pub use dispatcher::{
     Config, ConfigError, DispatchError, Dispatcher, Metrics, Running, ShutdownReport, SignalError,
-    SourceEvent, TryDispatchError,
+    SourceEvent, TryDispatchError, WaitTimeout,
 };
 pub use handler::{Handler, Outcome, SimpleHandler, StopAction, TerminateReason};
 pub use keepalive::{Keepalive, Liveness};

@@ -73,11 +73,21 @@ impl fmt::Debug for Key {
     }
 }
 
-/// A point in time with microsecond precision, as Unix microseconds.
+/// A point in time with microsecond precision, as Unix microseconds (UTC).
 ///
-/// EventStreamex stores process status in Unix microseconds; Mississippi passes an integer
-/// timestamp. One type serves both.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+/// A message's [`timestamp`](Message::timestamp) is when its event happened (the producer's
+/// clock, or the broker's where the protocol has no event time), and the process-status
+/// store keeps, per entity, the timestamp of the last event processed — EventStreamex's
+/// meaning, which Mississippi's integer timestamps share. Both print as RFC 3339
+/// (`2026-12-07T23:32:51.123456Z`); `{:?}` wraps that in `Timestamp(…)`.
+///
+/// ```
+/// use headwaters_ordering_core::Timestamp;
+/// let t = Timestamp::from_micros(1_765_150_371_123_456);
+/// assert_eq!(t.to_string(), "2025-12-07T23:32:51.123456Z");
+/// assert_eq!(format!("{t:?}"), "Timestamp(2025-12-07T23:32:51.123456Z)");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -129,9 +139,46 @@ impl From<Timestamp> for SystemTime {
 }
 
 impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with six fraction digits; years outside 0–9999 keep their sign and
+    /// digits (`-0001-…`, `+10000-…`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}µs", self.0)
+        let seconds = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let days = seconds.div_euclid(86_400);
+        let of_day = seconds.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        match year {
+            0..=9999 => write!(f, "{year:04}")?,
+            _ => write!(f, "{year:+05}")?,
+        }
+        write!(
+            f,
+            "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            of_day / 3600,
+            of_day % 3600 / 60,
+            of_day % 60
+        )
     }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({self})")
+    }
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// One header value. The variants cover what AMQP tables, Pulsar properties and EventStore
@@ -310,6 +357,28 @@ mod tests {
         }
         assert_eq!(Timestamp::from_millis(1500).as_micros(), 1_500_000);
         assert_eq!(Timestamp::from_micros(-1).as_millis(), -1);
+    }
+
+    #[test]
+    fn timestamps_print_as_rfc_3339_in_utc() {
+        for (micros, text) in [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (-1, "1969-12-31T23:59:59.999999Z"),
+            (951_782_400_000_000, "2000-02-29T00:00:00.000000Z"),
+            (1_765_150_371_123_456, "2025-12-07T23:32:51.123456Z"),
+            (253_402_300_799_999_999, "9999-12-31T23:59:59.999999Z"),
+            (253_402_300_800_000_000, "+10000-01-01T00:00:00.000000Z"),
+            (-62_198_755_200_000_000, "-0001-01-01T00:00:00.000000Z"),
+        ] {
+            assert_eq!(Timestamp::from_micros(micros).to_string(), text);
+        }
+        // The extremes print without overflowing.
+        assert!(Timestamp::from_micros(i64::MAX).to_string().ends_with('Z'));
+        assert!(Timestamp::from_micros(i64::MIN).to_string().ends_with('Z'));
+        assert_eq!(
+            format!("{:?}", Timestamp::from_micros(0)),
+            "Timestamp(1970-01-01T00:00:00.000000Z)"
+        );
     }
 
     #[test]

@@ -29,10 +29,12 @@
 //! # Example
 //!
 //! ```
+//! # mod headwaters { pub use headwaters_process_status as status; }
 //! # #[cfg(feature = "sqlite")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), headwaters_process_status::Error> {
-//! use headwaters_process_status::{ProcessStatus, SqliteStore, Timestamp, WriteBehind};
+//! // Paths through the `headwaters` facade; with the crates alone: `headwaters::status` → `headwaters_process_status`.
+//! use headwaters::status::{ProcessStatus, SqliteStore, Timestamp, WriteBehind};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = SqliteStore::open(dir.path().join("status.db")).await?;

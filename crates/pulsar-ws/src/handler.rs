@@ -162,10 +162,12 @@ pub type OrderedConsumer<H> = Running<H, Settler, Error>;
 /// `ordered::start_ordered`.
 ///
 /// ```no_run
+/// # mod headwaters { pub use headwaters_pulsar_ws as pulsar; pub use headwaters_ordering_core as ordering; }
 /// # async fn demo() -> Result<(), headwaters_pulsar_ws::Error> {
 /// use std::time::Duration;
-/// use headwaters_ordering_core::{Config, Key, Message, Outcome, SimpleHandler};
-/// use headwaters_pulsar_ws::{ClientConfig, Consumer, ConsumerOptions, OnDiscard, Topic, start_ordered};
+/// // Paths through the `headwaters` facade; with the crates alone: `headwaters::pulsar` → `headwaters_pulsar_ws`, `headwaters::ordering` → `headwaters_ordering_core`.
+/// use headwaters::ordering::{Config, Key, Message, Outcome, SimpleHandler};
+/// use headwaters::pulsar::{ClientConfig, Consumer, ConsumerOptions, OnDiscard, Topic, start_ordered};
 ///
 /// struct Print;
 /// impl SimpleHandler for Print {

@@ -34,9 +34,11 @@
 //! # Example
 //!
 //! ```no_run
+//! # mod headwaters { pub use headwaters_pulsar_ws as pulsar; }
 //! # async fn demo() -> Result<(), headwaters_pulsar_ws::Error> {
 //! use futures_util::StreamExt;
-//! use headwaters_pulsar_ws::{ClientConfig, Consumer, ConsumerOptions, Producer, ProducerOptions, Topic};
+//! // Paths through the `headwaters` facade; with the crates alone: `headwaters::pulsar` → `headwaters_pulsar_ws`.
+//! use headwaters::pulsar::{ClientConfig, Consumer, ConsumerOptions, Producer, ProducerOptions, Topic};
 //!
 //! let config = ClientConfig::new("ws://127.0.0.1:8080")?.with_token("my-jwt");
 //! let topic: Topic = "persistent://public/default/orders".parse()?;
@@ -55,7 +57,9 @@
 //! [`proto`], for use with another WebSocket stack:
 //!
 //! ```
-//! use headwaters_pulsar_ws::{Command, ConsumerFrame, ConsumerParams, OutgoingMessage, SubscriptionType, Topic};
+//! # mod headwaters { pub use headwaters_pulsar_ws as pulsar; }
+//! // Paths through the `headwaters` facade; with the crates alone: `headwaters::pulsar` → `headwaters_pulsar_ws`.
+//! use headwaters::pulsar::{Command, ConsumerFrame, ConsumerParams, OutgoingMessage, SubscriptionType, Topic};
 //!
 //! let topic: Topic = "persistent://public/default/orders".parse().unwrap();
 //! let mut params = ConsumerParams::default();

@@ -78,9 +78,9 @@ wire_enum!(
 );
 
 wire_enum!(
-    /// Where a new subscription starts.
+    /// Where a new subscription starts (`subscriptionInitialPosition`).
     InitialPosition {
-        /// At the next message published.
+        /// At the next message published (the server's default).
         Latest => "Latest",
         /// At the oldest retained message.
         Earliest => "Earliest",
@@ -257,7 +257,11 @@ pub struct ConsumerParams {
     pub subscription_type: Option<SubscriptionType>,
     /// `subscriptionMode`.
     pub subscription_mode: Option<SubscriptionMode>,
-    /// `subscriptionInitialPosition`.
+    /// `subscriptionInitialPosition`: where a subscription that does not exist yet starts.
+    /// `None` leaves it to the server, which starts at [`InitialPosition::Latest`]: messages
+    /// published before the first subscribe are **not** delivered to it. Subscribe before
+    /// producing, or ask for [`InitialPosition::Earliest`]. An existing subscription resumes
+    /// where it was, whatever this says.
     pub initial_position: Option<InitialPosition>,
     /// `ackTimeoutMillis`: zero (off) or at least one second.
     pub ack_timeout: Option<Duration>,
