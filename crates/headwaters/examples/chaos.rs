@@ -20,6 +20,9 @@
 //! `cargo run --release -p headwaters --example chaos -- --minutes 1` with `AMQP_URL` set
 //! (without it the AMQP part does not run, and says so).
 
+#[path = "support/pulsar_server.rs"]
+mod pulsar_server;
+
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -42,6 +45,7 @@ use headwaters::pulsar::{
 use headwaters_testkit::eventstore::EventStoreEmulator;
 use headwaters_testkit::proxy::FaultProxy;
 use headwaters_testkit::pulsar::PulsarEmulator;
+use pulsar_server::PulsarServer;
 
 struct Args {
     minutes: f64,
@@ -623,36 +627,26 @@ async fn amqp(url: &str, args: &Args, stop: &Arc<AtomicBool>) -> anyhow::Result<
 async fn pulsar(args: &Args, stop: &Arc<AtomicBool>) -> anyhow::Result<Running> {
     let ledger = Ledger::new("pulsar", args.keys);
     // The real broker at PULSAR_WS_URL, or the emulator.
-    let (server, upstream) = match std::env::var("PULSAR_WS_URL") {
-        Ok(url) => {
-            let host_port = url
-                .strip_prefix("ws://")
-                .context("the chaos soak takes a ws:// PULSAR_WS_URL (it puts a proxy in front)")?
-                .trim_end_matches('/');
-            let addr = tokio::net::lookup_host(host_port)
-                .await?
-                .next()
-                .with_context(|| format!("PULSAR_WS_URL names no address: {url}"))?;
+    let found = PulsarServer::from_env().await?;
+    let server = match found.emulator {
+        Some(emulator) => Server::Pulsar(emulator),
+        None => {
             let ctl = std::env::var("HEADWATERS_PULSAR_CTL").ok();
             println!(
-                "chaos: pulsar: the broker at {url}{}",
+                "chaos: pulsar: the broker at {}{}",
+                found.url,
                 if ctl.is_some() {
                     " (restarts: kill -9 and start again)"
                 } else {
                     " (restarts: its port refused at the proxy)"
                 }
             );
-            (Server::PulsarBroker { ctl }, addr)
-        }
-        Err(_) => {
-            let emulator = PulsarEmulator::start().await?;
-            let addr = emulator.addr();
-            (Server::Pulsar(emulator), addr)
+            Server::PulsarBroker { ctl }
         }
     };
-    let proxy = FaultProxy::start(upstream).await?;
+    let proxy = FaultProxy::start(found.addr).await?;
     let mut config = ClientConfig::new(&format!("ws://{}", proxy.addr()))?;
-    if let Ok(token) = std::env::var("PULSAR_TOKEN") {
+    if let Some(token) = found.token {
         config = config.with_token(token);
     }
     let topic = Topic::persistent(

@@ -23,6 +23,8 @@
 //! skips redelivered messages it already processed and counts any other out-of-order message
 //! as a violation.
 
+#[path = "support/pulsar_server.rs"]
+mod pulsar_server;
 #[path = "support/pulsar_to_eventstore.rs"]
 mod pulsar_to_eventstore;
 
@@ -40,6 +42,7 @@ use headwaters::ordering::{
 };
 use headwaters::status::{ProcessStatus, SqliteStore, WriteBehind};
 use indicatif::{ProgressBar, ProgressStyle};
+use pulsar_server::PulsarServer;
 
 struct Args {
     messages: u64,
@@ -504,36 +507,18 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
         Producer, ProducerOptions, SubscriptionType, Topic, run_ordered,
     };
     use headwaters_testkit::proxy::FaultProxy;
-    use headwaters_testkit::pulsar::PulsarEmulator;
 
-    let (emulator, server, token) = match std::env::var("PULSAR_WS_URL") {
-        Ok(url) => {
-            let host_port = url
-                .strip_prefix("ws://")
-                .context("the demo's Pulsar stage takes a ws:// PULSAR_WS_URL (it puts a proxy in front)")?
-                .trim_end_matches('/');
-            let addr = tokio::net::lookup_host(host_port)
-                .await?
-                .next()
-                .with_context(|| format!("PULSAR_WS_URL names no address: {url}"))?;
-            (None, addr, std::env::var("PULSAR_TOKEN").ok())
-        }
-        Err(_) => {
-            let emulator = PulsarEmulator::start().await?;
-            let addr = emulator.addr();
-            (Some(emulator), addr, None)
-        }
-    };
-    let where_ = if emulator.is_some() {
-        "the Pulsar WebSocket emulator"
+    let server = PulsarServer::from_env().await?;
+    let where_ = if server.emulator.is_some() {
+        "the Pulsar WebSocket emulator".to_owned()
     } else {
-        "the Pulsar at PULSAR_WS_URL"
+        format!("the Pulsar at {}", server.url)
     };
-    let proxy = FaultProxy::start(server).await?;
+    let proxy = FaultProxy::start(server.addr).await?;
     let mut config = ClientConfig::new(&format!("ws://{}", proxy.addr()))?
         .with_backoff(Duration::from_millis(10), Duration::from_millis(200));
-    if let Some(token) = token {
-        config = config.with_token(token);
+    if let Some(token) = &server.token {
+        config = config.with_token(token.clone());
     }
     // A topic of this run's own: a real broker keeps what earlier runs left.
     let topic = Topic::persistent("public", "default", &format!("demo-{}", std::process::id()))?;
@@ -607,7 +592,8 @@ async fn pulsar_stage(messages: u64, keys: u64, db: &std::path::Path) -> anyhow:
     }
     status.close().await?;
     // What the server stored, where it can be asked (the emulator).
-    let resent = emulator
+    let resent = server
+        .emulator
         .map(|e| {
             let stored = e.messages(&topic.to_string()).len() as u64;
             format!(
