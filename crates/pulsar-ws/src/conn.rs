@@ -337,24 +337,33 @@ impl ClientConfig {
 }
 
 /// Connect, retrying transient failures with backoff. Permanent refusals (400, 401, 403,
-/// 404), a failing token provider or the attempt limit end it.
+/// 404), a failing token provider or the attempt limit end it — and `stop` does, at once,
+/// with [`Error::Closed`]: every wait, the connect attempt included, races it, so closing a
+/// client never waits for an outage to end.
 pub(crate) async fn reconnect(
     config: &ClientConfig,
     path: &str,
     query: &str,
     backoff: &mut Backoff,
+    stop: impl Future<Output = ()>,
 ) -> Result<Ws, Error> {
+    let mut stop = std::pin::pin!(stop);
     loop {
-        match config.connect(path, query).await {
+        let attempt = tokio::select! {
+            attempt = config.connect(path, query) => attempt,
+            () = &mut stop => return Err(Error::Closed),
+        };
+        match attempt {
             Ok(ws) => {
                 backoff.reset();
                 return Ok(ws);
             }
             Err(e) if e.is_transient() => {
                 let what = format!("pulsar-ws {path}");
-                match backoff.pause(&what, &e, std::future::pending()).await {
+                match backoff.pause(&what, &e, &mut stop).await {
                     Pause::Retry => {}
-                    Pause::GiveUp | Pause::Stopped => return Err(e),
+                    Pause::Stopped => return Err(Error::Closed),
+                    Pause::GiveUp => return Err(e),
                 }
             }
             Err(e) => return Err(e),

@@ -644,6 +644,29 @@ struct Task {
     settlements: Arc<Settlements>,
 }
 
+/// What the handles ask while the task reconnects: a close ends the wait (its ack left in
+/// `ack`), as does every handle going away; what needs the connection is answered
+/// [`Error::Disconnected`] rather than held until the server is back.
+async fn until_closed(
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    ack: &mut Option<oneshot::Sender<()>>,
+) {
+    while let Some(request) = ctl.recv().await {
+        match request {
+            Ctl::Close(close) => {
+                *ack = Some(close);
+                return;
+            }
+            Ctl::EndOfTopic(reply) => {
+                let _ = reply.send(Err(Error::Disconnected));
+            }
+            Ctl::Unsubscribe(reply) => {
+                let _ = reply.send(Err(Error::Disconnected));
+            }
+        }
+    }
+}
+
 enum End {
     Closed(Option<oneshot::Sender<()>>),
     Lost(Lost),
@@ -672,14 +695,26 @@ impl Task {
             let mut socket = match ws.take() {
                 Some(s) => s,
                 None => {
+                    let mut close_ack = None;
                     let reconnected = match self.query() {
-                        Ok(q) => conn::reconnect(&self.config, &self.path, &q, &mut backoff).await,
+                        Ok(q) => {
+                            let stop = until_closed(&mut self.ctl, &mut close_ack);
+                            conn::reconnect(&self.config, &self.path, &q, &mut backoff, stop).await
+                        }
                         Err(e) => Err(e),
                     };
                     match reconnected {
                         Ok(s) => {
                             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                             s
+                        }
+                        Err(Error::Closed) => {
+                            // Closed, or every handle dropped, while the server was away.
+                            self.fail_waiters(&Error::Closed);
+                            if let Some(ack) = close_ack {
+                                let _ = ack.send(());
+                            }
+                            return;
                         }
                         Err(e) => {
                             tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws: giving up");

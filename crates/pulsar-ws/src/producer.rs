@@ -388,6 +388,43 @@ struct Task {
     failure: Arc<Mutex<Option<Error>>>,
 }
 
+/// Hand the outcomes `session` decided to their senders.
+fn complete(session: &mut ProducerSession<Waiter>) {
+    while let Some((waiter, result)) = session.poll_completed() {
+        waiter.done.complete(result);
+    }
+}
+
+fn submit(session: &mut ProducerSession<Waiter>, p: Pending) {
+    let waiter = Waiter {
+        done: p.done,
+        _slot: p._slot,
+    };
+    session.send(p.seq, p.context, p.frame, waiter);
+}
+
+/// What the handles ask while the task reconnects: sends go to the session (sent once
+/// connected, or failed as its policy says), a close ends the wait (its ack left in `ack`),
+/// as does every handle going away.
+async fn until_closed(
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    session: &mut ProducerSession<Waiter>,
+    ack: &mut Option<oneshot::Sender<()>>,
+) {
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Cmd::Send(p) => {
+                submit(session, p);
+                complete(session);
+            }
+            Cmd::Close(close) => {
+                *ack = Some(close);
+                return;
+            }
+        }
+    }
+}
+
 /// How a session on one socket ended.
 enum End {
     /// Closed on request (or every handle is gone and nothing is pending).
@@ -400,13 +437,24 @@ impl Task {
     async fn run(mut self, first: Ws) {
         let mut ws = Some(first);
         let mut backoff = self.config.backoff();
+        let mut close_ack = None;
         loop {
             let mut socket = match ws.take() {
                 Some(s) => s,
-                None => match conn::reconnect(&self.config, &self.path, &self.query, &mut backoff)
-                    .await
-                {
+                None => match {
+                    let stop = until_closed(&mut self.rx, &mut self.session, &mut close_ack);
+                    conn::reconnect(&self.config, &self.path, &self.query, &mut backoff, stop).await
+                } {
                     Ok(s) => s,
+                    Err(Error::Closed) => {
+                        // Closed, or every handle dropped, while the server was away: what
+                        // is pending fails rather than waiting for the outage to end.
+                        self.give_up(Error::Closed);
+                        if let Some(ack) = close_ack.take() {
+                            let _ = ack.send(());
+                        }
+                        return;
+                    }
                     Err(e) => {
                         tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws producer: giving up");
                         self.give_up(e);
@@ -433,9 +481,7 @@ impl Task {
 
     /// Hand the outcomes the session decided to their senders.
     fn complete(&mut self) {
-        while let Some((waiter, result)) = self.session.poll_completed() {
-            waiter.done.complete(result);
-        }
+        complete(&mut self.session);
     }
 
     /// Fail everything pending and queued; later sends get `error`.
@@ -455,11 +501,7 @@ impl Task {
     }
 
     fn submit(&mut self, p: Pending) {
-        let waiter = Waiter {
-            done: p.done,
-            _slot: p._slot,
-        };
-        self.session.send(p.seq, p.context, p.frame, waiter);
+        submit(&mut self.session, p);
     }
 
     async fn session(&mut self, ws: &mut Ws) -> End {

@@ -4,3 +4,4 @@ mod batch_source;
 mod differential;
 mod emulator;
 mod java_peer;
+mod stop;
