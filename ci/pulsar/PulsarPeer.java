@@ -13,7 +13,7 @@
 //       what was wrong, and exits 2 when SECONDS pass first.
 //
 // A token for an authenticated broker comes from PULSAR_TOKEN. `cargo xtask integration`
-// compiles this file with javac against the broker's class path (which holds pulsar-client).
+// builds this file with Maven (`pom.xml` beside it: pulsar-broker brings pulsar-client).
 
 import java.util.HashMap;
 import java.util.Map;

@@ -83,7 +83,7 @@ impl Pulsar {
                     "HEADWATERS_PULSAR_PEER_CLASSPATH",
                     format!(
                         "{}:{}",
-                        peer_dir().display(),
+                        peer_build_dir().join("classes").display(),
                         classpath_dir().join("*").display()
                     ),
                 ),
@@ -125,9 +125,9 @@ fn ensure_java_and_maven() -> Result<()> {
     )
 }
 
-/// Where `ci/pulsar/PulsarPeer.java` is compiled to.
-fn peer_dir() -> PathBuf {
-    target_dir().join("pulsar").join("peer")
+/// Maven's build directory for `ci/pulsar/PulsarPeer.java`.
+fn peer_build_dir() -> PathBuf {
+    target_dir().join("pulsar").join("build")
 }
 
 /// Resolve the broker and its dependencies with Maven into `target/pulsar/lib`, once.
@@ -152,14 +152,14 @@ fn resolve() -> Result<PathBuf> {
     Ok(lib)
 }
 
-/// Compile the Java peer against the broker's class path (which holds pulsar-client).
-fn compile_peer(lib: &std::path::Path) -> Result<()> {
-    run(Command::new("javac")
-        .args(["-nowarn", "-cp"])
-        .arg(lib.join("*"))
-        .arg("-d")
-        .arg(peer_dir())
-        .arg(root().join("ci").join("pulsar").join("PulsarPeer.java")))
+/// Build the Java peer with Maven, against the broker's dependencies (which hold
+/// pulsar-client); its classes go to `target/pulsar/build/classes`.
+fn compile_peer() -> Result<()> {
+    run(Command::new("mvn")
+        .args(["-q", "-B", "-f"])
+        .arg(root().join("ci").join("pulsar").join("pom.xml"))
+        .arg("compile")
+        .arg(format!("-Dpeer.build={}", peer_build_dir().display())))
 }
 
 const PULSAR_CTL: &str = r#"#!/bin/sh
@@ -202,7 +202,7 @@ impl LocalPulsar {
     fn start() -> Result<Self> {
         ensure_java_and_maven()?;
         let lib = resolve()?;
-        compile_peer(&lib)?;
+        compile_peer()?;
         let dir = std::env::temp_dir().join(format!("headwaters-pulsar-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
