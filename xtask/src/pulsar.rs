@@ -130,10 +130,15 @@ fn peer_build_dir() -> PathBuf {
     target_dir().join("pulsar").join("build")
 }
 
-/// Resolve the broker and its dependencies with Maven into `target/pulsar/lib`, once.
+/// Resolve the broker and its dependencies with Maven into `target/pulsar/lib`, once per
+/// `ci/pulsar/pom.xml`: the copy is marked with the POM it came from, and a changed POM (a
+/// new Pulsar release) resolves again.
 fn resolve() -> Result<PathBuf> {
     let lib = classpath_dir();
-    if lib.join(".complete").exists() {
+    let pom_path = root().join("ci").join("pulsar").join("pom.xml");
+    let pom = std::fs::read_to_string(&pom_path)
+        .with_context(|| format!("cannot read {}", pom_path.display()))?;
+    if std::fs::read_to_string(lib.join(".complete")).is_ok_and(|done| done == pom) {
         return Ok(lib);
     }
     println!(
@@ -144,10 +149,10 @@ fn resolve() -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&lib);
     run(Command::new("mvn")
         .args(["-q", "-B", "-f"])
-        .arg(root().join("ci").join("pulsar").join("pom.xml"))
+        .arg(&pom_path)
         .arg("dependency:copy-dependencies")
         .arg(format!("-DoutputDirectory={}", lib.display())))?;
-    std::fs::write(lib.join(".complete"), "")?;
+    std::fs::write(lib.join(".complete"), pom)?;
     println!("resolved in {:.0?}", started.elapsed());
     Ok(lib)
 }
