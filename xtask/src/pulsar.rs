@@ -49,8 +49,8 @@ impl Pulsar {
         matches!(self, Self::Local(_))
     }
 
-    /// The WebSocket URL and token of a broker xtask started (fresh: no topic of an earlier
-    /// run on it).
+    /// The WebSocket URL and token of a broker xtask started for this run (so no topic of
+    /// an earlier run is on it).
     pub(crate) fn fresh_broker(&self) -> Option<(String, String)> {
         match self {
             Self::External => None,
@@ -58,9 +58,10 @@ impl Pulsar {
         }
     }
 
-    /// What the tests read: the WebSocket URL, the admin REST URL (same web port) and the
-    /// binary protocol URL (for the Java peer); nothing for a broker given by the user, whose
-    /// variables the tests read themselves.
+    /// What the tests read: the WebSocket URL, the admin REST URL (same web port), the
+    /// binary protocol URL and class path of the Java peer, the token, and the control
+    /// script the chaos soak restarts the broker with; nothing for a broker given by the
+    /// user, whose variables the tests read themselves.
     pub(crate) fn test_env(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::External => Vec::new(),
