@@ -441,26 +441,29 @@ impl Task {
         loop {
             let mut socket = match ws.take() {
                 Some(s) => s,
-                None => match {
+                None => {
                     let stop = until_closed(&mut self.rx, &mut self.session, &mut close_ack);
-                    conn::reconnect(&self.config, &self.path, &self.query, &mut backoff, stop).await
-                } {
-                    Ok(s) => s,
-                    Err(Error::Closed) => {
-                        // Closed, or every handle dropped, while the server was away: what
-                        // is pending fails rather than waiting for the outage to end.
-                        self.give_up(Error::Closed);
-                        if let Some(ack) = close_ack.take() {
-                            let _ = ack.send(());
+                    let reconnected =
+                        conn::reconnect(&self.config, &self.path, &self.query, &mut backoff, stop)
+                            .await;
+                    match reconnected {
+                        Ok(s) => s,
+                        Err(Error::Closed) => {
+                            // Closed, or every handle dropped, while the server was away: what
+                            // is pending fails rather than waiting for the outage to end.
+                            self.give_up(Error::Closed);
+                            if let Some(ack) = close_ack.take() {
+                                let _ = ack.send(());
+                            }
+                            return;
                         }
-                        return;
+                        Err(e) => {
+                            tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws producer: giving up");
+                            self.give_up(e);
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(endpoint = %self.path, error = %e, "pulsar-ws producer: giving up");
-                        self.give_up(e);
-                        return;
-                    }
-                },
+                }
             };
             match self.session(&mut socket).await {
                 End::Closed(ack) => {
